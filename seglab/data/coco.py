@@ -1,0 +1,228 @@
+"""COCO segmentation files: read, check, rasterise to class maps, cache.
+
+Masks are rasterised once per (annotation file content, label spec, paint order) and
+cached as PNG class maps, so polygons are never re-rasterised epoch after epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from seglab.data.labels import LabelSpec
+from seglab.errors import DataError
+
+PAINT_ORDERS = ("area_desc", "annotation_order", "class_index")
+
+
+@dataclass
+class CocoFile:
+    path: Path
+    root: Path
+    images: list[dict]
+    annotations: dict[int, list[dict]]  # image id -> its annotations, in file order
+    categories: list[dict]
+    content_hash: str
+    has_annotations: bool  # test files have no 'annotations' key at all
+
+    def record(self, index: int) -> dict:
+        return self.images[index]
+
+    def where(self, image: dict) -> str:
+        return f"{self.path.name}: image {image.get('id')} ({image.get('file_name')!r})"
+
+
+def _load_json(path: Path) -> tuple[dict, bytes]:
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found")
+    data = path.read_bytes()
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: the top level must be an object with images/annotations/categories")
+    return doc, data
+
+
+def _records(doc: dict, key: str, path: Path, required: bool) -> list[dict]:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise DataError(f"{path}: missing '{key}' list")
+        return []
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise DataError(f"{path}: '{key}' must be a list of objects")
+    return value
+
+
+def read_coco(path: str | Path, root: str | Path) -> CocoFile:
+    """Parse a COCO file; structural problems that make it unusable raise DataError at once."""
+    path = Path(path)
+    doc, data = _load_json(path)
+    images = _records(doc, "images", path, required=True)
+    categories = _records(doc, "categories", path, required=False)
+    anns = _records(doc, "annotations", path, required=False)
+    for i, img in enumerate(images):
+        for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
+            if not isinstance(img.get(key), kind) or isinstance(img.get(key), bool):
+                raise DataError(f"{path.name}: images[{i}] (id {img.get('id')!r}): '{key}' missing or not {kind.__name__}")
+        if img["height"] <= 0 or img["width"] <= 0:
+            raise DataError(f"{path.name}: image {img['id']}: non-positive size {img['height']}x{img['width']}")
+    for i, cat in enumerate(categories):
+        if not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
+            raise DataError(f"{path.name}: categories[{i}]: 'id' missing or not an integer")
+    by_image: dict[int, list[dict]] = {}
+    for i, ann in enumerate(anns):
+        if not isinstance(ann.get("image_id"), int):
+            raise DataError(f"{path.name}: annotations[{i}] (id {ann.get('id')!r}): 'image_id' missing or not an integer")
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return CocoFile(path, Path(root), images, by_image, categories, hashlib.sha1(data).hexdigest(), "annotations" in doc)
+
+
+def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True) -> list[str]:
+    """Every problem found, one line each, naming the file, the record and what is wrong."""
+    from PIL import Image
+
+    problems: list[str] = []
+    name = coco.path.name
+    if not coco.images:
+        problems.append(f"{name}: empty split (no images)")
+    seen: dict[int, int] = {}
+    for i, img in enumerate(coco.images):
+        if img["id"] in seen:
+            problems.append(f"{name}: images[{i}]: duplicate image id {img['id']} (also images[{seen[img['id']]}])")
+        seen[img["id"]] = i
+        if not check_files:
+            continue
+        file = coco.root / img["file_name"]
+        if not file.is_file():
+            problems.append(f"{coco.where(img)}: image file not found: {file}")
+            continue
+        try:
+            with Image.open(file) as im:
+                w, h = im.size
+        except Exception as e:  # PIL raises many types for broken files
+            problems.append(f"{coco.where(img)}: unreadable image {file}: {e}")
+            continue
+        if (h, w) != (img["height"], img["width"]):
+            problems.append(f"{coco.where(img)}: image is {h}x{w} but the record says {img['height']}x{img['width']}")
+
+    known_cats = {c["id"] for c in coco.categories}
+    images_by_id = {img["id"]: img for img in coco.images}
+    ann_ids: set = set()
+    for image_id, anns in coco.annotations.items():
+        img = images_by_id.get(image_id)
+        for ann in anns:
+            where = f"{name}: annotation {ann.get('id')} (image {image_id})"
+            if ann.get("id") in ann_ids:
+                problems.append(f"{where}: duplicate annotation id")
+            ann_ids.add(ann.get("id"))
+            if img is None:
+                problems.append(f"{where}: image id {image_id} is not in 'images'")
+                continue
+            cat = ann.get("category_id")
+            if cat not in known_cats:
+                problems.append(f"{where}: unknown category id {cat!r} (known: {sorted(known_cats)})")
+            elif labels is not None and cat not in labels.source_to_class:
+                problems.append(f"{where}: category id {cat} has no class in the label map")
+            problem = segmentation_problem(ann.get("segmentation"), img["height"], img["width"])
+            if problem:
+                problems.append(f"{where}: {problem}")
+    return problems
+
+
+def segmentation_problem(seg, height: int, width: int) -> str | None:
+    """Why a COCO `segmentation` value cannot be rasterised on a height x width image, or None."""
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list"
+        inside = False
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+                return f"polygon {k} is not a list of numbers"
+            if len(poly) % 2:
+                return f"polygon {k} has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"polygon {k} has {len(poly) // 2} points (needs at least 3)"
+            if not all(math.isfinite(v) for v in poly):
+                return f"polygon {k} has a non-finite coordinate"
+            xs, ys = poly[0::2], poly[1::2]
+            if max(xs) >= 0 and min(xs) <= width and max(ys) >= 0 and min(ys) <= height:
+                inside = True
+        if not inside:
+            return f"polygon lies entirely outside the {height}x{width} image"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            return "RLE without a valid 'size' [height, width]"
+        if list(size) != [height, width]:
+            return f"RLE size {size} differs from the image size [{height}, {width}]"
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and v >= 0 for v in counts):
+                return "uncompressed RLE counts must be non-negative integers"
+            if sum(counts) != height * width:
+                return f"RLE counts sum to {sum(counts)}, not height*width = {height * width}"
+        elif not isinstance(counts, str) or not counts:
+            return "RLE 'counts' must be a non-empty string or a list of integers"
+        return None
+    return f"segmentation must be a polygon list or an RLE object, got {type(seg).__name__}"
+
+
+def annotation_mask(seg, height: int, width: int) -> np.ndarray:
+    """One annotation as a boolean [H, W] mask (polygons, uncompressed or compressed RLE)."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def paint_sequence(anns: list[dict], masks: list[np.ndarray], classes: list[int], order: str) -> list[int]:
+    """Indices of annotations in the order they are painted; later ones win overlapping pixels."""
+    idx = list(range(len(anns)))
+    if order == "area_desc":
+        # Large first, so small objects lying on large ones stay visible (the common fix).
+        areas = [int(m.sum()) for m in masks]
+        return sorted(idx, key=lambda i: -areas[i])
+    if order == "class_index":  # the higher class index wins
+        return sorted(idx, key=lambda i: classes[i])
+    if order == "annotation_order":
+        return idx
+    raise ValueError(f"unknown paint order {order!r}")
+
+
+def mask_dtype(labels: LabelSpec):
+    return np.uint8 if max(labels.ignore_index, labels.num_classes - 1) <= 255 else np.uint16
+
+
+def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
+    """The class map of image `index`: background 0, one class per pixel by `paint_order`."""
+    img = coco.images[index]
+    h, w = img["height"], img["width"]
+    anns = coco.annotations.get(img["id"], [])
+    mask = np.zeros((h, w), dtype=mask_dtype(labels))
+    masks, classes = [], []
+    for ann in anns:
+        problem = segmentation_problem(ann.get("segmentation"), h, w)
+        if problem:
+            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): {problem}")
+        cat = ann.get("category_id")
+        if cat not in labels.source_to_class:
+            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {cat!r}")
+        masks.append(annotation_mask(ann["segmentation"], h, w))
+        classes.append(labels.source_to_class[cat])
+    for i in paint_sequence(anns, masks, classes, paint_order):
+        mask[masks[i]] = classes[i]
+    return mask

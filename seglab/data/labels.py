@@ -1,0 +1,128 @@
+"""From the organiser's label ids to training class indices, explicitly.
+
+A `LabelSpec` says which source label (COCO category id, or PNG pixel value) becomes
+which training class. It is resolved once from the config and the data, saved in
+the run folder as labels.json, and used by every dataset, metric and writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from seglab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    classes: tuple[str, ...]
+    ignore_index: int
+    source_to_class: dict[int, int] = field(default_factory=dict)
+    task: str = "multiclass"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+    def to_json(self) -> dict:
+        return {
+            "task": self.task,
+            "classes": list(self.classes),
+            "ignore_index": self.ignore_index,
+            "source_to_class": {str(k): v for k, v in sorted(self.source_to_class.items())},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LabelSpec":
+        return cls(
+            classes=tuple(d["classes"]),
+            ignore_index=int(d["ignore_index"]),
+            source_to_class={int(k): int(v) for k, v in d.get("source_to_class", {}).items()},
+            task=d.get("task", "multiclass"),
+        )
+
+
+def apply_remap(classes: list[str], mapping: dict[int, int | str], remap: dict[str, str], ignore_index: int) -> tuple[list[str], dict[int, int]]:
+    """Drop the classes named in `remap`, send their labels to the target class or 'ignore', renumber."""
+    for src, dst in remap.items():
+        if src not in classes:
+            raise ConfigError(f"data.remap: {src!r} is not a class (classes: {', '.join(classes)})")
+        if dst != "ignore" and (dst not in classes or dst in remap):
+            raise ConfigError(f"data.remap.{src}: target {dst!r} must be a kept class or 'ignore'")
+    kept = [c for c in classes if c not in remap]
+    new_index = {name: i for i, name in enumerate(kept)}
+
+    def final(old: int | str) -> int:
+        if old == "ignore":
+            return ignore_index
+        name = classes[old]
+        target = remap.get(name, name)
+        return ignore_index if target == "ignore" else new_index[target]
+
+    return kept, {src: final(old) for src, old in mapping.items()}
+
+
+def _check_classes(classes: list[str], ignore_index: int) -> None:
+    if len(set(classes)) != len(classes):
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        raise ConfigError(f"data.classes: duplicate class names {dup}")
+    if len(classes) < 2:
+        raise ConfigError("data.classes: need at least 2 classes (background and one object class)")
+    if ignore_index < len(classes):
+        raise ConfigError(f"data.ignore_index {ignore_index} collides with class index {ignore_index} ({classes[ignore_index]!r})")
+
+
+def resolve_coco_labels(data_cfg, categories: list[dict], source: str) -> LabelSpec:
+    """Category id -> class index, from the config if given, else Background + JSON order."""
+    cat_ids = [c["id"] for c in categories]
+    names = {c["id"]: str(c.get("name", c["id"])) for c in categories}
+    classes = list(data_cfg.classes) if data_cfg.classes else ["Background"] + [names[i] for i in cat_ids]
+    _check_classes(classes, data_cfg.ignore_index)
+
+    if data_cfg.category_map is not None:
+        mapping: dict[int, int | str] = dict(data_cfg.category_map)
+        unmapped = [i for i in cat_ids if i not in mapping]
+        if unmapped:
+            listed = ", ".join(f"{i} ({names[i]!r})" for i in unmapped)
+            raise ConfigError(f"data.category_map: no entry for category id {listed} of {source}")
+        stray = [i for i in mapping if i not in names]
+        if stray:
+            raise ConfigError(f"data.category_map: category id {stray} is not in the categories of {source} (ids: {cat_ids})")
+        for cid, idx in mapping.items():
+            if idx != "ignore" and not 0 <= idx < len(classes):
+                raise ConfigError(f"data.category_map.{cid}: class index {idx} out of range for {len(classes)} classes")
+    elif data_cfg.classes:
+        missing = [names[i] for i in cat_ids if names[i] not in classes]
+        if missing:
+            raise ConfigError(
+                f"data.classes does not match {source}: categories {missing} are not in data.classes; "
+                "name them there or give data.category_map"
+            )
+        mapping = {i: classes.index(names[i]) for i in cat_ids}
+    else:
+        mapping = {cid: pos + 1 for pos, cid in enumerate(cat_ids)}
+
+    classes, final = apply_remap(classes, mapping, data_cfg.remap, data_cfg.ignore_index)
+    return LabelSpec(tuple(classes), data_cfg.ignore_index, final)
+
+
+def resolve_value_labels(data_cfg, values_seen: list[int] | None = None) -> LabelSpec:
+    """Label-map PNGs: pixel value -> class index (identity unless mask_value_map says otherwise)."""
+    if not data_cfg.classes:
+        raise ConfigError("data.classes is required for the labelmap format (PNG values carry no names)")
+    classes = list(data_cfg.classes)
+    _check_classes(classes, data_cfg.ignore_index)
+    mapping: dict[int, int | str] = dict(data_cfg.mask_value_map or {i: i for i in range(len(classes))})
+    if data_cfg.mask_ignore_value is not None:
+        mapping.setdefault(data_cfg.mask_ignore_value, "ignore")
+    for value, idx in mapping.items():
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"data.mask_value_map: pixel value {value} out of range")
+        if idx != "ignore" and not 0 <= idx < len(classes):
+            raise ConfigError(f"data.mask_value_map.{value}: class index {idx} out of range for {len(classes)} classes")
+    classes, final = apply_remap(classes, mapping, data_cfg.remap, data_cfg.ignore_index)
+    return LabelSpec(tuple(classes), data_cfg.ignore_index, final)

@@ -1,0 +1,153 @@
+"""The dataset layouts: each turns a config split into a source of samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seglab.data.coco import CocoFile, mask_dtype, rasterise, read_coco, validate_coco
+from seglab.data.dataset import MaskCache, default_cache_dir, read_image
+from seglab.data.labels import LabelSpec, resolve_coco_labels, resolve_value_labels
+from seglab.errors import ConfigError, DataError
+from seglab.registry import Registry
+
+SOURCES = Registry("data format")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@SOURCES.register("coco")
+class CocoSource:
+    """A COCO JSON split; sample ids are the images' `file_name`s, in file order."""
+
+    def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
+        path = data_cfg.split_path(split)
+        self.coco: CocoFile = read_coco(path, data_cfg.root)
+        self.name = str(path)
+        self.labels = labels
+        self.paint_order = data_cfg.paint_order
+        self.has_masks = self.coco.has_annotations
+        if labels is not None:
+            cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
+            self.cache = MaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint(), self.paint_order)
+
+    @staticmethod
+    def resolve_labels(data_cfg) -> LabelSpec:
+        split = next((s for s in ("train", "val", "test") if getattr(data_cfg, s)), None)
+        if split is None:
+            raise ConfigError("data: give at least one of data.train / data.val / data.test")
+        coco = read_coco(data_cfg.split_path(split), data_cfg.root)
+        if not coco.categories:
+            raise DataError(f"{coco.path}: no 'categories' to build the class list from")
+        return resolve_coco_labels(data_cfg, coco.categories, coco.path.name)
+
+    def __len__(self) -> int:
+        return len(self.coco.images)
+
+    def sample_id(self, i: int) -> str:
+        return self.coco.images[i]["file_name"]
+
+    def image_path(self, i: int) -> Path:
+        return self.coco.root / self.coco.images[i]["file_name"]
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        img = self.coco.images[i]
+        return img["height"], img["width"]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return read_image(self.image_path(i), self.coco.where(self.coco.images[i]), self.original_size(i))
+
+    def load_mask(self, i: int) -> np.ndarray:
+        return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
+
+    def problems(self, check_files: bool = True) -> list[str]:
+        return validate_coco(self.coco, self.labels, check_files)
+
+
+@SOURCES.register("labelmap")
+class LabelMapSource:
+    """Images in `image_dir`, one label PNG per image in `mask_dir` with the same stem.
+
+    A split is a text file of stems (one per line) or null for every image found.
+    """
+
+    def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
+        root = Path(data_cfg.root)
+        self.image_dir, self.mask_dir = root / data_cfg.image_dir, root / data_cfg.mask_dir
+        if not self.image_dir.is_dir():
+            raise DataError(f"{self.image_dir}: image folder not found (data.image_dir)")
+        images = {p.stem: p for p in sorted(self.image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+        list_path = data_cfg.split_path(split)
+        self.name = str(list_path or self.image_dir)
+        if list_path is None:
+            stems = sorted(images)
+        else:
+            if not list_path.is_file():
+                raise DataError(f"{list_path}: split list not found (data.{split})")
+            stems = [s.strip() for s in list_path.read_text().splitlines() if s.strip() and not s.startswith("#")]
+            stems = [Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems]
+        missing = [s for s in stems if s not in images]
+        if missing:
+            raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
+        self.stems = stems
+        self.images = images
+        self.labels = labels
+        self.has_masks = self.mask_dir.is_dir()
+        if labels is not None:
+            self.lut = self._lookup_table(labels)
+
+    @staticmethod
+    def resolve_labels(data_cfg) -> LabelSpec:
+        return resolve_value_labels(data_cfg)
+
+    def _lookup_table(self, labels: LabelSpec) -> np.ndarray:
+        # Unlisted PNG values map to a sentinel so a stray value is reported, not silently trained on.
+        self.invalid = 65535
+        lut = np.full(65536, self.invalid, dtype=np.uint16)
+        for value, cls in labels.source_to_class.items():
+            lut[value] = cls
+        return lut
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def sample_id(self, i: int) -> str:
+        return self.images[self.stems[i]].name
+
+    def image_path(self, i: int) -> Path:
+        return self.images[self.stems[i]]
+
+    def mask_path(self, i: int) -> Path:
+        return self.mask_dir / f"{self.stems[i]}.png"
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        from PIL import Image
+
+        with Image.open(self.image_path(i)) as im:
+            return im.size[1], im.size[0]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return read_image(self.image_path(i), f"{self.name}: {self.stems[i]}")
+
+    def load_mask(self, i: int) -> np.ndarray:
+        path = self.mask_path(i)
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise DataError(f"{self.name}: {self.stems[i]}: label file missing or unreadable: {path}")
+        if raw.ndim == 3:
+            raise DataError(f"{path}: label map has {raw.shape[2]} channels; expected one class index per pixel")
+        mask = self.lut[raw]
+        if (mask == self.invalid).any():
+            bad = sorted(set(np.unique(raw[mask == self.invalid]).tolist()))[:5]
+            raise DataError(f"{path}: pixel values {bad} are not in data.mask_value_map / classes")
+        return mask.astype(mask_dtype(self.labels))
+
+    def problems(self, check_files: bool = True) -> list[str]:
+        problems = [] if self.stems else [f"{self.name}: empty split (no images)"]
+        if check_files and self.has_masks:
+            for i, stem in enumerate(self.stems):
+                if not self.mask_path(i).is_file():
+                    problems.append(f"{self.name}: {stem}: label file not found: {self.mask_path(i)}")
+        return problems

@@ -1,0 +1,64 @@
+"""Modern architectures from segmentation-models-pytorch, with any smp or timm encoder.
+
+smp already implements them well; this module only adapts them to seglab's model
+contract: any input size (pad to the encoder's stride, crop the logits back) and
+named parts for per-part learning rates and freezing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seglab.models.registry import MODELS
+
+SMP_ARCHS = ("Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN", "UPerNet", "Segformer")
+
+
+class SmpSegmenter(nn.Module):
+    def __init__(self, arch: str, num_classes: int, in_channels: int = 3, encoder: str = "resnet34", **kwargs):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        # encoder_weights=None: nothing is ever downloaded; local weights load separately.
+        self.net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes, **kwargs)
+        self.arch, self.encoder_name = arch, encoder
+        self.size_divisor = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.size_divisor, (-w) % self.size_divisor
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        logits = self.net(x)
+        return logits[..., :h, :w]
+
+    def parts(self) -> dict[str, nn.Module]:
+        parts = {"encoder": self.net.encoder, "decoder": self.net.decoder, "head": self.net.segmentation_head}
+        if getattr(self.net, "classification_head", None) is not None:
+            parts["aux_head"] = self.net.classification_head
+        return parts
+
+    def load_encoder_state_dict(self, state_dict: dict) -> tuple[list[str], list[str]]:
+        encoder = self.net.encoder
+        own = encoder.state_dict()
+        # timm-universal encoders keep the timm model under `.model`; accept plain timm keys too.
+        if not set(state_dict) & set(own) and all(k.startswith("model.") for k in own):
+            state_dict = {f"model.{k}": v for k, v in state_dict.items()}
+        from seglab.models.weights import load_matching
+
+        return load_matching(encoder, state_dict, "encoder")
+
+
+def _register(arch: str) -> None:
+    def build(num_classes: int, in_channels: int = 3, encoder: str = "resnet34", **kwargs) -> SmpSegmenter:
+        return SmpSegmenter(arch, num_classes, in_channels, encoder, **kwargs)
+
+    build.__name__ = arch
+    build.__doc__ = f"segmentation-models-pytorch {arch} with any smp/timm encoder"
+    MODELS.register(arch)(build)
+
+
+for _arch in SMP_ARCHS:
+    _register(_arch)

@@ -1,0 +1,65 @@
+"""Submission writers: turn a stream of (image id, class map) into the organiser's format.
+
+Each writer consumes predictions one at a time (bounded memory) and writes through
+a temporary file that is renamed at the end, so a crash leaves no partial CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from seglab.data.dataset import atomic_write_png
+from seglab.errors import DataError
+from seglab.io import atomic_open
+from seglab.registry import Registry
+
+WRITERS = Registry("submission format")
+
+
+@WRITERS.register("coco_csv")
+def write_coco_csv(predictions: Iterable[tuple[str, np.ndarray]], out: Path, size: tuple[int, int] = (256, 256)) -> int:
+    """Competition A: `image_id,PredictionString`, the class map resized (nearest) to
+    `size` and flattened row-major into space-separated class indices."""
+    count = 0
+    with atomic_open(out, "w", newline="") as f:
+        f.write("image_id,PredictionString\n")
+        for image_id, pred in predictions:
+            small = cv2.resize(pred, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+            f.write(f"{image_id},{' '.join(map(str, small.ravel().tolist()))}\n")
+            count += 1
+    return count
+
+
+@WRITERS.register("png")
+def write_png_folder(predictions: Iterable[tuple[str, np.ndarray]], out: Path, size=None) -> int:
+    """One class-map PNG per image at its original size, at the image's relative path."""
+    count = 0
+    for image_id, pred in predictions:
+        atomic_write_png(Path(out) / Path(image_id).with_suffix(".png"), pred)
+        count += 1
+    return count
+
+
+def read_coco_csv(path: str | Path, size: tuple[int, int] = (256, 256)) -> dict[str, np.ndarray]:
+    """Read a competition-A submission back, checking every row's shape."""
+    csv.field_size_limit(sys.maxsize)
+    rows: dict[str, np.ndarray] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["image_id", "PredictionString"]:
+            raise DataError(f"{path}: line 1: header is {header}, expected ['image_id', 'PredictionString']")
+        for line, row in enumerate(reader, start=2):
+            if len(row) != 2:
+                raise DataError(f"{path}: line {line}: expected 2 columns, got {len(row)}")
+            values = np.array(row[1].split(), dtype=np.int64)
+            if values.size != size[0] * size[1]:
+                raise DataError(f"{path}: line {line} ({row[0]}): {values.size} values, expected {size[0] * size[1]}")
+            rows[row[0]] = values.reshape(size)
+    return rows

@@ -1,0 +1,38 @@
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from seglab.data.synth import make_coco_dataset
+
+
+def write_coco(root: Path, name: str, images: list[dict], annotations: list[dict] | None, categories: list[dict],
+               write_images: bool = True) -> Path:
+    """A COCO file plus plain grey images of the recorded sizes."""
+    root.mkdir(parents=True, exist_ok=True)
+    if write_images:
+        for img in images:
+            path = root / img["file_name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.full((img["height"], img["width"], 3), 128, np.uint8))
+    doc = {"images": images, "categories": categories}
+    if annotations is not None:
+        doc["annotations"] = annotations
+    path = root / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """The built-in example data, small: shared by the end-to-end tests."""
+    root = tmp_path_factory.mktemp("synth")
+    make_coco_dataset(root, n_train=12, n_val=6, n_test=4, size=64, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGLAB_CACHE", str(tmp_path / "cache"))
