@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test venv browser clean readme-config
 
 venv: $(STAMP)
 
@@ -40,3 +40,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf demo_data runs/demo
+
+# The README's config reference is generated from the schema (a test checks it is current).
+readme-config: $(STAMP)
+	$(BIN)/python -m seglab.config --update-readme README.md

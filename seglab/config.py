@@ -316,8 +316,22 @@ def markdown_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START, README_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def update_readme(path: str | Path) -> None:
+    """Replace the README's config table (between the two markers) with the schema's."""
+    path = Path(path)
+    text = path.read_text()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{markdown_reference()}{README_END}{tail}")
+
+
 if __name__ == "__main__":
     import sys
 
-    if "--markdown" in sys.argv:
+    if "--update-readme" in sys.argv:
+        update_readme(sys.argv[-1])
+    else:
         sys.stdout.write(markdown_reference())
