@@ -1,0 +1,227 @@
+"""A run's results as one static HTML page: RUN_DIR/report/index.html.
+
+The page must open from disk on a machine with no network, years later: inline CSS,
+no JavaScript, images as relative paths inside the run folder (the report lives there,
+so the folder can be zipped and moved as a whole). Every piece that is missing is shown
+as "not available" so a report can be written while a run is still going.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+
+from seglab.visualization import (confusion_matrix_figure, learning_curves, per_class_bars,
+                                  save_png)
+
+SCALAR_METRICS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU")
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .5em 0; }
+td, th { border: 1px solid #ccc; padding: .25em .7em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.absent { color: #888; font-style: italic; }
+.na { color: #a33; font-style: italic; }
+figure { display: inline-block; margin: .4em; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: .85em; color: #555; }
+.gallery img { max-width: 1200px; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: .85em; }
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _read_json(path: Path):
+    """(data, None) or (None, why it is not available)."""
+    if not path.is_file():
+        return None, f"{path.name} not found"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, ValueError) as err:
+        return None, f"{path.name} could not be read: {err}"
+
+
+def read_history(path: Path) -> list[dict]:
+    """Validation records; a torn last line (the trainer may be writing) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _not_available(what: str, why: str | None = None) -> str:
+    return f'<p class="na">{_esc(what)}: not available{_esc(f" ({why})") if why else ""}</p>'
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '<span class="absent">absent</span>'
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return _esc(value)
+
+
+def _img(path: Path, report_dir: Path, caption: str = "") -> str:
+    src = quote(Path(os.path.relpath(path, report_dir)).as_posix())
+    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+    return (f'<figure><a href="{src}"><img src="{src}" alt="{_esc(caption or path.name)}"></a>'
+            f"{cap}</figure>")
+
+
+def _metrics_section(metrics, why) -> str:
+    if not isinstance(metrics, dict):
+        return _not_available("best validation metrics", why or "metrics.json is not a mapping")
+    rows = [("epoch", metrics.get("epoch")), ("step", metrics.get("step"))]
+    rows += [(k, metrics[k]) for k in SCALAR_METRICS if k in metrics]
+    rows += [(k, v) for k, v in metrics.items()
+             if k not in SCALAR_METRICS and k not in ("epoch", "step")
+             and (v is None or isinstance(v, (int, float, str)))]
+    parts = ["<table>"] + [f'<tr><th>{_esc(k)}</th><td class="num">{_fmt(v)}</td></tr>'
+                           for k, v in rows] + ["</table>"]
+    per_class = metrics.get("per_class_iou")
+    if isinstance(per_class, dict) and per_class:
+        parts.append("<h3>Per-class IoU</h3><table><tr><th>class</th><th>IoU</th></tr>")
+        parts += [f'<tr><td>{_esc(k)}</td><td class="num">{_fmt(v)}</td></tr>'
+                  for k, v in per_class.items()]
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _best_record(history: list[dict], metrics) -> dict | None:
+    """History record of the best validation (same epoch and step), else the latest one."""
+    with_cm = [h for h in history if h.get("confusion_matrix") is not None]
+    if isinstance(metrics, dict):
+        for h in with_cm:
+            if h.get("epoch") == metrics.get("epoch") and h.get("step") == metrics.get("step"):
+                return h
+    return with_cm[-1] if with_cm else None
+
+
+def _figures(run_dir: Path, report_dir: Path, metrics, history, class_names) -> dict[str, str]:
+    """Draw the run-level figures into report/; {section: html}."""
+    out = {}
+    per_class = metrics.get("per_class_iou") if isinstance(metrics, dict) else None
+    if isinstance(per_class, dict) and per_class:
+        path = save_png(per_class_bars(per_class), report_dir / "per_class_iou.png")
+        out["iou"] = _img(path, report_dir)
+    else:
+        out["iou"] = _not_available("per-class IoU", "no per_class_iou in metrics.json")
+    if history:
+        path = save_png(learning_curves(history), report_dir / "learning_curves.png")
+        out["curves"] = _img(path, report_dir)
+    else:
+        out["curves"] = _not_available("learning curves", "history.jsonl is missing or empty")
+    record = _best_record(history, metrics)
+    if record is not None:
+        cm = np.asarray(record["confusion_matrix"])
+        names = class_names if len(class_names) == len(cm) else [f"class {i}" for i in range(len(cm))]
+        path = save_png(confusion_matrix_figure(cm, names), report_dir / "confusion_matrix.png")
+        out["cm"] = _img(path, report_dir, f"epoch {record.get('epoch')}, step {record.get('step')}")
+    else:
+        out["cm"] = _not_available("confusion matrix", "no confusion_matrix in history.jsonl")
+    return out
+
+
+def latest_viz_epoch(run_dir: Path) -> Path | None:
+    epochs = [(int(m.group(1)), p) for p in (run_dir / "viz").glob("epoch_*")
+              if p.is_dir() and (m := re.fullmatch(r"epoch_(\d+)", p.name))]
+    return max(epochs)[1] if epochs else None
+
+
+def _gallery_section(run_dir: Path, report_dir: Path) -> str:
+    epoch_dir = latest_viz_epoch(run_dir)
+    if epoch_dir is None:
+        return _not_available("validation pictures", "no viz/epoch_* folder yet")
+    parts = [f"<p>From <code>{_esc(epoch_dir.relative_to(run_dir).as_posix())}</code>, "
+             "the latest validation with pictures.</p>"]
+    overview = [p for p in (epoch_dir / "confusion_matrix.png", epoch_dir / "per_class_iou.png")
+                if p.is_file()]
+    if overview:
+        parts.append("<h3>Confusion matrix and per-class IoU of that validation</h3>")
+        parts += [_img(p, report_dir) for p in overview]
+    parts.append("<h3>Fixed samples</h3>")
+    samples = sorted(epoch_dir.glob("sample_*.png"))
+    if not samples:
+        parts.append(_not_available("samples"))
+    for path in samples:
+        stem = path.name[len("sample_"):]
+        parts.append(f'<div class="gallery">{_img(path, report_dir)}')
+        per_class = epoch_dir / f"per_class_{stem}"
+        if per_class.is_file():
+            parts.append(_img(per_class, report_dir, "per class: green correct, red predicted "
+                                                     "but not in GT, blue missed"))
+        parts.append("</div>")
+    parts.append("<h3>Worst images per class</h3>")
+    worst: dict[str, list[tuple[int, Path]]] = {}
+    for path in epoch_dir.glob("worst_*.png"):
+        m = re.fullmatch(r"worst_(.+)_(\d+)\.png", path.name)
+        if m:
+            worst.setdefault(m.group(1), []).append((int(m.group(2)), path))
+    if not worst:
+        parts.append(_not_available("worst images"))
+    for cls in sorted(worst):
+        parts.append(f"<h4>{_esc(cls)}</h4><div class=\"gallery\">")
+        parts += [_img(p, report_dir, f"#{rank}") for rank, p in sorted(worst[cls])]
+        parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _config_section(run_dir: Path) -> str:
+    path = run_dir / "config.yaml"
+    try:
+        return f"<pre>{_esc(path.read_text(encoding='utf-8'))}</pre>"
+    except OSError as err:
+        return _not_available("resolved config", str(err))
+
+
+def write_report(run_dir) -> Path:
+    """Write RUN_DIR/report/index.html (and its figures) and return its path."""
+    run_dir = Path(run_dir)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    labels, _ = _read_json(run_dir / "labels.json")
+    labels = labels if isinstance(labels, dict) else {}
+    class_names = [str(c) for c in labels.get("classes", [])]
+    metrics, why = _read_json(run_dir / "metrics.json")
+    history = read_history(run_dir / "history.jsonl")
+    figures = _figures(run_dir, report_dir, metrics, history, class_names)
+    facts = ", ".join(f"{k}: {labels[k]}" for k in ("task", "ignore_index") if k in labels)
+    classes = f"{len(class_names)} classes ({', '.join(class_names)})" if class_names else ""
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    body = [
+        f"<h1>seglab run: {_esc(run_dir.resolve().name)}</h1>",
+        f"<p>{_esc(' | '.join(x for x in (facts, classes) if x))}</p>",
+        f"<p>Report written {_esc(now)}; {len(history)} validation(s) in history.</p>",
+        "<h2>Best validation</h2>", _metrics_section(metrics, why),
+        "<h2>Per-class IoU (best validation)</h2>", figures["iou"],
+        "<h2>Learning curves</h2>", figures["curves"],
+        "<h2>Confusion matrix (best validation, rows = ground truth)</h2>", figures["cm"],
+        "<h2>Validation pictures</h2>", _gallery_section(run_dir, report_dir),
+        "<h2>Resolved config</h2>", _config_section(run_dir),
+    ]
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>seglab report: {_esc(run_dir.resolve().name)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    index = report_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
