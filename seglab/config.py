@@ -51,7 +51,10 @@ class DataConfig(Strict):
     )
     ignore_index: int = Field(255, ge=0, description="label value excluded from loss and metric")
     image_size: tuple[int, int] | None = Field(None, description="resize images and masks to [height, width]; null = keep")
-    cache_dir: str | None = Field(None, description="where rasterised masks are cached; default ~/.cache/seglab")
+    cache_dir: str | None = Field(None, description="where rasterised masks are cached; default ~/.cache/seglab ($SEGLAB_CACHE)")
+    cache_images: bool = Field(
+        True, description="with image_size: cache decoded images and masks at that size (raw, H*W*3 bytes each): ~4x faster loading"
+    )
     batch_size: int = Field(8, gt=0, description="training batch size per device")
     val_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default = batch_size")
     num_workers: Union[int, Literal["auto"]] = Field("auto", description="DataLoader workers; auto = min(CPU count, 8)")

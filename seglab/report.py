@@ -99,10 +99,14 @@ def _metrics_section(metrics, why) -> str:
     parts = ["<table>"] + [f'<tr><th>{_esc(k)}</th><td class="num">{_fmt(v)}</td></tr>'
                            for k, v in rows] + ["</table>"]
     per_class = metrics.get("per_class_iou")
+    accuracy = metrics.get("per_class_accuracy")
+    accuracy = accuracy if isinstance(accuracy, dict) else {}
     if isinstance(per_class, dict) and per_class:
-        parts.append("<h3>Per-class IoU</h3><table><tr><th>class</th><th>IoU</th></tr>")
-        parts += [f'<tr><td>{_esc(k)}</td><td class="num">{_fmt(v)}</td></tr>'
-                  for k, v in per_class.items()]
+        head = "<th>accuracy</th>" if accuracy else ""
+        parts.append(f"<h3>Per class</h3><table><tr><th>class</th><th>IoU</th>{head}</tr>")
+        for name, iou in per_class.items():
+            acc = f'<td class="num">{_fmt(accuracy.get(name))}</td>' if accuracy else ""
+            parts.append(f'<tr><td>{_esc(name)}</td><td class="num">{_fmt(iou)}</td>{acc}</tr>')
         parts.append("</table>")
     return "\n".join(parts)
 
@@ -168,8 +172,7 @@ def _gallery_section(run_dir: Path, report_dir: Path) -> str:
         parts.append(f'<div class="gallery">{_img(path, report_dir)}')
         per_class = epoch_dir / f"per_class_{stem}"
         if per_class.is_file():
-            parts.append(_img(per_class, report_dir, "per class: green correct, red predicted "
-                                                     "but not in GT, blue missed"))
+            parts.append(_img(per_class, report_dir))
         parts.append("</div>")
     parts.append("<h3>Worst images per class</h3>")
     worst: dict[str, list[tuple[int, Path]]] = {}

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-METRIC_KEYS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU")
+METRIC_KEYS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU", "val_loss")
 # Folders a run writes its outputs into: never runs themselves, and can be large.
 _ARTIFACT_DIRS = {"checkpoints", "tb", "viz", "report"}
 

@@ -3,6 +3,9 @@
 Everything renders through matplotlib's Agg canvas into uint8 RGB arrays, so the same
 image goes to a PNG file, TensorBoard, W&B or MLflow. No pyplot: it keeps global state
 that breaks inside dataloader workers and DDP ranks.
+
+torch and Lightning are imported only by the functions that need them: they take
+seconds to import, and `seglab report`, `seglab runs` and `seglab viz gt` only draw.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import Callback
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 IGNORE_COLOR = (255, 255, 255)
 ERROR_COLOR = (255, 0, 0)
@@ -285,6 +287,7 @@ def learning_curves(history: Sequence[Mapping]) -> np.ndarray:
     for ax, name in ((ax_loss, "loss"), (ax_metric, "validation metrics")):
         ax.set_title(name)
         ax.set_xlabel(xkey)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
@@ -295,9 +298,10 @@ def learning_curves(history: Sequence[Mapping]) -> np.ndarray:
 # --- worst images per class
 
 
-def per_image_class_iou(gt: torch.Tensor, pred: torch.Tensor, num_classes: int,
-                        ignore_index: int | None = 255) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and class intersection and union pixel counts, [B, C] each, on gt's device."""
+def per_image_class_iou(gt, pred, num_classes: int, ignore_index: int | None = 255):
+    """Per image and class (intersection, union) pixel counts: int64 tensors [B, C] on gt's device."""
+    import torch
+
     b = gt.shape[0]
     gt, pred = gt.reshape(b, -1).long(), pred.reshape(b, -1).long()
     valid = (gt >= 0) & (gt < num_classes)
@@ -328,8 +332,9 @@ class WorstImages:
         self._seq = itertools.count()
 
     def update(self, image_ids: Sequence[str], inter, union) -> None:
-        inter = torch.as_tensor(inter).detach().cpu().double().numpy()
-        union = torch.as_tensor(union).detach().cpu().double().numpy()
+        """inter/union: [B, C] counts (tensors on any device, or arrays) for these images."""
+        inter, union = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+                        for x in (inter, union))
         for b, c in zip(*np.nonzero(union > 0)):
             iou, seq = inter[b, c] / union[b, c], next(self._seq)
             heap = self._heaps[c]
@@ -401,8 +406,10 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
-def _to_uint8_hwc(image: torch.Tensor, mean, std) -> np.ndarray:
+def _to_uint8_hwc(image, mean, std) -> np.ndarray:
     """[3, H, W] tensor -> HxWx3 uint8; float images are un-normalised with mean/std (0-1 units)."""
+    import torch
+
     image = image.detach().cpu()
     if image.dtype != torch.uint8:
         image = image.float()
@@ -412,7 +419,7 @@ def _to_uint8_hwc(image: torch.Tensor, mean, std) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
-class ValidationVisualizer(Callback):
+class _ValidationVisualizerHooks:
     """After each validation: fixed sample panels, the worst images per class, the confusion
     matrix and per-class IoU, as PNGs under RUN_DIR/viz/epoch_NNN/ and in every image logger.
 
@@ -451,7 +458,7 @@ class ValidationVisualizer(Callback):
         if dataloader_idx != 0 or not self._active(trainer):
             return
         pred = outputs.get("pred") if isinstance(outputs, Mapping) else outputs
-        if not isinstance(pred, torch.Tensor):
+        if not hasattr(pred, "argmax"):
             # Fails on the first validation batch, not after hours of training.
             raise TypeError("ValidationVisualizer needs validation_step to return "
                             f"{{'pred': int tensor [B, H, W]}}, got {type(outputs).__name__}")
@@ -467,8 +474,8 @@ class ValidationVisualizer(Callback):
         for i, image_id in enumerate(ids):
             if image_id in held or image_id in self._sample_ids:
                 crop = (_to_uint8_hwc(batch["image"][i], self.mean, self.std),
-                        gt[i].detach().to("cpu", torch.int16).numpy(),
-                        pred[i].detach().to("cpu", torch.int16).numpy())
+                        gt[i].detach().cpu().numpy().astype(np.int16),
+                        pred[i].detach().cpu().numpy().astype(np.int16))
                 if image_id in self._sample_ids:
                     self._samples[image_id] = crop
                 if image_id in held:
@@ -511,10 +518,23 @@ class ValidationVisualizer(Callback):
         if val_result:
             cm = val_result.get("confusion_matrix")
             if cm is not None:
-                cm = cm.detach().cpu().numpy() if isinstance(cm, torch.Tensor) else np.asarray(cm)
+                cm = np.asarray(cm.detach().cpu() if hasattr(cm, "detach") else cm)
                 figures["val/confusion_matrix"] = ("confusion_matrix",
                                                    confusion_matrix_figure(cm, names))
             if val_result.get("per_class_iou") is not None:
                 figures["val/per_class_iou"] = ("per_class_iou",
                                                 per_class_bars(val_result["per_class_iou"]))
         return figures
+
+
+def __getattr__(name: str):
+    # The callback class is made on first use so that importing this module for drawing
+    # never imports Lightning; it is cached, so pickling and isinstance work as usual.
+    if name != "ValidationVisualizer":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from lightning.pytorch.callbacks import Callback
+
+    cls = type(name, (_ValidationVisualizerHooks, Callback),
+               {"__module__": __name__, "__doc__": _ValidationVisualizerHooks.__doc__})
+    globals()[name] = cls
+    return cls

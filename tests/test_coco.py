@@ -1,4 +1,7 @@
 import json
+from pathlib import Path
+
+import torch
 
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ from seglab.data.labels import LabelSpec, resolve_coco_labels
 from seglab.data.sources import CocoSource
 from seglab.errors import ConfigError, DataError
 from tests.conftest import write_coco
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CATS = [{"id": 0, "name": "unknown"}, {"id": 1, "name": "paper"}, {"id": 2, "name": "metal"}]
 LABELS = LabelSpec(("Background", "unknown", "paper", "metal"), 255, {0: 1, 1: 2, 2: 3})
@@ -208,3 +213,24 @@ def test_inspect_reports_overlaps_per_class_pair(tmp_path):
     assert report["image_sizes"] == {"8x8": 1}
     assert report["problems"] == []
     assert sum(report["pixel_share"].values()) == pytest.approx(1.0)
+
+
+def test_resized_image_cache_gives_the_same_items(synth_root, tmp_path):
+    from seglab.config import load_config
+    from seglab.data import build_dataset, resolve_labels
+
+    def items(cache_images: bool):
+        cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={synth_root}", "data.image_size=[48,40]",
+                                                           f"data.cache_images={str(cache_images).lower()}", "augment.train=[]",
+                                                           f"data.cache_dir={tmp_path / str(cache_images)}"])
+        ds = build_dataset(cfg, "train", resolve_labels(cfg), train=True)
+        return [ds[i] for i in range(3)], ds
+
+    plain, _ = items(False)
+    first, ds = items(True)
+    again = [ds[i] for i in range(3)]  # served from the cache now
+    assert ds.resized_cache is not None and any(ds.resized_cache.dir.iterdir())
+    for a, b, c in zip(plain, first, again):
+        assert a["image"].shape == (3, 48, 40) and a["mask"].shape == (48, 40)
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["image"], c["image"])
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["mask"], c["mask"])

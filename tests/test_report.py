@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import shutil
 from html.parser import HTMLParser
@@ -95,9 +96,7 @@ def _browser_missing() -> str | None:
         return "no chromium on PATH (apt-get install -y chromium chromium-driver)"
     if not shutil.which("chromedriver"):
         return "no chromedriver on PATH (apt-get install -y chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -r requirements-dev.txt)"
     return None
 

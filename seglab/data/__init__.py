@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from seglab.data.dataset import SegmentationDataset
+from pathlib import Path
+
+from seglab.data.dataset import ArrayCache, SegmentationDataset, default_cache_dir
 from seglab.data.labels import LabelSpec
 from seglab.data.sources import SOURCES
 from seglab.data.transforms import build_transform
@@ -25,8 +27,14 @@ def open_source(cfg, split: str, labels: LabelSpec | None):
 
 def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_masks: bool | None = None) -> SegmentationDataset:
     source = open_source(cfg, split, labels)
-    transform = build_transform(cfg.augment, cfg.data.image_size, train=train)
-    return SegmentationDataset(source, transform, source.has_masks if with_masks is None else with_masks)
+    size = cfg.data.image_size
+    resized = None
+    if cfg.data.cache_images and size is not None:
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+        resized = ArrayCache(cache_dir, f"resized/{Path(source.name).stem}", *source.cache_key, f"{size[0]}x{size[1]}", compress=False)
+    transform = build_transform(cfg.augment, size if resized is None else None, train=train)
+    with_masks = source.has_masks if with_masks is None else with_masks
+    return SegmentationDataset(source, transform, with_masks, resized, size)
 
 
 def validate_data(cfg, labels: LabelSpec, splits=("train", "val", "test"), check_files: bool = True) -> list[str]:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from seglab.data.coco import CocoFile, mask_dtype, rasterise, read_coco, validate_coco
-from seglab.data.dataset import MaskCache, default_cache_dir, read_image
+from seglab.data.dataset import ArrayCache, default_cache_dir, read_image
 from seglab.data.labels import LabelSpec, resolve_coco_labels, resolve_value_labels
 from seglab.errors import ConfigError, DataError
 from seglab.registry import Registry
@@ -31,7 +31,8 @@ class CocoSource:
         self.has_masks = self.coco.has_annotations
         if labels is not None:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-            self.cache = MaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint(), self.paint_order)
+            self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order)
+            self.cache = ArrayCache(cache_dir, f"masks/{path.stem}", *self.cache_key)
 
     @staticmethod
     def resolve_labels(data_cfg) -> LabelSpec:
@@ -97,6 +98,7 @@ class LabelMapSource:
         self.has_masks = self.mask_dir.is_dir()
         if labels is not None:
             self.lut = self._lookup_table(labels)
+            self.cache_key = (str(self.mask_dir.resolve()), labels.fingerprint())
 
     @staticmethod
     def resolve_labels(data_cfg) -> LabelSpec:

@@ -11,10 +11,7 @@ from seglab.models import smp_models  # noqa: F401  (registers the smp architect
 from seglab.models.registry import MODELS
 from seglab.models.weights import load_encoder_weights, load_model_weights
 
-try:  # the classic models register themselves on import
-    from seglab.models import classic  # noqa: F401
-except ImportError:  # pragma: no cover - only while the package is being assembled
-    pass
+from seglab.models import classic  # noqa: F401  (registers FCN, DeconvNet, SegNet, DeepLab v1-v3)
 
 
 def build_model(model_cfg, num_classes: int) -> nn.Module:
@@ -35,12 +32,27 @@ def build_model(model_cfg, num_classes: int) -> nn.Module:
     return model
 
 
-def describe_models() -> list[tuple[str, str]]:
-    """(name, one-line description) for every registered model."""
+def describe_models(num_classes: int = 12, encoder: str = "resnet34", width: float = 1.0) -> list[dict]:
+    """Name, description, parts and parameter counts of every registered model.
+
+    Each model is built (random weights) with `num_classes` outputs; smp
+    architectures use `encoder`, classic ones `width`.
+    """
+    from seglab.config import ModelConfig
+
     rows = []
     for name in MODELS.names():
         doc = (inspect.getdoc(MODELS.get(name)) or "").splitlines()
-        rows.append((name, doc[0] if doc else ""))
+        params = {} if "encoder" in inspect.signature(MODELS.get(name)).parameters else {"width": width}
+        try:
+            model = build_model(ModelConfig(arch=name, encoder=encoder, params=params), num_classes)
+        except ConfigError as e:
+            rows.append({"name": name, "doc": doc[0] if doc else "", "error": str(e)})
+            continue
+        parts = {part: sum(p.numel() for p in module.parameters()) for part, module in model.parts().items()}
+        rows.append({"name": name, "doc": doc[0] if doc else "", "parts": parts,
+                     "params": sum(p.numel() for p in model.parameters())})
+        del model
     return rows
 
 
