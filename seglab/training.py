@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from seglab.averaging import build_averaging_callbacks
 from seglab.config import Config, to_yaml
@@ -214,15 +214,48 @@ def _finite(obj):
 # ------------------------------------------------------------------ recipe
 
 
-def make_loader(dataset, cfg: Config, train: bool) -> DataLoader:
+class ShardSampler(Sampler):
+    """Evaluation under DDP: rank r takes images r, r+W, r+2W, ... with no padding, so
+    no image is counted twice in the dataset-level confusion matrix (Lightning's
+    default DistributedSampler pads the set with repeats)."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.indices = range(rank, size, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset, cfg: Config, train: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
     workers = cfg.data.workers()
     batch = cfg.data.batch_size if train else (cfg.data.val_batch_size or cfg.data.batch_size)
+    sampler = None
+    if world_size > 1:
+        sampler = (DistributedSampler(dataset, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=True) if train
+                   else ShardSampler(len(dataset), rank, world_size))
     return DataLoader(
-        dataset, batch_size=batch, shuffle=train, num_workers=workers,
+        dataset, batch_size=batch, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
         # BatchNorm cannot train on a last batch of one image.
-        drop_last=train and len(dataset) > batch,
+        drop_last=train and len(dataset) > batch * world_size,
     )
+
+
+class SegmentationData(L.LightningDataModule):
+    """Builds the loaders once the trainer knows this process's rank."""
+
+    def __init__(self, cfg: Config, train_set, val_set):
+        super().__init__()
+        self.cfg, self.train_set, self.val_set = cfg, train_set, val_set
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.train_set, self.cfg, True, self.trainer.global_rank, self.trainer.world_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, self.cfg, False, self.trainer.global_rank, self.trainer.world_size)
 
 
 def make_loggers(cfg: Config, run_dir: Path) -> list:
@@ -280,6 +313,7 @@ def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec) -> L.Trainer:
         gradient_clip_val=cfg.optim.grad_clip, enable_progress_bar=t.progress_bar,
         logger=loggers or False, callbacks=make_callbacks(cfg, run_dir, labels, bool(loggers)),
         plugins=[AtomicCheckpointIO()], enable_model_summary=False, num_sanity_val_steps=1,
+        use_distributed_sampler=False,  # SegmentationData shards itself, without padding
     )
 
 
@@ -304,7 +338,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     frequencies = class_frequencies(train_set, labels) if needs_class_frequencies(cfg) else None
     module = SegmentationModule(cfg, labels, run_dir, frequencies)
     trainer = make_trainer(cfg, run_dir, labels)
-    trainer.fit(module, make_loader(train_set, cfg, True), make_loader(val_set, cfg, False), ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=SegmentationData(cfg, train_set, val_set), ckpt_path=str(last) if resume else None)
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 
