@@ -16,11 +16,34 @@ TINY = 1 / 16
 BN_MODELS = {"deconvnet", "segnet", "deeplabv3"}
 # Models that turn torchvision's fc6/fc7 Linear weights into convs.
 FC_MODELS = {"fcn32s", "fcn16s", "fcn8s", "deconvnet", "deeplabv1"}
+DROPOUT_MODELS = {"fcn32s", "fcn16s", "fcn8s", "deeplabv1", "deeplabv2"}
 
 
 def build(name: str, num_classes: int = 3, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     return MODELS.get(name)(num_classes, width=TINY, **kwargs)
+
+
+def build_full_zeroed(name: str) -> torch.nn.Module:
+    """A paper-size model with all-zero weights: built on the meta device so that 250M
+    parameters skip their random init; loaded weights then visibly replace the zeros."""
+    with torch.device("meta"):
+        model = MODELS.get(name)(3)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.zero_()
+    return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tiny models are latency-bound: on a 2-core shared CPU, thread hand-offs cost
+    # more than they gain and make the timings erratic.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_every_classic_model_is_registered():
@@ -74,6 +97,14 @@ def test_deeplabv3_output_stride_8():
         assert model(torch.randn(1, 3, 50, 70)).shape == (1, 3, 50, 70)
 
 
+def test_deeplabv3_trains_with_batch_of_one():
+    # The image-pooling branch sees one value per channel; plain BatchNorm would raise.
+    model = build("deeplabv3").train()
+    out = model(torch.randn(1, 3, 48, 48))
+    out.sum().backward()
+    assert model.aspp.branches[-1].conv.weight.grad.abs().sum() > 0
+
+
 def blob_batch(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Two images whose classes (background, a disc, a square) differ in colour and place."""
     g = torch.Generator().manual_seed(0)
@@ -91,8 +122,11 @@ def blob_batch(size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("name", CLASSIC_MODELS)
 def test_overfits_one_tiny_batch(name):
     images, masks = blob_batch(48)
-    model = build(name).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Without dropout (where a model has it) the fit is a clean capacity check; over
+    # seeds 0-2 every model ends at 0.13-0.40 of its starting loss with these settings.
+    options = {"dropout": 0.0} if name in DROPOUT_MODELS else {}
+    model = build(name, **options).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(40):
         optimizer.zero_grad()
@@ -114,7 +148,7 @@ def vgg_state_dicts() -> dict[bool, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("name", CLASSIC_MODELS)
 def test_loads_torchvision_vgg_weights(name, vgg_state_dicts):
-    model = MODELS.get(name)(3)
+    model = build_full_zeroed(name)
     state = vgg_state_dicts[name in BN_MODELS]
     missing, unexpected = model.load_encoder_state_dict(state)
     assert missing == []
@@ -134,7 +168,7 @@ def test_loads_torchvision_vgg_weights(name, vgg_state_dicts):
 
 
 def test_features_only_dict_reports_fc_as_missing(vgg_state_dicts):
-    model = MODELS.get("fcn32s")(3)
+    model = build_full_zeroed("fcn32s")
     features = {k.removeprefix("features."): v for k, v in vgg_state_dicts[False].items() if k.startswith("features.")}
     missing, unexpected = model.load_encoder_state_dict(features)
     assert unexpected == []
@@ -151,15 +185,15 @@ def test_shape_mismatch_raises_and_changes_nothing(vgg_state_dicts):
 
 
 def test_fc_that_cannot_become_the_conv_raises(vgg_state_dicts):
-    model = MODELS.get("fcn32s")(3)
+    model = build_full_zeroed("fcn32s")
     state = dict(vgg_state_dicts[False])
     state["classifier.0.weight"] = torch.zeros(4096, 1000)
-    with pytest.raises(CheckpointError, match="classifier.0.weight"):
+    with pytest.raises(CheckpointError, match=r"classifier\.0\.weight.*\(4096, 1000\).*\(4096, 512, 7, 7\)"):
         model.load_encoder_state_dict(state)
 
 
 def test_bn_and_plain_checkpoints_are_not_confused(vgg_state_dicts):
     with pytest.raises(CheckpointError, match="vgg16_bn"):
-        MODELS.get("segnet")(3).load_encoder_state_dict(vgg_state_dicts[False])
+        build_full_zeroed("segnet").load_encoder_state_dict(vgg_state_dicts[False])
     with pytest.raises(CheckpointError, match="vgg16_bn"):
-        MODELS.get("fcn8s")(3).load_encoder_state_dict(vgg_state_dicts[True])
+        build_full_zeroed("fcn8s").load_encoder_state_dict(vgg_state_dicts[True])

@@ -39,10 +39,10 @@ def _resize(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _deeplab_vgg(in_channels: int, width: float, batch_norm: bool = False) -> VGGEncoder:
+def _deeplab_vgg(in_channels: int, width: float) -> VGGEncoder:
     # DeepLab's prototxts: 3x3 pools with padding 1; pool4/pool5 keep the resolution.
     pools = [nn.MaxPool2d(3, 2, padding=1) for _ in range(3)] + [nn.MaxPool2d(3, 1, padding=1) for _ in range(2)]
-    return VGGEncoder(in_channels, width, batch_norm, pools=pools, dilations=(1, 1, 1, 1, 2))
+    return VGGEncoder(in_channels, width, pools=pools, dilations=(1, 1, 1, 1, 2))
 
 
 def _classifier(cin: int, num_classes: int) -> nn.Conv2d:
@@ -135,17 +135,24 @@ class DeepLabV2(nn.Module):
         return load_vgg_state_dict(self.encoder, state_dict)
 
 
-class ImagePooling(nn.Sequential):
-    """ASPP's image-level branch: global context broadcast back over the feature map.
-
-    Its BatchNorm sees one value per channel and image, so training needs batches of 2+.
-    """
+class ImagePooling(nn.Module):
+    """ASPP's image-level branch: global context broadcast back over the feature map."""
 
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).expand(-1, -1, *x.shape[-2:])
+        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
+        if self.training and pooled.shape[0] == 1:
+            # One image gives one value per channel, which has no batch statistics (plain
+            # BatchNorm raises); normalise with the running ones so batch-1 training works.
+            bn = self.bn
+            pooled = F.batch_norm(pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        else:
+            pooled = self.bn(pooled)
+        return F.relu(pooled).expand(-1, -1, *x.shape[-2:])
 
 
 class ASPP(nn.Module):

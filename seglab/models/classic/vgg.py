@@ -130,6 +130,7 @@ def _decimate(weight: torch.Tensor, shape: Sequence[int]) -> torch.Tensor | None
 
 def _fc_as_conv(key: str, value: torch.Tensor, target: torch.Tensor, taps: int, decimate: bool) -> torch.Tensor:
     """A torchvision Linear weight/bias reshaped (and if allowed decimated) to a conv's shape."""
+    original = tuple(value.shape)
     if value.dim() == 2:
         # Linear(C*k*k, out) flattens a C x k x k map in C, H, W order: a conv's layout.
         out, flat = value.shape
@@ -141,9 +142,7 @@ def _fc_as_conv(key: str, value: torch.Tensor, target: torch.Tensor, taps: int, 
         sub = _decimate(value, target.shape)
         if sub is not None:
             return sub
-    raise CheckpointError(
-        f"{key}: checkpoint shape {tuple(value.shape)} does not fit model shape {tuple(target.shape)}"
-    )
+    raise CheckpointError(f"{key}: checkpoint shape {original} does not fit model shape {tuple(target.shape)}")
 
 
 def load_vgg_state_dict(
