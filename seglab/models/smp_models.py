@@ -13,6 +13,8 @@ from torch import nn
 
 from seglab.models.registry import MODELS
 
+# PAN's pyramid attention pools the stride-32 map three more times: it needs >= 256 px.
+MIN_INPUT = {"PAN": 256}
 SMP_ARCHS = ("Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN", "UPerNet", "Segformer")
 
 
@@ -25,10 +27,12 @@ class SmpSegmenter(nn.Module):
         self.net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes, **kwargs)
         self.arch, self.encoder_name = arch, encoder
         self.size_divisor = 32
+        self.min_size = MIN_INPUT.get(arch, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.size_divisor, (-w) % self.size_divisor
+        pad_h = max((-h) % self.size_divisor, self.min_size - h)
+        pad_w = max((-w) % self.size_divisor, self.min_size - w)
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         logits = self.net(x)

@@ -51,10 +51,13 @@ def load_matching(module: nn.Module, state_dict: dict, what: str, source: str = 
             raise CheckpointError(
                 f"{source or what}: {key}: shape {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the {what}"
             )
-    result = module.load_state_dict(state_dict, strict=False)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if not set(state_dict) & set(own):
         raise CheckpointError(f"{source or what}: no key of the file matches the {what} (e.g. file {next(iter(state_dict), '-')!r}, {what} {next(iter(own), '-')!r})")
+    # From the key sets, not load_state_dict's return value: some encoders (smp's
+    # ResNet) override load_state_dict and return nothing.
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     log.info(
         "loaded %s weights%s: %d tensors, %d missing, %d unexpected%s",
         what, f" from {source}" if source else "", len(state_dict) - len(unexpected), len(missing), len(unexpected),
