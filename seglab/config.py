@@ -41,6 +41,16 @@ class BatchAugmentSpec(BaseModel):
     p: float = Field(0.5, ge=0, le=1, description="probability that an image of the batch is augmented")
 
 
+class SamplerConfig(Strict):
+    name: Literal["shuffle", "class_balanced"] = Field(
+        "shuffle", description="training order: shuffle (each image once per epoch) or class_balanced (oversample images holding rare classes)"
+    )
+    power: float = Field(
+        0.5, ge=0, description="class_balanced: image weight = max over its classes of (share of images holding the class)^-power; 0 = uniform"
+    )
+    num_samples: int | None = Field(None, gt=0, description="class_balanced: images drawn per epoch, all processes together; default = dataset size")
+
+
 class DataConfig(Strict):
     format: Literal["coco", "labelmap"] = Field("coco", description="dataset layout: COCO JSON, or image folder + label-map PNG folder")
     root: str = Field(".", description="data root; COCO file_name and the split files are relative to it")
@@ -72,6 +82,7 @@ class DataConfig(Strict):
     mask_value_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
         None, description="labelmap: PNG value -> class index (e.g. {0: 1, 255: 0}); default identity"
     )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="how training images are drawn")
 
     @field_validator("image_size")
     @classmethod

@@ -239,7 +239,11 @@ def make_loader(dataset, cfg: Config, train: bool, rank: int = 0, world_size: in
     workers = cfg.data.workers()
     batch = cfg.data.batch_size if train else (cfg.data.val_batch_size or cfg.data.batch_size)
     sampler = None
-    if world_size > 1:
+    if train and cfg.data.sampler.name != "shuffle":
+        from seglab.data.sampling import build_train_sampler
+
+        sampler = build_train_sampler(dataset, cfg.data.sampler, cfg.seed, rank, world_size)
+    elif world_size > 1:
         sampler = (DistributedSampler(dataset, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=True) if train
                    else ShardSampler(len(dataset), rank, world_size))
     return DataLoader(
