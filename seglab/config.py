@@ -118,7 +118,7 @@ class AugmentConfig(Strict):
     )
     eval: list[TransformSpec] = Field(default_factory=list, description="extra transforms for validation/test (rare)")
     batch: list[BatchAugmentSpec] = Field(
-        default_factory=list, description="batch-level augmentations on the device before the forward, in order: [{name: cutmix|copy_paste, p, params...}]"
+        default_factory=list, description="batch-level augmentations on the device before the forward, in order: [{name: cutmix or copy_paste, p, params...}]"
     )
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (0-1 scale), applied on the device")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (0-1 scale)")
