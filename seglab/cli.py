@@ -116,6 +116,16 @@ def cmd_viz_gt(args) -> None:
     print(f"wrote {len(paths)} ground-truth overlays to {args.out}")
 
 
+def cmd_viz_aug(args) -> None:
+    from seglab.data.preview import augmented_samples
+    from seglab.visualization import draw_augmented
+
+    cfg = _config(args)
+    labels, samples = augmented_samples(cfg, args.n, args.seed)
+    paths = draw_augmented(samples, args.out, list(labels.classes), labels.ignore_index)
+    print(f"wrote {len(paths)} augmented samples (augment.train, then augment.batch on them as one batch) to {args.out}")
+
+
 def cmd_models(args) -> None:
     from seglab.models import describe_models
 
@@ -197,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--paint-order", default="area_desc")
     g.add_argument("--limit", type=int, help="at most this many images")
     g.set_defaults(func=cmd_viz_gt)
+    a = vz.add_parser("aug", help="save training samples as the model sees them after augment.train and augment.batch")
+    a.add_argument("config")
+    a.add_argument("overrides", nargs="*")
+    a.add_argument("--out", required=True)
+    a.add_argument("--n", type=int, default=8, help="samples (one batch for augment.batch)")
+    a.add_argument("--seed", type=int, default=0, help="augmentation seed: another value shows other draws")
+    a.set_defaults(func=cmd_viz_aug)
 
     m = sub.add_parser("models", help="list the registered models, their parts and parameter counts")
     m.add_argument("--classes", type=int, default=12)

@@ -33,6 +33,24 @@ class TransformSpec(BaseModel):
     name: str = Field(description="albumentations class name, e.g. HorizontalFlip")
 
 
+class BatchAugmentSpec(BaseModel):
+    """One batch-level augmentation (seglab.data.batch_augment): its name, probability and parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="batch augmentation: cutmix or copy_paste")
+    p: float = Field(0.5, ge=0, le=1, description="probability that an image of the batch is augmented")
+
+
+class SamplerConfig(Strict):
+    name: Literal["shuffle", "class_balanced"] = Field(
+        "shuffle", description="training order: shuffle (each image once per epoch) or class_balanced (oversample images holding rare classes)"
+    )
+    power: float = Field(
+        0.5, ge=0, description="class_balanced: image weight = max over its classes of (share of images holding the class)^-power; 0 = uniform"
+    )
+    num_samples: int | None = Field(None, gt=0, description="class_balanced: images drawn per epoch, all processes together; default = dataset size")
+
+
 class DataConfig(Strict):
     format: Literal["coco", "labelmap"] = Field("coco", description="dataset layout: COCO JSON, or image folder + label-map PNG folder")
     root: str = Field(".", description="data root; COCO file_name and the split files are relative to it")
@@ -64,6 +82,7 @@ class DataConfig(Strict):
     mask_value_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
         None, description="labelmap: PNG value -> class index (e.g. {0: 1, 255: 0}); default identity"
     )
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="how training images are drawn")
 
     @field_validator("image_size")
     @classmethod
@@ -98,6 +117,9 @@ class AugmentConfig(Strict):
         description="albumentations transforms applied to training images and masks, in order",
     )
     eval: list[TransformSpec] = Field(default_factory=list, description="extra transforms for validation/test (rare)")
+    batch: list[BatchAugmentSpec] = Field(
+        default_factory=list, description="batch-level augmentations on the device before the forward, in order: [{name: cutmix or copy_paste, p, params...}]"
+    )
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (0-1 scale), applied on the device")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (0-1 scale)")
 
@@ -174,6 +196,9 @@ class Config(Strict):
 
         validate_transform_specs(self.augment.train, "augment.train")
         validate_transform_specs(self.augment.eval, "augment.eval")
+        from seglab.data.batch_augment import validate_batch_specs
+
+        validate_batch_specs(self.augment.batch, "augment.batch")
         return self
 
 

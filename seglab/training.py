@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from seglab.averaging import build_averaging_callbacks
 from seglab.config import Config, to_yaml
 from seglab.data import build_dataset, check_data, resolve_labels
+from seglab.data.batch_augment import build_batch_augment
 from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
 from seglab.io import append_jsonl, atomic_open, check_writable, read_jsonl, write_json, write_text
@@ -55,6 +56,8 @@ class SegmentationModule(L.LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(cfg.augment.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.augment.std).view(1, 3, 1, 1) * 255, persistent=False)
         self.val_cm = ConfusionMatrix(labels.num_classes, labels.ignore_index)
+        # augment.batch (CutMix, copy-paste): on the device, in training_step; None when not configured.
+        self.batch_augment = build_batch_augment(cfg.augment.batch, labels.classes, labels.ignore_index)
         self.best_score: float | None = None
         self.last_val_result: dict | None = None
         self._compiled = None
@@ -99,8 +102,11 @@ class SegmentationModule(L.LightningModule):
         self._train_loss = torch.zeros(2, device=self.device)
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch["image"])
-        loss = self.criterion(logits, batch["mask"].long())
+        images, masks = batch["image"], batch["mask"]
+        if self.batch_augment is not None:
+            images, masks = self.batch_augment(images, masks)
+        logits = self(images)
+        loss = self.criterion(logits, masks.long())
         if not torch.isfinite(loss):
             raise SeglabError(
                 f"non-finite loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}, "
@@ -233,7 +239,11 @@ def make_loader(dataset, cfg: Config, train: bool, rank: int = 0, world_size: in
     workers = cfg.data.workers()
     batch = cfg.data.batch_size if train else (cfg.data.val_batch_size or cfg.data.batch_size)
     sampler = None
-    if world_size > 1:
+    if train and cfg.data.sampler.name != "shuffle":
+        from seglab.data.sampling import build_train_sampler
+
+        sampler = build_train_sampler(dataset, cfg.data.sampler, cfg.seed, rank, world_size)
+    elif world_size > 1:
         sampler = (DistributedSampler(dataset, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=True) if train
                    else ShardSampler(len(dataset), rank, world_size))
     return DataLoader(

@@ -397,6 +397,26 @@ def draw_ground_truth(samples: Iterable[tuple[str, np.ndarray, np.ndarray]], out
     return paths
 
 
+def draw_augmented(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], out_dir,
+                   class_names: Sequence[str], ignore_index: int | None = 255,
+                   palette: np.ndarray | None = None) -> list[Path]:
+    """One PNG per (id, image, mask, augmented image, augmented mask):
+    original with its mask | augmented image | augmented image with its mask, and a legend."""
+    palette = class_palette(len(class_names)) if palette is None else palette
+    out_dir, paths, used = Path(out_dir), [], set()
+    for k, (image_id, image, mask, aug_image, aug_mask) in enumerate(samples):
+        legend = _class_legend(mask, aug_mask, class_names, palette, ignore_index)
+        image, mask = _shrink(400, image, mask)
+        aug_image, aug_mask = _shrink(400, aug_image, aug_mask)
+        tiles = [(overlay(image, mask, palette, ignore_index), "original + mask"), (aug_image, "augmented"),
+                 (overlay(aug_image, aug_mask, palette, ignore_index), "augmented + mask")]
+        if aug_image.shape != image.shape:  # a crop or rescale changed the size: show each at its own scale
+            tiles[0] = (_resize_nearest(tiles[0][0], *aug_image.shape[:2]), f"original + mask ({image.shape[1]}x{image.shape[0]})")
+        panel = _tile_grid(tiles, 3, str(image_id), legend, tile_px=360)
+        paths.append(save_png(panel, out_dir / _unique(f"aug_{k:03d}_{safe_filename(image_id)}", used)))
+    return paths
+
+
 def _unique(stem: str, used: set[str]) -> str:
     """File name not yet used in this folder: different ids can sanitise to the same name."""
     name, n = f"{stem}.png", 2

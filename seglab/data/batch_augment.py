@@ -1,0 +1,250 @@
+"""Batch-level augmentations: mix images of one batch, pixels and labels together.
+
+They run on the device in `SegmentationModule.training_step`, before the forward, on
+uint8 images [B, 3, H, W] and masks that are integer class maps [B, H, W]
+(multiclass) or boolean / 0-1 maps [B, C, H, W] (multilabel).
+
+Every augmentation here does the same thing with a different region: for each image
+it picks a partner image of the batch and a region, and inside the region takes the
+partner's pixels AND the partner's labels (all channels of a multilabel mask). The
+labels of a pixel therefore always describe the pixel shown, whatever the mask type.
+
+    cutmix      a random box (area share 1 - lambda, lambda ~ Beta(alpha, alpha))
+    copy_paste  the pixels of chosen classes (objects) of the partner, optionally
+                mirrored, scaled and shifted first (shape matters more than place)
+
+Config: `augment.batch: [{name: cutmix, p: 0.5}, {name: copy_paste, p: 0.5, classes: [Battery]}]`,
+applied in order. To add one, subclass `BatchAugment`, write `sample`, and register
+it with `@BATCH_AUGMENTS.register("name")`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from seglab.errors import ConfigError
+from seglab.registry import Registry
+
+BATCH_AUGMENTS = Registry("batch augmentation")
+
+
+def _broadcast(region: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] region -> a view that broadcasts over [B, H, W] or [B, C, H, W] `target`."""
+    return region.view(region.shape[0], *([1] * (target.dim() - 3)), *region.shape[1:])
+
+
+def paste(images: torch.Tensor, masks: torch.Tensor, src_images: torch.Tensor, src_masks: torch.Tensor,
+          region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inside `region` [B, H, W] (bool), image pixels and labels come from the source batch."""
+    return (torch.where(_broadcast(region, images), src_images, images),
+            torch.where(_broadcast(region, masks), src_masks, masks))
+
+
+class BatchAugment:
+    """Applied to each image of the batch with probability `p`; the partner is another image of the batch."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p <= 1:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def sample(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator) -> dict:
+        """Draw this batch's parameters: at least `region` [B, H, W] bool, `src_images`, `src_masks`."""
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.sample(images, masks, _numpy_rng(generator))
+        return paste(images, masks, params["src_images"], params["src_masks"], params["region"])
+
+    def _choose(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Which images are augmented, and each image's partner (never itself when B > 1)."""
+        applied = rng.random(batch_size) < self.p
+        shift = rng.integers(1, batch_size, batch_size) if batch_size > 1 else np.zeros(1, np.int64)
+        partner = (np.arange(batch_size) + shift) % batch_size
+        return applied & (partner != np.arange(batch_size)), partner
+
+
+def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """Parameters are drawn on the CPU with numpy, seeded from torch's RNG (seeded by the run's seed)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+@BATCH_AUGMENTS.register("cutmix")
+class CutMix(BatchAugment):
+    """CutMix for segmentation (Yun et al. 2019): paste a box of the partner into image and mask.
+
+    lambda ~ Beta(alpha, alpha); the box has sides H*sqrt(1-lambda) and W*sqrt(1-lambda)
+    (rounded) and lies wholly inside the image, so its area share is 1 - lambda.
+    """
+
+    def __init__(self, p: float = 0.5, alpha: float = 1.0):
+        super().__init__(p)
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        self.alpha = alpha
+
+    def sample(self, images, masks, rng):
+        b, _, h, w = images.shape
+        applied, partner = self._choose(b, rng)
+        lam = rng.beta(self.alpha, self.alpha, b)
+        cut_h = np.round(h * np.sqrt(1 - lam)).astype(np.int64)
+        cut_w = np.round(w * np.sqrt(1 - lam)).astype(np.int64)
+        top = (rng.random(b) * (h - cut_h + 1)).astype(np.int64)
+        left = (rng.random(b) * (w - cut_w + 1)).astype(np.int64)
+        boxes = np.stack([top, left, top + cut_h, left + cut_w], 1) * applied[:, None]
+        box = torch.as_tensor(boxes, device=images.device)
+        ys = torch.arange(h, device=images.device).view(1, h, 1)
+        xs = torch.arange(w, device=images.device).view(1, 1, w)
+        region = ((ys >= box[:, 0, None, None]) & (ys < box[:, 2, None, None])
+                  & (xs >= box[:, 1, None, None]) & (xs < box[:, 3, None, None]))
+        index = torch.as_tensor(partner, device=images.device)
+        return {"region": region, "src_images": images[index], "src_masks": masks[index],
+                "partner": partner, "applied": applied, "lam": lam, "boxes": boxes}
+
+
+@BATCH_AUGMENTS.register("copy_paste")
+class CopyPaste(BatchAugment):
+    """Copy-paste of objects (Ghiasi et al. 2021, at class level): the partner's pixels of
+    `classes` are pasted onto this image with their labels.
+
+    `classes`: class names or indices to paste (default: every class but 0, Background,
+    for multiclass; every channel for multilabel). Before pasting, the partner's image
+    and mask are mirrored left-right with probability `hflip_p`, scaled by a factor from
+    `scale_range` and shifted by up to `translate` of the image size (nearest-neighbour
+    resampling: every pasted pixel is a source pixel with its own label).
+    """
+
+    def __init__(self, p: float = 0.5, classes: Sequence[int | str] | None = None, hflip_p: float = 0.0,
+                 scale_range: Sequence[float] = (1.0, 1.0), translate: float = 0.0,
+                 *, class_names: Sequence[str] | None = None, ignore_index: int = 255):
+        super().__init__(p)
+        if not 0 <= hflip_p <= 1:
+            raise ValueError(f"hflip_p must be in [0, 1], got {hflip_p}")
+        if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
+        if not 0 <= translate <= 1:
+            raise ValueError(f"translate must be in [0, 1] (share of the image size), got {translate}")
+        self.hflip_p, self.scale_range, self.translate = hflip_p, tuple(scale_range), translate
+        self.ignore_index = ignore_index
+        self.classes = None if classes is None else _class_indices(classes, class_names)
+
+    def objects(self, masks: torch.Tensor) -> torch.Tensor:
+        """[B, H, W] bool: pixels of the pasted classes."""
+        if masks.dim() == 4:  # multilabel [B, C, H, W]: a pixel is an object if any chosen channel is on
+            chosen = masks.bool() if self.classes is None else masks[:, list(self.classes)].bool()
+            return chosen.any(1)
+        if self.classes is None:
+            return (masks != 0) & (masks != self.ignore_index)
+        return torch.isin(masks, torch.as_tensor(self.classes, device=masks.device, dtype=masks.dtype))
+
+    def sample(self, images, masks, rng):
+        b, _, h, w = images.shape
+        applied, partner = self._choose(b, rng)
+        index = torch.as_tensor(partner, device=images.device)
+        src_images, src_masks = images[index], masks[index]
+        flip = rng.random(b) < self.hflip_p
+        scale = rng.uniform(*self.scale_range, b)
+        shift = rng.uniform(-1, 1, (b, 2)) * 2 * self.translate  # normalised coordinates span 2
+        inside = torch.ones(b, h, w, dtype=torch.bool, device=images.device)
+        if flip.any() or self.scale_range != (1.0, 1.0) or self.translate > 0:
+            src_images, src_masks, inside = _warp(src_images, src_masks, flip, scale, shift)
+        region = self.objects(src_masks) & inside & torch.as_tensor(applied, device=images.device).view(b, 1, 1)
+        return {"region": region, "src_images": src_images, "src_masks": src_masks, "partner": partner,
+                "applied": applied, "flip": flip, "scale": scale, "shift": shift}
+
+
+def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np.ndarray, shift: np.ndarray):
+    """Mirror / scale about the centre / shift each image and mask alike (nearest neighbour).
+
+    Returns the warped images and masks (same dtypes) and where the result lies inside the source.
+    """
+    b, _, h, w = images.shape
+    device = images.device
+    # affine_grid maps output to input coordinates: in = M (out - shift), M = diag(+-1/s, 1/s).
+    m = np.zeros((b, 2, 3))
+    m[:, 0, 0] = np.where(flip, -1.0, 1.0) / scale
+    m[:, 1, 1] = 1.0 / scale
+    m[:, 0, 2] = -m[:, 0, 0] * shift[:, 0]
+    m[:, 1, 2] = -m[:, 1, 1] * shift[:, 1]
+    theta = torch.as_tensor(m, dtype=torch.float32, device=device)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    mask_channels = masks.float() if masks.dim() == 4 else masks.float().unsqueeze(1)
+    stack = torch.cat([images.float(), mask_channels, torch.ones(b, 1, h, w, device=device)], 1)
+    with torch.autocast(device.type, enabled=False):
+        out = F.grid_sample(stack, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    out_images = out[:, :3].round().to(images.dtype)
+    out_masks = out[:, 3:-1] if masks.dim() == 4 else out[:, 3]
+    out_masks = (out_masks > 0.5) if masks.dtype == torch.bool else out_masks.round().to(masks.dtype)
+    return out_images, out_masks, out[:, -1] > 0.5
+
+
+def _class_indices(classes: Sequence[int | str], class_names: Sequence[str] | None) -> tuple[int, ...] | None:
+    """Class names or indices -> indices; names stay unresolved (None) until the class list is known."""
+    out = []
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, (int, str)):
+            raise ValueError(f"classes: {c!r} is neither a class name nor an index")
+        if isinstance(c, int):
+            if c < 0 or (class_names is not None and c >= len(class_names)):
+                raise ValueError(f"classes: index {c} is not a class")
+            out.append(c)
+        elif class_names is None:
+            return None
+        elif c in class_names:
+            out.append(list(class_names).index(c))
+        else:
+            close = difflib.get_close_matches(c, list(class_names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"classes: unknown class {c!r}{hint} (classes: {', '.join(class_names)})")
+    if not out:
+        raise ValueError("classes: empty list (leave it out to paste every object class)")
+    return tuple(out)
+
+
+class BatchAugmentations:
+    """The configured augmentations, applied in order."""
+
+    def __init__(self, augments: Sequence[BatchAugment]):
+        self.augments = list(augments)
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        for augment in self.augments:
+            images, masks = augment(images, masks, generator)
+        return images, masks
+
+
+def _make(spec, where: str, class_names: Sequence[str] | None, ignore_index: int) -> BatchAugment:
+    cls = BATCH_AUGMENTS.get(spec.name, where)
+    params = dict(spec.model_extra or {})
+    accepted = inspect.signature(cls.__init__).parameters
+    context = {"class_names": class_names, "ignore_index": ignore_index}
+    for key in params:
+        if key not in accepted or key in context:
+            raise ConfigError(f"{where}.{key}: unknown parameter for {spec.name}")
+    context = {k: v for k, v in context.items() if k in accepted}
+    try:
+        return cls(p=spec.p, **params, **context)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where} ({spec.name}): {e}") from None
+
+
+def validate_batch_specs(specs, where: str = "augment.batch") -> None:
+    """At config load: names and parameters (class names are checked when the classes are known)."""
+    for i, spec in enumerate(specs):
+        _make(spec, f"{where}[{i}]", None, 255)
+
+
+def build_batch_augment(specs, class_names: Sequence[str], ignore_index: int,
+                        where: str = "augment.batch") -> BatchAugmentations | None:
+    """The pipeline for `augment.batch`, or None when it is empty."""
+    if not specs:
+        return None
+    return BatchAugmentations([_make(s, f"{where}[{i}]", class_names, ignore_index) for i, s in enumerate(specs)])
