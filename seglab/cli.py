@@ -232,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `key=value` overrides may come after options too (`train cfg.yaml --out RUN lr=...`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         args.func(args)
     except SeglabError as e:

@@ -115,3 +115,17 @@ def test_missing_image_stops_before_training(synth_root, tmp_path):
         train(tiny_config(data), tmp_path / "r")
     assert f"train.json: image 2 ({doc['images'][2]['file_name']!r}): image file not found" in str(e.value)
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_overrides_may_follow_options(tmp_path, monkeypatch):
+    """The README's form `seglab train CFG --out RUN key=value` reaches the config."""
+    import seglab.training
+
+    seen = {}
+    monkeypatch.setattr(seglab.training, "train", lambda cfg, run_dir, resume=False: seen.update(cfg=cfg, run=run_dir) or {})
+    cfg = ROOT / "configs" / "demo.yaml"
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "optim.lr=0.5", "data.batch_size=2"]) == 0
+    assert seen["cfg"].optim.lr == 0.5 and seen["cfg"].data.batch_size == 2
+    assert Path(seen["run"]) == tmp_path / "r"
+    with pytest.raises(SystemExit):
+        main(["train", str(cfg), "--out", str(tmp_path / "r"), "--bogus"])
