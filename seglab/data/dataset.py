@@ -83,7 +83,7 @@ class MaskCache:
 
 
 class SegmentationDataset(Dataset):
-    """Items: {"image": uint8 [3,H,W], "mask": [H,W] (if labelled), "id": str, "index": int}."""
+    """Items: {"image": uint8 [3,H,W], "mask": [H,W] class map or [C,H,W] bool (if labelled), "id": str, "index": int}."""
 
     def __init__(self, source, transform, with_masks: bool = True):
         if with_masks and not source.has_masks:
@@ -100,7 +100,12 @@ class SegmentationDataset(Dataset):
         item = {"id": self.source.sample_id(i), "index": i}
         if self.with_masks:
             mask = self.source.load_mask(i)
+            multilabel = mask.ndim == 3  # C x H x W booleans; albumentations wants H x W x C
+            if multilabel:
+                mask = mask.transpose(1, 2, 0).view(np.uint8)
             out = self.transform(image=image, mask=mask)
+            if multilabel:
+                out["mask"] = out["mask"].transpose(2, 0, 1).astype(bool)
             item["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"]))
             if item["mask"].dtype == torch.uint16:
                 item["mask"] = item["mask"].to(torch.int32)
