@@ -57,13 +57,14 @@ def cmd_predict(args) -> None:
     cfg = load_config(Path(args.run_dir) / "config.yaml")
     fmt = args.format or cfg.submission.format
     writer = WRITERS.get(fmt, "--format")
-    extra = {}
-    if getattr(writer, "needs_classes", False) or cfg.task == "multilabel":
-        from seglab.data.labels import LabelSpec
+    if cfg.task == "multilabel" and not getattr(writer, "accepts_multilabel", False):
         from seglab.errors import ConfigError
 
-        if cfg.task == "multilabel" and not getattr(writer, "accepts_multilabel", False):
-            raise ConfigError(f"--format {fmt}: writes class maps; a multilabel run needs --format rle")
+        raise ConfigError(f"--format {fmt}: writes class maps; a multilabel run needs --format rle")
+    extra = {}
+    if getattr(writer, "needs_classes", False):  # the rle writer names each row's class
+        from seglab.data.labels import LabelSpec
+
         extra["classes"] = list(LabelSpec.from_json(json.loads((Path(args.run_dir) / "labels.json").read_text())).classes)
     count = writer(iter_predictions(args.run_dir, args.split, args.checkpoint, args.device), Path(args.out), tuple(cfg.submission.size), **extra)
     print(f"wrote {count} predictions ({fmt}) to {args.out}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -106,12 +107,12 @@ class PolygonSource:
             else:
                 self.image_root, self.json_root = path, path.parent / data_cfg.json_dir
             self.ids = find_images(self.image_root)
-        elif path.is_file():
-            self.ids = self._read_list(path)
-        else:
+        elif not path.is_file():
             raise DataError(f"{path}: split list or folder not found (data.{split})")
         if not self.image_root.is_dir():
-            raise DataError(f"{self.image_root}: image folder not found (data.image_dir)")
+            raise DataError(f"{self.image_root}: image folder not found (data.root / data.image_dir)")
+        if path.is_file():
+            self.ids = self._read_list(path)
         self.has_masks = self.json_root.is_dir()
         self.labels = labels
         self.paint_order = data_cfg.paint_order
@@ -139,9 +140,9 @@ class PolygonSource:
                 ids.append(Path(entry).as_posix())
             else:
                 raise DataError(f"{path}: line {line_no}: no image or ID folder {entry!r} in {self.image_root}")
-        duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-        if duplicates:
-            raise DataError(f"{path}: image {duplicates[0]!r} is listed twice")
+        twice = [i for i, n in Counter(ids).items() if n > 1]
+        if twice:
+            raise DataError(f"{path}: image {twice[0]!r} is listed twice")
         return ids
 
     @staticmethod
