@@ -36,13 +36,16 @@ def cmd_train(args) -> None:
     best = train(cfg, run_dir, resume=bool(args.resume))
     print(f"\nrun folder: {run_dir}  ({time.time() - started:.0f} s)")
     if best:
-        print(f"best {best.get('monitor', 'mIoU')}: epoch {best['epoch']}, mIoU {best['mIoU']:.4f}  -> {run_dir / 'metrics.json'}")
+        monitor = best.get("monitor", "mIoU")
+        value = best.get(monitor)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else value
+        print(f"best {monitor}: epoch {best['epoch']}, {monitor} {shown}  -> {run_dir / 'metrics.json'}")
 
 
 def cmd_evaluate(args) -> None:
     from seglab.inference import evaluate
 
-    scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device)
+    scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device, original_size=args.original_size)
     print(json.dumps(scores, indent=2))
 
 
@@ -54,14 +57,33 @@ def cmd_predict(args) -> None:
     cfg = load_config(Path(args.run_dir) / "config.yaml")
     fmt = args.format or cfg.submission.format
     writer = WRITERS.get(fmt, "--format")
-    count = writer(iter_predictions(args.run_dir, args.split, args.checkpoint, args.device), Path(args.out), tuple(cfg.submission.size))
+    if cfg.task == "multilabel" and not getattr(writer, "accepts_multilabel", False):
+        from seglab.errors import ConfigError
+
+        raise ConfigError(f"--format {fmt}: writes class maps; a multilabel run needs --format rle")
+    extra = {}
+    if getattr(writer, "needs_classes", False):  # the rle writer names each row's class
+        from seglab.data.labels import LabelSpec
+
+        extra["classes"] = list(LabelSpec.from_json(json.loads((Path(args.run_dir) / "labels.json").read_text())).classes)
+    count = writer(iter_predictions(args.run_dir, args.split, args.checkpoint, args.device), Path(args.out), tuple(cfg.submission.size), **extra)
     print(f"wrote {count} predictions ({fmt}) to {args.out}")
 
 
 def cmd_data_synth(args) -> None:
     from seglab.data.synth import make_coco_dataset
 
-    paths = make_coco_dataset(args.out, args.n_train, args.n_val, args.n_test, args.size, args.seed)
+    if args.format == "polygons":
+        from seglab.data.synth_polygons import make_polygon_dataset
+
+        # --n-* count people (ID folders, two images each) in this layout.
+        counts = [n if n is not None else d for n, d in zip((args.n_train, args.n_val, args.n_test), (24, 8, 4))]
+        paths = make_polygon_dataset(args.out, *counts, args.size, args.seed)
+        for key, path in paths.items():
+            print(f"{key}: {path}")
+        return
+    counts = [n if n is not None else d for n, d in zip((args.n_train, args.n_val, args.n_test), (48, 16, 8))]
+    paths = make_coco_dataset(args.out, *counts, args.size, args.seed)
     for split, path in paths.items():
         print(f"{split}: {path}")
 
@@ -126,6 +148,43 @@ def cmd_viz_aug(args) -> None:
     print(f"wrote {len(paths)} augmented samples (augment.train, then augment.batch on them as one batch) to {args.out}")
 
 
+def cmd_data_split(args) -> None:
+    from seglab.data import open_source
+    from seglab.data.splits import write_folds
+
+    cfg = _config(args)
+    source = open_source(cfg, args.split, None)
+    stratify = [c.strip() for c in args.stratify.split(",") if c.strip()] if args.stratify else []
+    summary = write_folds(source, cfg.data.format, args.out, args.folds, args.seed, args.group_by,
+                          args.metadata, args.id_column, stratify, args.bins)
+    print(f"{summary['images']} images, {summary['groups']} groups -> {summary['folds']} folds ({summary['table']})")
+    for k, fold in enumerate(summary["per_fold"]):
+        strata = f"  strata {fold['strata']}" if "strata" in fold else ""
+        print(f"fold {k}: {fold['images']} images, {fold['groups']} groups{strata}")
+    train, val = summary["files"][0]
+    print(f"use fold 0: data.train={Path(train).resolve()} data.val={Path(val).resolve()}")
+
+
+def cmd_data_rle_decode(args) -> None:
+    from seglab.rle import decode_to_pngs
+
+    count = decode_to_pngs(args.csv, args.out, tuple(args.size))
+    print(f"wrote {count} masks (one PNG per image x class) under {args.out}")
+
+
+def cmd_tune_thresholds(args) -> None:
+    from seglab.thresholds import DEFAULT_GRID, tune_thresholds
+
+    grid = [float(v) for v in args.grid.split(",")] if args.grid else DEFAULT_GRID
+    record = tune_thresholds(args.run_dir, args.split, args.checkpoint, args.device, grid, args.original_size, save=not args.dry_run)
+    width = max(12, *(len(c) for c in record["thresholds"]))
+    print(f"{'class':<{width}}  threshold  Dice before  Dice after")
+    for c, t in record["thresholds"].items():
+        print(f"{c:<{width}}  {t:9.2f}  {record['per_class_dice_before'][c]:11.4f}  {record['per_class_dice_after'][c]:10.4f}")
+    print(f"mean Dice on {args.split}: {record['dice_before']:.4f} -> {record['dice_after']:.4f}"
+          + (f"  (saved {record['path']})" if "path" in record else "  (not saved: --dry-run)"))
+
+
 def cmd_models(args) -> None:
     from seglab.models import describe_models
 
@@ -160,23 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val")
     e.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path")
     e.add_argument("--device")
+    e.add_argument("--original-size", action="store_true", help="score predictions at each image's original size (what predict writes)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a submission for a split")
     pr.add_argument("run_dir")
     pr.add_argument("--split", default="test")
     pr.add_argument("--out", required=True, help="CSV file (coco_csv) or folder (png)")
-    pr.add_argument("--format", help="coco_csv or png (default: the config's submission.format)")
+    pr.add_argument("--format", help="coco_csv, png or rle (default: the config's submission.format)")
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--device")
     pr.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    s = d.add_parser("synth", help="write the built-in example dataset (COCO, competition-A layout)")
+    s = d.add_parser("synth", help="write the built-in example dataset (COCO, competition-A layout; or polygons, competition B)")
     s.add_argument("--out", required=True)
-    s.add_argument("--n-train", type=int, default=48)
-    s.add_argument("--n-val", type=int, default=16)
-    s.add_argument("--n-test", type=int, default=8)
+    s.add_argument("--format", choices=("coco", "polygons"), default="coco", help="polygons: hand-bone layout; --n-* then count people")
+    s.add_argument("--n-train", type=int, help="default 48 images (coco) / 24 people (polygons)")
+    s.add_argument("--n-val", type=int, help="default 16 images / 8 people")
+    s.add_argument("--n-test", type=int, help="default 8 images / 4 people")
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
@@ -215,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="augmentation seed: another value shows other draws")
     a.set_defaults(func=cmd_viz_aug)
 
+    _add_multilabel_commands(sub, d)
+
     m = sub.add_parser("models", help="list the registered models, their parts and parameter counts")
     m.add_argument("--classes", type=int, default=12)
     m.add_argument("--encoder", default="resnet34", help="encoder used for the smp architectures")
@@ -225,6 +288,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=cmd_config)
     return p
+
+
+def _add_multilabel_commands(sub, d) -> None:
+    sp = d.add_parser("split", help="k folds keeping each person (ID folder) together; optional stratification on a metadata table")
+    sp.add_argument("config")
+    sp.add_argument("overrides", nargs="*")
+    sp.add_argument("--folds", type=int, default=5)
+    sp.add_argument("--out", required=True, help="folder for the fold files")
+    sp.add_argument("--split", default="train", help="which configured split is the pool (default train)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--group-by", default="folder", choices=("folder", "none"), help="folder: the ID folder; none: plain k-fold")
+    sp.add_argument("--metadata", help="CSV or XLSX table with one row per ID")
+    sp.add_argument("--id-column", default="ID")
+    sp.add_argument("--stratify", help="comma-separated metadata columns (numeric ones are binned), e.g. sex,age")
+    sp.add_argument("--bins", type=int, default=3, help="quantile bins for numeric stratification columns")
+    sp.set_defaults(func=cmd_data_split)
+    rd = d.add_parser("rle-decode", help="turn an image_name,class,rle CSV back into one PNG mask per image x class")
+    rd.add_argument("csv")
+    rd.add_argument("--out", required=True)
+    rd.add_argument("--size", type=int, nargs=2, default=(2048, 2048), metavar=("H", "W"), help="original image size")
+    rd.set_defaults(func=cmd_data_rle_decode)
+
+    th = sub.add_parser("tune-thresholds", help="per-class thresholds maximising Dice on a split; saved to RUN/thresholds.json")
+    th.add_argument("run_dir")
+    th.add_argument("--split", default="val")
+    th.add_argument("--checkpoint", default="best")
+    th.add_argument("--device")
+    th.add_argument("--grid", help="comma-separated thresholds (default 0.05,0.10,...,0.95)")
+    th.add_argument("--original-size", action="store_true", help="search at each image's original size")
+    th.add_argument("--dry-run", action="store_true", help="print, do not save")
+    th.set_defaults(func=cmd_tune_thresholds)
 
 
 def main(argv: list[str] | None = None) -> int:

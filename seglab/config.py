@@ -20,6 +20,8 @@ from seglab.averaging import AveragingConfig
 from seglab.errors import ConfigError
 from seglab.losses import LossSpec, validate_loss_specs
 from seglab.optim import OptimConfig, ScheduleConfig
+from seglab.postprocess import PostprocessConfig
+from seglab.sliding import SlidingWindowConfig
 
 
 class Strict(BaseModel):
@@ -52,9 +54,13 @@ class SamplerConfig(Strict):
 
 
 class DataConfig(Strict):
-    format: Literal["coco", "labelmap"] = Field("coco", description="dataset layout: COCO JSON, or image folder + label-map PNG folder")
+    format: Literal["coco", "labelmap", "polygons"] = Field(
+        "coco", description="dataset layout: COCO JSON, image folder + label-map PNG folder, or per-image polygon JSON (hand-bone layout)"
+    )
     root: str = Field(".", description="data root; COCO file_name and the split files are relative to it")
-    train: str | None = Field(None, description="train split: COCO JSON (coco) or list of image stems (labelmap, null = all images)")
+    train: str | None = Field(
+        None, description="train split: COCO JSON (coco), list of image stems (labelmap, null = all images), or list of ID folders / images or a folder (polygons)"
+    )
     val: str | None = Field(None, description="validation split, same form as train")
     test: str | None = Field(None, description="test split (no labels needed), same form as train")
     classes: list[str] | None = Field(None, description="training class names, index = position; default Background + categories in JSON order")
@@ -76,7 +82,8 @@ class DataConfig(Strict):
     batch_size: int = Field(8, gt=0, description="training batch size per device")
     val_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default = batch_size")
     num_workers: Union[int, Literal["auto"]] = Field("auto", description="DataLoader workers; auto = min(CPU count, 8)")
-    image_dir: str = Field("images", description="labelmap: folder of images under root")
+    image_dir: str = Field("images", description="labelmap / polygons: folder of images under root (polygons: DCM)")
+    json_dir: str = Field("outputs_json", description="polygons: folder of per-image label JSON under root, mirroring image_dir")
     mask_dir: str = Field("masks", description="labelmap: folder of label PNGs under root, matched by file stem")
     mask_ignore_value: int | None = Field(255, description="labelmap: PNG value meaning void/ignore")
     mask_value_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
@@ -153,7 +160,7 @@ class TrainerConfig(Strict):
 
 
 class EvalConfig(Strict):
-    monitor: str = Field("mIoU", description="validation metric that picks the best checkpoint")
+    monitor: str = Field("mIoU", description="validation metric that picks the best checkpoint (multilabel default: dice)")
     mode: Literal["max", "min"] = Field("max", description="whether the monitored metric should go up or down")
 
 
@@ -172,14 +179,16 @@ class SubmissionConfig(Strict):
 
 
 class Config(Strict):
-    task: Literal["multiclass"] = Field("multiclass", description="multiclass (softmax, one class per pixel)")
+    task: Literal["multiclass", "multilabel"] = Field(
+        "multiclass", description="multiclass (softmax, one class per pixel) or multilabel (sigmoid, C x H x W masks, classes overlap)"
+    )
     name: str | None = Field(None, description="experiment name (free text)")
     seed: int = Field(42, description="random seed for weights, data order and augmentation")
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: list[LossSpec] = Field(
-        default_factory=lambda: [LossSpec(name="ce")], description="loss terms [{name, weight, params...}], summed by weight"
+        default_factory=lambda: [LossSpec(name="ce")], description="loss terms [{name, weight, params...}], summed by weight (multilabel default: bce_dice)"
     )
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -188,9 +197,12 @@ class Config(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    sliding_window: SlidingWindowConfig = Field(default_factory=SlidingWindowConfig)
 
     @model_validator(mode="after")
     def _check_parts(self):
+        _task_defaults(self)
         validate_loss_specs(self.loss, self.task)
         from seglab.data.transforms import validate_transform_specs
 
@@ -200,6 +212,23 @@ class Config(Strict):
 
         validate_batch_specs(self.augment.batch, "augment.batch")
         return self
+
+
+def _task_defaults(cfg: Config) -> None:
+    """Defaults that depend on the task, where the config left them unset; the monitor must be a metric of the task."""
+    from seglab.tasks import TASKS
+
+    if cfg.task not in TASKS:
+        return
+    task = TASKS.get(cfg.task)
+    if cfg.task == "multilabel" and "loss" not in cfg.model_fields_set:
+        cfg.loss = [LossSpec(name="bce_dice")]
+    if "monitor" not in cfg.eval.model_fields_set and cfg.eval.monitor != task.default_monitor:
+        cfg.eval.monitor = task.default_monitor
+        cfg.eval.model_fields_set.discard("monitor")
+    allowed = (*task.scalar_metrics, "loss")
+    if cfg.eval.monitor not in allowed:
+        raise ConfigError(f"eval.monitor: {cfg.eval.monitor!r} is not a {cfg.task} metric (use one of {', '.join(allowed)})")
 
 
 # ---------------------------------------------------------------- loading

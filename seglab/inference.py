@@ -19,7 +19,8 @@ from seglab.config import Config, load_config
 from seglab.data import build_dataset
 from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
-from seglab.metrics import ConfusionMatrix
+from seglab.postprocess import load_thresholds, postprocess
+from seglab.sliding import sliding_window_from_config
 from seglab.training import SegmentationModule, check_checkpoint_meta
 
 
@@ -36,7 +37,10 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return path
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device | None = None) -> tuple[Config, LabelSpec, SegmentationModule]:
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device | None = None,
+             tuned_thresholds: bool = True) -> tuple[Config, LabelSpec, SegmentationModule]:
+    """The run's config, labels and trained module (eval mode); `module.thresholds` are the
+    tuned ones from RUN/thresholds.json when present (and `tuned_thresholds`), else the config's."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
@@ -54,17 +58,36 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device
     result = module.load_state_dict(state.get("state_dict", {}), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{path}: does not fit the model (missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    tuned = load_thresholds(run_dir, labels.classes) if tuned_thresholds and labels.task == "multilabel" else None
+    module.thresholds_source = "config"
+    if tuned is not None:
+        module.thresholds.copy_(tuned)
+        module.thresholds_source = str(run_dir / "thresholds.json")
     module.to(device or pick_device()).eval()
     return cfg, labels, module
 
 
 def predict_probs(module: SegmentationModule, images: torch.Tensor) -> torch.Tensor:
-    """Class probabilities [B, C, H, W] for uint8 images already on the module's device."""
+    """Class probabilities [B, C, H, W] (softmax or sigmoid, by the task) for uint8 images
+    already on the module's device; tile by tile when `sliding_window.enabled`."""
     use_amp = images.device.type == "cuda" and module.cfg.trainer.precision in ("bf16", "bf16-mixed", "16", "16-mixed")
     dtype = torch.bfloat16 if "bf16" in module.cfg.trainer.precision else torch.float16
     with torch.autocast(images.device.type, dtype=dtype, enabled=use_amp):
+        if module.cfg.sliding_window.enabled:
+            return sliding_window_from_config(lambda x: module.task.probabilities(module(x)), images, module.cfg.sliding_window).float()
         logits = module(images)
-    return logits.float().softmax(1)
+    return module.task.probabilities(logits).float()
+
+
+def final_prediction(module: SegmentationModule, probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One image's probabilities [1, C, h, w] -> its prediction at `size`: a class map [H, W]
+    (multiclass) or C x H x W booleans (multilabel), thresholded and post-processed."""
+    if tuple(probs.shape[-2:]) != tuple(size):
+        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+    pred = module.task.predict(probs, module.thresholds)[0]
+    if pred.dim() == 2:
+        pred = pred.to(torch.uint8 if module.labels.num_classes <= 256 else torch.int32)
+    return postprocess(pred.cpu().numpy(), module.cfg.postprocess, module.labels.classes)
 
 
 def _loader(dataset, cfg: Config) -> DataLoader:
@@ -73,30 +96,41 @@ def _loader(dataset, cfg: Config) -> DataLoader:
 
 
 @torch.no_grad()
-def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", device: str | None = None) -> dict:
-    """The dataset-level metrics of a trained run on a labelled split (same as validation)."""
+def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", device: str | None = None,
+             original_size: bool = False) -> dict:
+    """The dataset-level metrics of a trained run on a labelled split: at the dataset's size
+    (as in validation), or with `original_size` against the original masks, scoring exactly
+    what `predict` writes. Tuned thresholds and post-processing apply."""
     cfg, labels, module = load_run(run_dir, checkpoint, pick_device(device))
     dataset = build_dataset(cfg, split, labels, train=False, with_masks=True)
-    cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, module.device)
+    metric = module.task.metric(labels, module.device)
     for batch in _loader(dataset, cfg):
         probs = predict_probs(module, batch["image"].to(module.device))
-        cm.update(probs.argmax(1), batch["mask"].to(module.device))
-    scores = cm.compute(list(labels.classes))
+        if original_size:
+            for j, index in enumerate(batch["index"].tolist()):
+                pred = final_prediction(module, probs[j : j + 1], dataset.source.original_size(index))
+                gt = dataset.source.load_mask(index)
+                metric.update(torch.from_numpy(pred)[None].to(module.device), torch.from_numpy(gt)[None].to(module.device))
+            continue
+        pred = module.task.predict(probs, module.thresholds)
+        if cfg.postprocess.morphology:
+            pred = torch.stack([torch.from_numpy(postprocess(p.cpu().numpy(), cfg.postprocess, labels.classes)) for p in pred]).to(module.device)
+        metric.update(pred, batch["mask"].to(module.device))
+    scores = metric.compute(list(labels.classes))
     scores["split"], scores["checkpoint"], scores["images"] = split, checkpoint, len(dataset)
+    if labels.task == "multilabel":
+        scores["thresholds"] = dict(zip(labels.classes, module.thresholds.tolist()))
+        scores["thresholds_from"] = module.thresholds_source
     return scores
 
 
 @torch.no_grad()
 def iter_predictions(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """(sample id, class map at the image's original size) for each image, in split order."""
+    """(sample id, prediction at the image's original size) for each image, in split order:
+    a class map [H, W] (multiclass) or C x H x W booleans (multilabel)."""
     cfg, labels, module = load_run(run_dir, checkpoint, pick_device(device))
     dataset = build_dataset(cfg, split, labels, train=False, with_masks=False)
     for batch in _loader(dataset, cfg):
         probs = predict_probs(module, batch["image"].to(module.device))
         for j, index in enumerate(batch["index"].tolist()):
-            size = dataset.source.original_size(index)
-            p = probs[j : j + 1]
-            if tuple(p.shape[-2:]) != tuple(size):
-                p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
-            pred = p.argmax(1)[0].to(torch.uint8 if labels.num_classes <= 256 else torch.int32)
-            yield batch["id"][j], pred.cpu().numpy()
+            yield batch["id"][j], final_prediction(module, probs[j : j + 1], dataset.source.original_size(index))

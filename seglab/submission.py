@@ -18,8 +18,10 @@ from seglab.data.dataset import atomic_write_png
 from seglab.errors import DataError
 from seglab.io import atomic_open
 from seglab.registry import Registry
+from seglab.rle import write_rle_csv
 
 WRITERS = Registry("submission format")
+WRITERS.register("rle")(write_rle_csv)  # competition B: image_name,class,rle (seglab/rle.py)
 
 
 @WRITERS.register("coco_csv")

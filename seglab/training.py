@@ -25,14 +25,15 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
 from seglab.io import append_jsonl, atomic_open, check_writable, read_jsonl, write_json, write_text
 from seglab.losses import build_loss
-from seglab.metrics import ConfusionMatrix, format_table
 from seglab.models import build_model
 from seglab.optim import build_optimizer, build_scheduler, freeze_parts, keep_frozen_norms_in_eval
+from seglab.postprocess import threshold_vector
+from seglab.sliding import sliding_window_from_config
+from seglab.tasks import get_task
 
 log = logging.getLogger("seglab")
 
 PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
-SCALAR_METRICS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -55,7 +56,10 @@ class SegmentationModule(L.LightningModule):
         # uint8 images are normalised here, on the device: 4x less to copy than float32.
         self.register_buffer("pixel_mean", torch.tensor(cfg.augment.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.augment.std).view(1, 3, 1, 1) * 255, persistent=False)
-        self.val_cm = ConfusionMatrix(labels.num_classes, labels.ignore_index)
+        self.task = get_task(cfg.task)
+        self.val_metric = self.task.metric(labels)  # confusion matrix (multiclass) or Dice sums (multilabel)
+        # Per-class probability thresholds (multilabel); inference replaces them with tuned ones.
+        self.register_buffer("thresholds", threshold_vector(cfg.postprocess, labels.classes), persistent=False)
         # augment.batch (CutMix, copy-paste): on the device, in training_step; None when not configured.
         self.batch_augment = build_batch_augment(cfg.augment.batch, labels.classes, labels.ignore_index)
         self.best_score: float | None = None
@@ -123,30 +127,33 @@ class SegmentationModule(L.LightningModule):
     # ------------------------------------------------------------- validation
 
     def on_validation_epoch_start(self):
-        self.val_cm.to(self.device).reset()
+        self.val_metric.to(self.device).reset()
         self._val_loss = torch.zeros(2, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        logits = self(batch["image"])
+        if self.cfg.sliding_window.enabled and self.cfg.sliding_window.in_validation:
+            logits = sliding_window_from_config(self, batch["image"], self.cfg.sliding_window)
+        else:
+            logits = self(batch["image"])
         masks = batch["mask"].long()
         self._val_loss += torch.stack([self.criterion(logits, masks).detach().float() * len(masks), torch.tensor(float(len(masks)), device=self.device)])
-        pred = logits.argmax(1)
-        self.val_cm.update(pred, masks)
+        pred = self.task.predict(self.task.probabilities(logits), self.thresholds)
+        self.val_metric.update(pred, masks)
         return {"pred": pred}
 
     def on_validation_epoch_end(self):
-        self.val_cm.reduce()
+        self.val_metric.reduce()
         val_loss = self.trainer.strategy.reduce(self._val_loss, reduce_op="sum")
-        scores = self.val_cm.compute(list(self.labels.classes))
+        scores = self.val_metric.compute(list(self.labels.classes))
         scores["loss"] = float(val_loss[0] / val_loss[1].clamp(min=1))
-        self.last_val_result = {**scores, "confusion_matrix": self.val_cm.mat.detach().cpu()}
+        self.last_val_result = {**scores, **self.task.last_result_extra(self.val_metric)}
         # Values are already reduced over processes, so every rank logs the same number.
-        for key in SCALAR_METRICS + ("loss",):
+        for key in self.task.scalar_metrics + ("loss",):
             if not math.isnan(scores[key]):
                 self.log(f"val/{key}", scores[key], sync_dist=False)
-        for name, iou in scores["per_class_iou"].items():
-            if iou is not None:
-                self.log(f"val_iou/{name}", iou, sync_dist=False)
+        for name, value in scores[self.task.per_class_keys[0]].items():
+            if value is not None:
+                self.log(f"{self.task.per_class_log}/{name}", value, sync_dist=False)
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.run_dir is None:
             return
         self._record_validation(scores)
@@ -154,7 +161,7 @@ class SegmentationModule(L.LightningModule):
     def _record_validation(self, scores: dict) -> None:
         monitor = self.cfg.eval.monitor
         if monitor not in scores:
-            raise SeglabError(f"eval.monitor: {monitor!r} is not a validation metric (use one of {', '.join(SCALAR_METRICS + ('loss',))})")
+            raise SeglabError(f"eval.monitor: {monitor!r} is not a validation metric (use one of {', '.join(self.task.scalar_metrics + ('loss',))})")
         epoch, step = self.current_epoch, self.global_step
         train = self._train_loss if hasattr(self, "_train_loss") else torch.zeros(2)
         row = {
@@ -162,21 +169,20 @@ class SegmentationModule(L.LightningModule):
             "train_loss": float(train[0] / train[1]) if train[1] > 0 else None,
             "val_loss": scores["loss"],
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None,
-            **{k: scores[k] for k in SCALAR_METRICS},
-            "per_class_iou": scores["per_class_iou"],
-            "confusion_matrix": self.val_cm.mat.cpu().tolist(),
+            **{k: scores[k] for k in self.task.scalar_metrics},
+            **{k: scores[k] for k in self.task.per_class_keys},
+            **self.task.history_extra(self.val_metric),
         }
         append_jsonl(self.run_dir / "history.jsonl", _finite(row))
         value = scores[monitor]
         better = self.best_score is None or (value > self.best_score if self.cfg.eval.mode == "max" else value < self.best_score)
         if better and not math.isnan(value):
             self.best_score = value
-            best = {"epoch": epoch, "step": step, "monitor": monitor, **{k: scores[k] for k in SCALAR_METRICS},
-                    "val_loss": scores["loss"], "per_class_iou": scores["per_class_iou"],
-                    "per_class_accuracy": scores["per_class_accuracy"]}
+            best = {"epoch": epoch, "step": step, "monitor": monitor, **{k: scores[k] for k in self.task.scalar_metrics},
+                    "val_loss": scores["loss"], **{k: scores[k] for k in self.task.per_class_keys}}
             write_json(self.run_dir / "metrics.json", _finite(best))
         mark = "  (best)" if better else ""
-        print("\n" + format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+        print("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -199,6 +205,8 @@ class SegmentationModule(L.LightningModule):
 
 
 def check_checkpoint_meta(meta: dict, cfg: Config, labels: LabelSpec, source: str) -> None:
+    if meta.get("task") not in (None, cfg.task):
+        raise CheckpointError(f"{source}: trained for task {meta['task']!r}, the config says {cfg.task!r}")
     classes = meta.get("classes")
     if classes is not None and list(classes) != list(labels.classes):
         raise CheckpointError(f"{source}: trained for {len(classes)} classes {classes[:6]}..., the config has {len(labels.classes)} {list(labels.classes)[:6]}...")
@@ -300,7 +308,9 @@ def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bo
     ]
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.logging.viz_every_n_epochs > 0:
+    if cfg.logging.viz_every_n_epochs > 0 and not get_task(cfg.task).class_map_panels:
+        log.info("logging.viz_every_n_epochs: validation panels are drawn for class maps only; none for task %s", cfg.task)
+    elif cfg.logging.viz_every_n_epochs > 0:
         from seglab.visualization import ValidationVisualizer
 
         callbacks.append(ValidationVisualizer(

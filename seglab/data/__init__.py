@@ -7,6 +7,7 @@ from pathlib import Path
 from seglab.data.dataset import ArrayCache, SegmentationDataset, default_cache_dir
 from seglab.data.labels import LabelSpec
 from seglab.data.sources import SOURCES
+from seglab.data import polygons  # noqa: F401  (registers the "polygons" format)
 from seglab.data.transforms import build_transform
 from seglab.errors import ConfigError, DataValidationError, SeglabError
 
@@ -14,7 +15,10 @@ SPLITS = ("train", "val", "test")
 
 
 def resolve_labels(cfg) -> LabelSpec:
-    return SOURCES.get(cfg.data.format, "data.format").resolve_labels(cfg.data)
+    from seglab.tasks import get_task
+
+    # The source's natural class list, then the task's view of it (Background or not).
+    return get_task(cfg.task).adapt_labels(SOURCES.get(cfg.data.format, "data.format").resolve_labels(cfg.data))
 
 
 def open_source(cfg, split: str, labels: LabelSpec | None):
@@ -41,7 +45,7 @@ def validate_data(cfg, labels: LabelSpec, splits=("train", "val", "test"), check
     """All problems in the configured splits, one line each; [] when the data is usable."""
     problems: list[str] = []
     for split in splits:
-        if getattr(cfg.data, split) is None and cfg.data.format == "coco":
+        if getattr(cfg.data, split) is None and cfg.data.format in ("coco", "polygons"):
             continue
         try:
             problems.extend(open_source(cfg, split, labels).problems(check_files))

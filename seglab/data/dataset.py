@@ -115,7 +115,7 @@ def file_stamp(path: Path) -> str:
 
 
 class SegmentationDataset(Dataset):
-    """Items: {"image": uint8 [3,H,W], "mask": [H,W] (if labelled), "id": str, "index": int}."""
+    """Items: {"image": uint8 [3,H,W], "mask": [H,W] class map or [C,H,W] bool (if labelled), "id": str, "index": int}."""
 
     def __init__(self, source, transform, with_masks: bool = True, resized_cache: "ArrayCache | None" = None,
                  size: tuple[int, int] | None = None):
@@ -140,17 +140,28 @@ class SegmentationDataset(Dataset):
     def _mask(self, i: int) -> np.ndarray:
         if self.resized_cache is None:
             return self.source.load_mask(i)
-        h, w = self.size
         stamp = file_stamp(self.source.mask_path(i)) if hasattr(self.source, "mask_path") else ""
-        return self.resized_cache.get(f"mask:{self.source.sample_id(i)}:{stamp}",
-                                      lambda: cv2.resize(self.source.load_mask(i), (w, h), interpolation=cv2.INTER_NEAREST))
+        return self.resized_cache.get(f"mask:{self.source.sample_id(i)}:{stamp}", lambda: self._resized_mask(i))
+
+    def _resized_mask(self, i: int) -> np.ndarray:
+        h, w = self.size
+        mask = self.source.load_mask(i)
+        if mask.ndim == 2:
+            return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        # C x H x W booleans (multilabel): resize each channel, keep the layout
+        return np.stack([cv2.resize(m.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for m in mask]).astype(bool)
 
     def __getitem__(self, i: int) -> dict:
         image = self._image(i)
         item = {"id": self.source.sample_id(i), "index": i}
         if self.with_masks:
             mask = self._mask(i)
+            multilabel = mask.ndim == 3  # C x H x W booleans; albumentations wants H x W x C
+            if multilabel:
+                mask = mask.transpose(1, 2, 0).view(np.uint8)
             out = self.transform(image=image, mask=mask)
+            if multilabel:
+                out["mask"] = out["mask"].transpose(2, 0, 1).astype(bool)
             item["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"]))
             if item["mask"].dtype == torch.uint16:
                 item["mask"] = item["mask"].to(torch.int32)

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seglab.data.bitmasks import BitmaskCache, rasterise_coco_multilabel
 from seglab.data.coco import CocoFile, mask_dtype, rasterise, read_coco, validate_coco
 from seglab.data.dataset import ArrayCache, default_cache_dir, read_image
 from seglab.data.labels import LabelSpec, resolve_coco_labels, resolve_value_labels
@@ -33,6 +34,7 @@ class CocoSource:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
             self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order)
             self.cache = ArrayCache(cache_dir, f"masks/{path.stem}", *self.cache_key)
+            self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint())
 
     @staticmethod
     def resolve_labels(data_cfg) -> LabelSpec:
@@ -61,6 +63,8 @@ class CocoSource:
         return read_image(self.image_path(i), self.coco.where(self.coco.images[i]), self.original_size(i))
 
     def load_mask(self, i: int) -> np.ndarray:
+        if self.labels.task == "multilabel":  # C x H x W booleans, one channel per class
+            return self.bitmask_cache.get(self.sample_id(i), lambda: rasterise_coco_multilabel(self.coco, i, self.labels))
         return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
 
     def problems(self, check_files: bool = True) -> list[str]:

@@ -1,0 +1,237 @@
+"""Polygon-JSON data (hand-bone layout), multi-label masks and their cache, COCO as
+multilabel, and splits that keep each person together."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from seglab.cli import main
+from seglab.config import config_from_dict
+from seglab.data import build_dataset, open_source, resolve_labels, validate_data
+from seglab.data.bitmasks import pack, unpack
+from seglab.data.polygons import PolygonSource
+from seglab.data.splits import group_folds, read_table, write_folds
+from seglab.data.synth_polygons import make_polygon_dataset
+from seglab.errors import ConfigError, DataError
+
+from .conftest import write_coco
+
+
+def square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+@pytest.fixture
+def bones(tmp_path) -> Path:
+    """Two people, grayscale 20x24 images; 'a' (big) and 'b' (small) overlap."""
+    root = tmp_path / "train"
+    layout = {"ID001": ["img1_L", "img1_R"], "ID002": ["img2_L"]}
+    for pid, names in layout.items():
+        for name in names:
+            (root / "DCM" / pid).mkdir(parents=True, exist_ok=True)
+            (root / "outputs_json" / pid).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "DCM" / pid / f"{name}.png"), np.full((20, 24), 90, np.uint8))
+            anns = [{"label": "a", "points": square(2, 2, 12, 12)}, {"label": "b", "points": square(8, 8, 14, 14)}]
+            (root / "outputs_json" / pid / f"{name}.json").write_text(json.dumps({"annotations": anns}))
+    (tmp_path / "test" / "DCM" / "ID009").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "test" / "DCM" / "ID009" / "t.png"), np.full((20, 24), 90, np.uint8))
+    (root / "train.txt").write_text("ID001\n")
+    (root / "val.txt").write_text("ID002/img2_L.png\n")
+    return root
+
+
+def cfg_for(root, *, task="multilabel", classes=("a", "b", "c"), **data):
+    raw = {"task": task, "data": {"format": "polygons", "root": str(root), "image_dir": "DCM", "json_dir": "outputs_json",
+                                  "train": "train.txt", "val": "val.txt", "test": "../test", "classes": None if classes is None else list(classes),
+                                  "num_workers": 0, **data}}
+    if task == "multiclass":
+        raw["loss"] = [{"name": "ce"}]
+    return config_from_dict(raw)
+
+
+def test_overlapping_polygons_give_overlapping_channels(bones):
+    cfg = cfg_for(bones)
+    labels = resolve_labels(cfg)
+    assert labels.classes == ("a", "b", "c") and labels.task == "multilabel"
+    ds = build_dataset(cfg, "train", labels)
+    assert [ds.source.sample_id(i) for i in range(len(ds))] == ["ID001/img1_L.png", "ID001/img1_R.png"]
+    item = ds[0]
+    assert item["image"].shape == (3, 20, 24)  # grayscale replicated to 3 channels
+    mask = item["mask"].numpy()
+    assert mask.shape == (3, 20, 24) and mask.dtype == bool
+    assert mask[0, 2:13, 2:13].all() and mask[0].sum() == 121
+    assert mask[1, 8:15, 8:15].all() and mask[1].sum() == 49
+    assert (mask[0] & mask[1]).sum() == 25     # the overlap belongs to both classes
+    assert not mask[2].any()                    # a class with no polygon: empty channel
+
+
+def test_same_polygons_as_multiclass_paint_small_on_top(bones):
+    cfg = cfg_for(bones, task="multiclass")
+    labels = resolve_labels(cfg)
+    assert labels.classes == ("Background", "a", "b", "c")
+    mask = build_dataset(cfg, "train", labels)[0]["mask"].numpy()
+    assert mask.shape == (20, 24)
+    assert mask[10, 10] == 2 and mask[3, 3] == 1 and mask[0, 0] == 0   # area_desc: small 'b' on top
+    cfg = cfg_for(bones, task="multiclass", paint_order="class_index", remap={"b": "ignore"})
+    mask = build_dataset(cfg, "train", resolve_labels(cfg))[0]["mask"].numpy()
+    assert mask[10, 10] == 255 and mask[3, 3] == 1
+
+
+def test_masks_are_cached_compactly_and_never_rasterised_twice(bones, monkeypatch):
+    cfg = cfg_for(bones)
+    labels = resolve_labels(cfg)
+    calls = []
+    real = PolygonSource.rasterise
+    monkeypatch.setattr(PolygonSource, "rasterise", lambda self, *a: calls.append(1) or real(self, *a))
+    source = open_source(cfg, "train", labels)
+    first = source.load_mask(0)
+    again = open_source(cfg, "train", labels).load_mask(0)   # a new source (a new epoch / worker)
+    assert len(calls) == 1 and (first == again).all()
+    files = list(source.cache.dir.glob("*.npz"))
+    assert len(files) == 1 and (unpack(files[0]) == first).all()
+    # editing the label file changes the key: re-rasterised, new content
+    path = source.json_path(0)
+    path.write_text(json.dumps({"annotations": [{"label": "c", "points": square(0, 0, 5, 5)}]}))
+    changed = open_source(cfg, "train", labels).load_mask(0)
+    assert len(calls) == 2 and changed[2].sum() == 36 and not changed[0].any()
+
+
+def test_pack_round_trip_and_size():
+    mask = np.random.default_rng(0).random((3, 5, 13)) > 0.5
+    assert (unpack(pack(mask)) == mask).all()
+    bones = np.zeros((29, 512, 512), bool)
+    for c in range(29):
+        cv2.circle(bones[c].view(np.uint8), (20 + 16 * c, 256), 40, 1, -1)
+    data = pack(bones)
+    assert (unpack(data) == bones).all() and len(data) < bones.size // 8 // 10   # bits, then compressed
+
+
+def test_split_forms_list_of_ids_image_paths_and_folders(bones):
+    cfg = cfg_for(bones)
+    labels = resolve_labels(cfg)
+    assert [open_source(cfg, "val", labels).sample_id(i) for i in range(1)] == ["ID002/img2_L.png"]
+    test = open_source(cfg, "test", labels)
+    assert test.sample_id(0) == "ID009/t.png" and not test.has_masks
+    cfg_all = cfg_for(bones, train=".")
+    assert len(open_source(cfg_all, "train", labels)) == 3
+    (bones / "bad.txt").write_text("ID001\nID404\n")
+    with pytest.raises(DataError, match=r"bad.txt: line 2: no image or ID folder 'ID404'"):
+        open_source(cfg_for(bones, train="bad.txt"), "train", labels)
+    with pytest.raises(ConfigError, match="data.classes is required"):
+        resolve_labels(cfg_for(bones, classes=None))
+
+
+def test_data_problems_are_reported_one_line_each(bones):
+    jd = bones / "outputs_json"
+    (jd / "ID001" / "img1_L.json").write_text(json.dumps({"annotations": [
+        {"label": "zzz", "points": square(1, 1, 3, 3)},
+        {"label": "a", "points": [[1, 1], [2, 2]]},
+        {"label": "b", "points": square(100, 100, 120, 120)},
+    ]}))
+    (jd / "ID001" / "img1_R.json").write_text("{not json")
+    (jd / "ID002" / "img2_L.json").unlink()
+    cfg = cfg_for(bones)
+    problems = validate_data(cfg, resolve_labels(cfg), ("train", "val"))
+    text = "\n".join(problems)
+    assert "img1_L.json: annotations[0]: unknown label 'zzz'" in text
+    assert "annotations[1] (a): polygon has 2 points (needs at least 3)" in text
+    assert "annotations[2] (b): polygon lies entirely outside the 20x24 image" in text
+    assert "img1_R.json: malformed JSON at line 1" in text
+    assert "img2_L.json: label file not found" in text
+    assert len(problems) == 5
+
+
+def test_coco_as_multilabel_one_channel_per_category(tmp_path):
+    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "junk"}]
+    images = [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 6, 0, 6, 6, 0, 6]]},
+            {"id": 2, "image_id": 1, "category_id": 2, "segmentation": [[3, 3, 9, 3, 9, 9, 3, 9]]},
+            {"id": 3, "image_id": 1, "category_id": 3, "segmentation": [[0, 8, 2, 8, 2, 9]]}]
+    write_coco(tmp_path, "train.json", images, anns, cats)
+    raw = {"task": "multilabel", "data": {"format": "coco", "root": str(tmp_path), "train": "train.json",
+                                          "remap": {"junk": "Background"}}}
+    cfg = config_from_dict(raw)
+    labels = resolve_labels(cfg)
+    assert labels.classes == ("cat", "dog")      # Background has no channel; junk merged into it
+    mask = build_dataset(cfg, "train", labels)[0]["mask"].numpy()
+    assert mask.shape == (2, 10, 10)
+    assert mask[0, 4, 4] and mask[1, 4, 4]       # overlap: both classes
+    assert mask[0, 1, 1] and not mask[1, 1, 1]
+    assert not mask[:, 8, 1].any()               # the junk annotation is background
+
+
+def test_group_folds_never_split_a_person():
+    rng = np.random.default_rng(0)
+    groups = [f"ID{g:03d}" for g in rng.integers(0, 23, 120)]
+    for strata in (None, [("M" if int(g[2:]) % 2 else "F") for g in groups]):
+        fold = group_folds(groups, 5, seed=3, strata=strata)
+        assert set(fold) == set(range(5))
+        for g in set(groups):
+            assert len({f for f, h in zip(fold, groups) if h == g}) == 1
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_data_split_cli_writes_usable_fold_files(tmp_path, capsys):
+    paths = make_polygon_dataset(tmp_path / "d", n_train_ids=8, n_val_ids=2, n_test_ids=1, size=32, seed=0)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"task": "multilabel", "data": {
+        "format": "polygons", "root": str(paths["root"]), "image_dir": "DCM", "json_dir": "outputs_json",
+        "train": ".", "classes": ["disc", "square", "triangle", "bar", "star"]}}))
+    out = tmp_path / "folds"
+    assert main(["data", "split", str(config), "--folds", "5", "--out", str(out), "--metadata", str(paths["metadata"]),
+                 "--stratify", "sex,age", "--bins", "2"]) == 0
+    assert "20 images, 10 groups -> 5 folds" in capsys.readouterr().out
+    rows = [line.split(",") for line in (out / "folds.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 20
+    fold_of_group: dict = {}
+    for sample, group, fold, stratum in rows:
+        assert sample.startswith(group + "/") and stratum.startswith("sex=")
+        assert fold_of_group.setdefault(group, fold) == fold
+    for k in range(5):
+        train = (out / f"fold{k}_train.txt").read_text().split()
+        val = (out / f"fold{k}_val.txt").read_text().split()
+        assert len(train) + len(val) == 20 and not {s.split("/")[0] for s in train} & {s.split("/")[0] for s in val}
+    cfg = cfg_for(paths["root"], classes=("disc", "square", "triangle", "bar", "star"),
+                  train=str(out / "fold0_train.txt"), val=str(out / "fold0_val.txt"))
+    assert len(open_source(cfg, "val", resolve_labels(cfg))) == len((out / "fold0_val.txt").read_text().split())
+
+
+def test_coco_folds_are_coco_subsets(tmp_path):
+    cats = [{"id": 1, "name": "x"}]
+    images = [{"id": i, "file_name": f"p{i // 2}/{i}.jpg", "height": 8, "width": 8} for i in range(8)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]} for i in range(8)]
+    write_coco(tmp_path, "train.json", images, anns, cats)
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "train": "train.json"}})
+    summary = write_folds(open_source(cfg, "train", None), "coco", tmp_path / "f", folds=2)
+    assert summary["groups"] == 4
+    a = json.loads((tmp_path / "f" / "fold0_val.json").read_text())
+    b = json.loads((tmp_path / "f" / "fold0_train.json").read_text())
+    assert len(a["images"]) + len(b["images"]) == 8 and a["categories"] == cats
+    assert {ann["image_id"] for ann in a["annotations"]} == {img["id"] for img in a["images"]}
+    assert not {img["file_name"].split("/")[0] for img in a["images"]} & {img["file_name"].split("/")[0] for img in b["images"]}
+
+
+def test_xlsx_metadata_and_numeric_id_matching(tmp_path):
+    """A minimal workbook as Excel writes it: shared strings, numbers, ID column 1..n."""
+    strings = ["ID", "sex", "age", "M", "F"]
+    sst = "".join(f"<si><t>{s}</t></si>" for s in strings)
+    sheet_rows = ['<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c></row>']
+    for r, (pid, sex, age) in enumerate([(1, 3, 30), (2, 4, 61), (3, 4, 45)], start=2):
+        sheet_rows.append(f'<row r="{r}"><c r="A{r}"><v>{pid}</v></c><c r="B{r}" t="s"><v>{sex}</v></c><c r="C{r}"><v>{age}</v></c></row>')
+    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    path = tmp_path / "meta.xlsx"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("xl/sharedStrings.xml", f"<sst {ns}>{sst}</sst>")
+        z.writestr("xl/worksheets/sheet1.xml", f"<worksheet {ns}><sheetData>{''.join(sheet_rows)}</sheetData></worksheet>")
+    table = read_table(path)
+    assert table == [{"ID": "1", "sex": "M", "age": "30"}, {"ID": "2", "sex": "F", "age": "61"}, {"ID": "3", "sex": "F", "age": "45"}]
+    from seglab.data.splits import strata_for_groups
+
+    strata = strata_for_groups(["ID001", "ID002", "ID003"], table, "ID", ["sex"])
+    assert strata == {"ID001": "sex=M", "ID002": "sex=F", "ID003": "sex=F"}
+    with pytest.raises(DataError, match="no row for 1 group"):
+        strata_for_groups(["ID001", "ID007"], table, "ID", ["sex"])
