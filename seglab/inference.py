@@ -21,6 +21,7 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
 from seglab.metrics import ConfusionMatrix
 from seglab.training import SegmentationModule, check_checkpoint_meta
+from seglab.tta import TTAConfig, tta_probs
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -73,13 +74,15 @@ def _loader(dataset, cfg: Config) -> DataLoader:
 
 
 @torch.no_grad()
-def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", device: str | None = None) -> dict:
-    """The dataset-level metrics of a trained run on a labelled split (same as validation)."""
+def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", device: str | None = None,
+             tta: TTAConfig | None = None) -> dict:
+    """The dataset-level metrics of a trained run on a labelled split (same as validation
+    without TTA); `tta` replaces the run's own `tta` section."""
     cfg, labels, module = load_run(run_dir, checkpoint, pick_device(device))
     dataset = build_dataset(cfg, split, labels, train=False, with_masks=True)
     cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, module.device)
     for batch in _loader(dataset, cfg):
-        probs = predict_probs(module, batch["image"].to(module.device))
+        probs = tta_probs(lambda x: predict_probs(module, x), batch["image"].to(module.device), cfg.tta if tta is None else tta)
         cm.update(probs.argmax(1), batch["mask"].to(module.device))
     scores = cm.compute(list(labels.classes))
     scores["split"], scores["checkpoint"], scores["images"] = split, checkpoint, len(dataset)
@@ -87,12 +90,13 @@ def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", 
 
 
 @torch.no_grad()
-def iter_predictions(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+def iter_predictions(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str | None = None,
+                     tta: TTAConfig | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(sample id, class map at the image's original size) for each image, in split order."""
     cfg, labels, module = load_run(run_dir, checkpoint, pick_device(device))
     dataset = build_dataset(cfg, split, labels, train=False, with_masks=False)
     for batch in _loader(dataset, cfg):
-        probs = predict_probs(module, batch["image"].to(module.device))
+        probs = tta_probs(lambda x: predict_probs(module, x), batch["image"].to(module.device), cfg.tta if tta is None else tta)
         for j, index in enumerate(batch["index"].tolist()):
             size = dataset.source.original_size(index)
             p = probs[j : j + 1]
