@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from seglab.config import Config, load_config
-from seglab.data import build_dataset, open_source
+from seglab.data import build_dataset
 from seglab.data.dataset import SegmentationDataset
 from seglab.data.labels import LabelSpec
 from seglab.data.transforms import build_transform

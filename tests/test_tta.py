@@ -106,6 +106,19 @@ def test_evaluate_uses_the_run_tta_section_and_the_cli_flags(synth_root, tmp_pat
     assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(c["mIoU"], abs=1e-12)
     assert main(["evaluate", str(with_tta), "--no-tta"]) == 0
     assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(a["mIoU"], abs=1e-12)
+    from seglab.inference import iter_predictions
+
+    out = tmp_path / "sub.csv"
+    assert main(["predict", str(plain), "--out", str(out), "--flips", "h", "--scales", "1,0.5"]) == 0
+    assert len(out.read_text().splitlines()) == 1 + 4
+    expected = list(iter_predictions(plain, "test", tta=TTAConfig(flips=["h"], scales=[1.0, 0.5])))
+    import cv2
+
+    rows = out.read_text().splitlines()[1:]
+    for row, (sample_id, pred) in zip(rows, expected):
+        name, values = row.split(",")
+        small = cv2.resize(pred, (128, 128), interpolation=cv2.INTER_NEAREST)
+        assert name == sample_id and values == " ".join(map(str, small.ravel().tolist()))
 
 
 def test_bad_tta_value_in_config_names_the_key(tmp_path):
