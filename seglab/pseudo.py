@@ -104,5 +104,5 @@ def write_pseudo_labels(members, out: str | Path, split: str = "test", threshold
         "info": {"description": "seglab pseudo-labels", **summary, "dropped": dropped},
         "images": images, "annotations": annotations, "categories": categories,
     })
-    summary["path"] = str(path)
+    summary["path"] = str(path.resolve())
     return summary
