@@ -42,10 +42,28 @@ def cmd_train(args) -> None:
         print(f"best {monitor}: epoch {best['epoch']}, {monitor} {shown}  -> {run_dir / 'metrics.json'}")
 
 
+def _tta(args, run_dir=None):
+    """The TTA the flags ask for over the run's own `tta` section; None = the run's own."""
+    if not (args.no_tta or args.flips is not None or args.scales is not None):
+        return None
+    from seglab.config import load_config
+    from seglab.tta import parse_tta
+
+    base = load_config(Path(run_dir) / "config.yaml").tta if run_dir else None
+    return parse_tta(args.flips, args.scales, base, off=args.no_tta)
+
+
+def _add_tta_flags(p) -> None:
+    p.add_argument("--flips", help="TTA flips, comma-separated: h,v,hv ('none' = no flip); default: the run's tta.flips")
+    p.add_argument("--scales", help="TTA scales, comma-separated, e.g. 0.75,1,1.25; default: the run's tta.scales")
+    p.add_argument("--no-tta", action="store_true", help="plain prediction, whatever the run's tta section says")
+
+
 def cmd_evaluate(args) -> None:
     from seglab.inference import evaluate
 
-    scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device, original_size=args.original_size)
+    scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device, original_size=args.original_size,
+                      tta=_tta(args, args.run_dir))
     print(json.dumps(scores, indent=2))
 
 
@@ -66,8 +84,72 @@ def cmd_predict(args) -> None:
         from seglab.data.labels import LabelSpec
 
         extra["classes"] = list(LabelSpec.from_json(json.loads((Path(args.run_dir) / "labels.json").read_text())).classes)
-    count = writer(iter_predictions(args.run_dir, args.split, args.checkpoint, args.device), Path(args.out), tuple(cfg.submission.size), **extra)
+    predictions = iter_predictions(args.run_dir, args.split, args.checkpoint, args.device, tta=_tta(args, args.run_dir))
+    count = writer(predictions, Path(args.out), tuple(cfg.submission.size), **extra)
     print(f"wrote {count} predictions ({fmt}) to {args.out}")
+
+
+def cmd_kfold(args) -> None:
+    from seglab.kfold import format_kfold, run_kfold
+
+    if args.resume:
+        if args.config or args.overrides or args.folds:
+            raise SystemExit("seglab kfold --resume OUT takes no CONFIG, overrides or --folds (the saved config is used)")
+        summary = run_kfold(None, args.resume, resume=True, device=args.device)
+        out = Path(args.resume)
+    else:
+        if not args.config or not args.out:
+            raise SystemExit("seglab kfold: give CONFIG and --out DIR (or --resume OUT)")
+        overrides = list(args.overrides) + ([f"kfold.folds={args.folds}"] if args.folds else [])
+        from seglab.config import load_config
+
+        summary = run_kfold(load_config(args.config, overrides), args.out, device=args.device)
+        out = Path(args.out)
+    print("\n" + format_kfold(summary))
+    print(f"\nk-fold folder: {out}  (summary {out / 'kfold.json'})")
+
+
+def _members(args):
+    from seglab.ensemble import resolve_members
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    tta = _tta(args)
+    members, base = resolve_members(args.members, weights, tta)
+    return members, args.data or base
+
+
+def cmd_ensemble(args) -> None:
+    from seglab.ensemble import describe, evaluate_members, iter_ensemble_predictions, reference, write_scores
+
+    members, data = _members(args)
+    print(f"ensemble of {len(members)} member(s):\n{describe(members)}", file=sys.stderr)
+    if args.split != "test" and not args.format:
+        scores, _ = evaluate_members(members, args.split, data, args.device, args.batch_size)
+        if args.out:
+            write_scores(Path(args.out), scores)
+        print(json.dumps(scores, indent=2))
+        return
+    if not args.out:
+        raise SystemExit("seglab ensemble --split test: give --out (CSV file or PNG folder)")
+    from seglab.ensemble import load_members
+    from seglab.submission import WRITERS
+
+    members = load_members(members, args.device)
+    ref_cfg, _ = reference(members, data)
+    fmt = args.format or ref_cfg.submission.format
+    writer = WRITERS.get(fmt, "--format")
+    predictions = iter_ensemble_predictions(members, args.split, data, args.device, args.batch_size)
+    count = writer(predictions, Path(args.out), tuple(ref_cfg.submission.size))
+    print(f"wrote {count} ensemble predictions ({fmt}) to {args.out}")
+
+
+def cmd_pseudo(args) -> None:
+    from seglab.pseudo import write_pseudo_labels
+
+    members, data = _members(args)
+    summary = write_pseudo_labels(members, args.out, args.split, args.threshold, args.min_confident, data, args.device, args.batch_size)
+    print(json.dumps(summary, indent=2))
+    print(f"add it to training with: data.extra_train=[{summary['path']}]")
 
 
 def cmd_data_synth(args) -> None:
@@ -220,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path")
     e.add_argument("--device")
     e.add_argument("--original-size", action="store_true", help="score predictions at each image's original size (what predict writes)")
+    _add_tta_flags(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a submission for a split")
@@ -229,7 +312,43 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", help="coco_csv, png or rle (default: the config's submission.format)")
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--device")
+    _add_tta_flags(pr)
     pr.set_defaults(func=cmd_predict)
+
+    k = sub.add_parser("kfold", help="k-fold cross-validation: splits, one run per fold, out-of-fold scores")
+    k.add_argument("config", nargs="?", help="YAML config (its data.train is split)")
+    k.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    k.add_argument("--folds", type=int, help="number of folds (default: the config's kfold.folds)")
+    k.add_argument("--out", help="k-fold folder: folds/, fold_K/ runs, kfold.json")
+    k.add_argument("--resume", metavar="OUT", help="continue a stopped k-fold (finished folds are skipped)")
+    k.add_argument("--device", help="device for the fold evaluations")
+    k.set_defaults(func=cmd_kfold)
+
+    member_help = "run folders (RUN, RUN:last, RUN:best, RUN:file.ckpt) or k-fold folders (all their folds)"
+    en = sub.add_parser("ensemble", help="average the probabilities of several runs; evaluate or write a submission")
+    en.add_argument("members", nargs="+", help=member_help)
+    en.add_argument("--weights", help="comma-separated weight per member (a k-fold folder's weight is shared by its folds)")
+    en.add_argument("--split", default="val", help="val (metrics) or test (submission)")
+    en.add_argument("--out", help="submission (CSV file or PNG folder) for test; metrics JSON for a labelled split")
+    en.add_argument("--format", help="submission format (default: the reference config's); forces writing predictions")
+    en.add_argument("--data", help="config (or run folder) whose split is read; default the first member's (a k-fold's base config)")
+    en.add_argument("--batch-size", type=int)
+    en.add_argument("--device")
+    _add_tta_flags(en)
+    en.set_defaults(func=cmd_ensemble)
+
+    ps = sub.add_parser("pseudo", help="pseudo-label a split from confident (ensemble) predictions, as a COCO JSON")
+    ps.add_argument("members", nargs="+", help=member_help)
+    ps.add_argument("--weights", help="comma-separated weight per member")
+    ps.add_argument("--split", default="test")
+    ps.add_argument("--out", required=True, help="output .json file, or a folder (pseudo.json inside)")
+    ps.add_argument("--threshold", type=float, default=0.9, help="pixels whose winning probability is below this become ignore")
+    ps.add_argument("--min-confident", type=float, default=0.5, help="drop images with a smaller share of confident pixels")
+    ps.add_argument("--data", help="config (or run folder) whose split is read; default the first member's")
+    ps.add_argument("--batch-size", type=int)
+    ps.add_argument("--device")
+    _add_tta_flags(ps)
+    ps.set_defaults(func=cmd_pseudo)
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write the built-in example dataset (COCO, competition-A layout; or polygons, competition B)")

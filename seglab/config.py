@@ -22,6 +22,8 @@ from seglab.losses import LossSpec, validate_loss_specs
 from seglab.optim import OptimConfig, ScheduleConfig
 from seglab.postprocess import PostprocessConfig
 from seglab.sliding import SlidingWindowConfig
+from seglab.splits import KFoldConfig
+from seglab.tta import TTAConfig
 
 
 class Strict(BaseModel):
@@ -63,6 +65,9 @@ class DataConfig(Strict):
     )
     val: str | None = Field(None, description="validation split, same form as train")
     test: str | None = Field(None, description="test split (no labels needed), same form as train")
+    extra_train: list[str] = Field(
+        default_factory=list, description="extra labelled COCO JSONs added to train (e.g. `seglab pseudo` output); categories matched by class name, 'ignore' = ignore_index"
+    )
     classes: list[str] | None = Field(None, description="training class names, index = position; default Background + categories in JSON order")
     category_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
         None, description="COCO category id -> class index (or 'ignore'); default: by class name, else JSON order from 1"
@@ -195,6 +200,8 @@ class Config(Strict):
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tta: TTAConfig = Field(default_factory=TTAConfig)
+    kfold: KFoldConfig = Field(default_factory=KFoldConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)

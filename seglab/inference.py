@@ -22,6 +22,7 @@ from seglab.errors import CheckpointError, SeglabError
 from seglab.postprocess import load_thresholds, postprocess
 from seglab.sliding import sliding_window_from_config
 from seglab.training import SegmentationModule, check_checkpoint_meta
+from seglab.tta import TTAConfig, tta_probs
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -97,15 +98,16 @@ def _loader(dataset, cfg: Config) -> DataLoader:
 
 @torch.no_grad()
 def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", device: str | None = None,
-             original_size: bool = False) -> dict:
+             original_size: bool = False, tta: TTAConfig | None = None) -> dict:
     """The dataset-level metrics of a trained run on a labelled split: at the dataset's size
     (as in validation), or with `original_size` against the original masks, scoring exactly
-    what `predict` writes. Tuned thresholds and post-processing apply."""
+    what `predict` writes. Tuned thresholds and post-processing apply; `tta` replaces the
+    run's own `tta` section."""
     cfg, labels, module = load_run(run_dir, checkpoint, pick_device(device))
     dataset = build_dataset(cfg, split, labels, train=False, with_masks=True)
     metric = module.task.metric(labels, module.device)
     for batch in _loader(dataset, cfg):
-        probs = predict_probs(module, batch["image"].to(module.device))
+        probs = tta_probs(lambda x: predict_probs(module, x), batch["image"].to(module.device), cfg.tta if tta is None else tta)
         if original_size:
             for j, index in enumerate(batch["index"].tolist()):
                 pred = final_prediction(module, probs[j : j + 1], dataset.source.original_size(index))
@@ -125,12 +127,13 @@ def evaluate(run_dir: str | Path, split: str = "val", checkpoint: str = "best", 
 
 
 @torch.no_grad()
-def iter_predictions(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+def iter_predictions(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str | None = None,
+                     tta: TTAConfig | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(sample id, prediction at the image's original size) for each image, in split order:
     a class map [H, W] (multiclass) or C x H x W booleans (multilabel)."""
     cfg, labels, module = load_run(run_dir, checkpoint, pick_device(device))
     dataset = build_dataset(cfg, split, labels, train=False, with_masks=False)
     for batch in _loader(dataset, cfg):
-        probs = predict_probs(module, batch["image"].to(module.device))
+        probs = tta_probs(lambda x: predict_probs(module, x), batch["image"].to(module.device), cfg.tta if tta is None else tta)
         for j, index in enumerate(batch["index"].tolist()):
             yield batch["id"][j], final_prediction(module, probs[j : j + 1], dataset.source.original_size(index))

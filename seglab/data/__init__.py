@@ -26,7 +26,12 @@ def open_source(cfg, split: str, labels: LabelSpec | None):
         raise ConfigError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
     if getattr(cfg.data, split) is None and cfg.data.format == "coco":
         raise ConfigError(f"data.{split} is not set in the config")
-    return SOURCES.get(cfg.data.format, "data.format")(cfg.data, split, labels)
+    source = SOURCES.get(cfg.data.format, "data.format")(cfg.data, split, labels)
+    if split == "train" and getattr(cfg.data, "extra_train", None):
+        from seglab.data.extra import with_extra_sets
+
+        source = with_extra_sets(source, cfg, labels)
+    return source
 
 
 def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_masks: bool | None = None) -> SegmentationDataset:

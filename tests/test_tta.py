@@ -1,0 +1,130 @@
+"""Test-time augmentation: views, averaging in probability space, config and CLI."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from seglab.cli import main
+from seglab.config import Config
+from seglab.data import resolve_labels
+from seglab.errors import ConfigError
+from seglab.inference import evaluate, predict_probs
+from seglab.training import SegmentationModule
+from seglab.tta import TTAConfig, parse_tta, tta_probs
+from tests.workflow_helpers import constructed_run, tiny_config
+
+
+def symmetric_conv_net(num_classes: int) -> nn.Module:
+    """3x3 convs whose kernels are symmetric under both flips, with a pointwise head:
+    a model whose output flips exactly with its input."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 1))
+    with torch.no_grad():
+        w = net[0].weight
+        w.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+    return net
+
+
+@pytest.fixture
+def equivariant_module(synth_root):
+    cfg = tiny_config(synth_root)
+    module = SegmentationModule(cfg, resolve_labels(cfg))
+    module.model = symmetric_conv_net(module.labels.num_classes)
+    return module.eval()
+
+
+def test_flip_tta_of_a_flip_equivariant_model_equals_the_plain_prediction(equivariant_module):
+    images = torch.randint(0, 256, (2, 3, 24, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        plain = predict_probs(equivariant_module, images)
+        tta = tta_probs(lambda x: predict_probs(equivariant_module, x), images, TTAConfig(flips=["h", "v", "hv"]))
+    assert tta.shape == plain.shape
+    torch.testing.assert_close(tta, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_flip_tta_averages_the_flipped_back_views():
+    """A model that is not flip-equivariant: TTA is the mean of the plain view and the
+    prediction on the flipped image, flipped back."""
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 1, 16)
+
+    def prob_fn(x):  # class 0 probability grows to the right, whatever the image
+        p0 = ramp.expand(x.shape[0], 1, x.shape[2], 16) * (x[:, :1].float() / 255)
+        return torch.cat([p0, 1 - p0], 1)
+
+    images = torch.randint(0, 256, (1, 3, 8, 16), dtype=torch.uint8)
+    expected = (prob_fn(images) + prob_fn(images.flip(-1)).flip(-1)) / 2
+    torch.testing.assert_close(tta_probs(prob_fn, images, TTAConfig(flips=["h"])), expected)
+
+
+def test_multi_scale_views_are_resized_back():
+    sizes = []
+
+    def prob_fn(x):
+        sizes.append(tuple(x.shape[-2:]))
+        return torch.full((x.shape[0], 3, *x.shape[-2:]), 1 / 3)
+
+    images = torch.zeros(2, 3, 64, 48, dtype=torch.uint8)
+    out = tta_probs(prob_fn, images, TTAConfig(flips=["h"], scales=[0.75, 1.0, 1.25]))
+    assert sizes == [(48, 36), (48, 36), (64, 48), (64, 48), (80, 60), (80, 60)]
+    assert out.shape == (2, 3, 64, 48)
+    torch.testing.assert_close(out, torch.full_like(out, 1 / 3))
+
+
+def test_no_tta_is_the_plain_function():
+    calls = []
+    prob_fn = lambda x: calls.append(1) or torch.ones(1, 2, 4, 4)  # noqa: E731
+    tta_probs(prob_fn, torch.zeros(1, 3, 4, 4), TTAConfig())
+    tta_probs(prob_fn, torch.zeros(1, 3, 4, 4), None)
+    assert len(calls) == 2 and not TTAConfig().enabled and TTAConfig(scales=[0.5]).enabled
+
+
+def test_tta_config_and_cli_text():
+    assert parse_tta("h,v", "0.75,1,1.25").views()[:3] == [(0.75, None), (0.75, "h"), (0.75, "v")]
+    assert parse_tta(None, "1.5", TTAConfig(flips=["h"])).flips == ["h"]
+    assert parse_tta("none", None, TTAConfig(flips=["h"])).flips == []
+    assert parse_tta("h", "2", off=True) == TTAConfig()
+    with pytest.raises(Exception):
+        parse_tta("x", None)
+    for bad in ({"tta": {"flips": ["d"]}}, {"tta": {"scales": [0]}}, {"tta": {"scales": []}}, {"tta": {"flips": ["h", "h"]}}):
+        with pytest.raises(Exception):
+            Config.model_validate(bad)
+
+
+def test_evaluate_uses_the_run_tta_section_and_the_cli_flags(synth_root, tmp_path, capsys):
+    plain = constructed_run(tmp_path / "plain", tiny_config(synth_root))
+    with_tta = constructed_run(tmp_path / "tta", tiny_config(synth_root, "tta.flips=[h]"))  # same seed, same weights
+    a = evaluate(plain)
+    b = evaluate(with_tta)
+    c = evaluate(plain, tta=TTAConfig(flips=["h"]))
+    assert b["mIoU"] == pytest.approx(c["mIoU"], abs=1e-12)
+    assert b["per_class_iou"] == c["per_class_iou"]
+    assert evaluate(with_tta, tta=TTAConfig())["mIoU"] == pytest.approx(a["mIoU"], abs=1e-12)
+    capsys.readouterr()
+    assert main(["evaluate", str(plain), "--flips", "h"]) == 0
+    assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(c["mIoU"], abs=1e-12)
+    assert main(["evaluate", str(with_tta), "--no-tta"]) == 0
+    assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(a["mIoU"], abs=1e-12)
+    from seglab.inference import iter_predictions
+
+    out = tmp_path / "sub.csv"
+    assert main(["predict", str(plain), "--out", str(out), "--flips", "h", "--scales", "1,0.5"]) == 0
+    assert len(out.read_text().splitlines()) == 1 + 4
+    expected = list(iter_predictions(plain, "test", tta=TTAConfig(flips=["h"], scales=[1.0, 0.5])))
+    import cv2
+
+    rows = out.read_text().splitlines()[1:]
+    for row, (sample_id, pred) in zip(rows, expected):
+        name, values = row.split(",")
+        small = cv2.resize(pred, (128, 128), interpolation=cv2.INTER_NEAREST)
+        assert name == sample_id and values == " ".join(map(str, small.ravel().tolist()))
+
+
+def test_bad_tta_value_in_config_names_the_key(tmp_path):
+    from seglab.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("tta: {flips: [diagonal]}\n")
+    with pytest.raises(ConfigError, match=r"tta\.flips\.0"):
+        load_config(path)

@@ -1,0 +1,37 @@
+"""Shared by the k-fold / TTA / ensemble / pseudo-label tests: tiny configs and
+*constructed* runs (a run folder whose checkpoint holds a freshly built model, no
+training), so equalities can be checked in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seglab.config import load_config, to_yaml
+from seglab.data import resolve_labels
+from seglab.io import write_json, write_text
+from seglab.training import SegmentationModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(synth_root, *extra):
+    return load_config(ROOT / "configs" / "demo.yaml", [
+        f"data.root={synth_root}", "data.batch_size=4", "model.encoder=resnet18",
+        "trainer.max_epochs=1", "trainer.progress_bar=false", "logging.viz_every_n_epochs=0",
+        "logging.loggers=[]", "optim.lr=0.003", "schedule.warmup_epochs=0", *extra,
+    ])
+
+
+def constructed_run(run_dir: Path, cfg, seed: int = 0) -> Path:
+    """A run folder (config.yaml, labels.json, checkpoints/best.ckpt) holding an untrained model."""
+    labels = resolve_labels(cfg)
+    torch.manual_seed(seed)
+    module = SegmentationModule(cfg, labels)
+    write_text(run_dir / "config.yaml", to_yaml(cfg))
+    write_json(run_dir / "labels.json", labels.to_json())
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    meta = {"classes": list(labels.classes), "task": cfg.task, "arch": cfg.model.arch, "encoder": cfg.model.encoder}
+    torch.save({"state_dict": module.state_dict(), "seglab": meta}, run_dir / "checkpoints" / "best.ckpt")
+    return run_dir
