@@ -132,9 +132,10 @@ def reference(members: list[Member], data_config: str | Path | None) -> tuple[Co
     return cfg, resolve_labels(cfg)
 
 
-def to_class_map(probs: torch.Tensor) -> torch.Tensor:
-    """The decision from averaged probabilities [B, C, H, W]: the one place a task's rule lives."""
-    return probs.argmax(1)
+def decide(member: "Member", probs: torch.Tensor) -> torch.Tensor:
+    """The decision from averaged probabilities [B, C, H, W], by the members' task
+    (argmax, or per-class thresholds for multilabel): the one place that rule lives."""
+    return member.module.task.predict(probs, member.module.thresholds)
 
 
 @torch.no_grad()
@@ -197,10 +198,11 @@ def evaluate_members(members: list[Member], split: str = "val", data_config=None
     """Dataset-level scores of the weighted probability average, and its confusion matrix."""
     members = load_members(members, device)
     ref_cfg, labels = reference(members, data_config)
-    cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, members[0].module.device)
+    # The task's metric: a confusion matrix (multiclass) or Dice sums (multilabel).
+    cm = members[0].module.task.metric(labels).to(members[0].module.device)
     count = 0
     for batch, probs, _ in iter_prob_batches(members, ref_cfg, labels, split, True, batch_size):
-        cm.update(to_class_map(probs), batch["mask"].to(probs.device))
+        cm.update(decide(members[0], probs), batch["mask"].to(probs.device))
         count += len(batch["id"])
     scores = cm.compute(list(labels.classes))
     scores.update(split=split, images=count, members=[m.name for m in members], weights=[m.weight for m in members])
@@ -225,9 +227,11 @@ def iter_member_probs(members: list[Member], split: str = "test", data_config=No
 def iter_ensemble_predictions(members: list[Member], split: str = "test", data_config=None, device: str | None = None,
                               batch_size: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(sample id, class map at original size) in split order: what submission writers take."""
-    for sample_id, _, p, labels, _ in iter_member_probs(members, split, data_config, device, batch_size):
-        pred = to_class_map(p[None])[0].to(torch.uint8 if labels.num_classes <= 256 else torch.int32)
-        yield sample_id, pred.cpu().numpy()
+    from seglab.inference import final_prediction
+
+    members = load_members(members, device)
+    for sample_id, _, p, _, _ in iter_member_probs(members, split, data_config, device, batch_size):
+        yield sample_id, final_prediction(members[0].module, p[None], tuple(p.shape[-2:]))
 
 
 def write_scores(path: Path, scores: dict) -> None:
@@ -243,5 +247,5 @@ def describe(members: list[Member]) -> str:
 
 __all__ = [
     "Member", "resolve_members", "evaluate_members", "iter_ensemble_predictions", "iter_member_probs",
-    "to_class_map", "is_kfold_dir", "kfold_members",
+    "decide", "is_kfold_dir", "kfold_members",
 ]
