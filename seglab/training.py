@@ -391,7 +391,8 @@ def make_loader(dataset, cfg: Config, train: bool) -> DataLoader:
     )
     if train:  # order from (seed, epoch), position saved in checkpoints: exact mid-epoch resume
         return ResumableLoader(dataset, sampler=SeededSampler(len(dataset), cfg.seed), **common)
-    return DataLoader(dataset, shuffle=False, **common)
+    # Its own generator: starting validation workers never draws from the global random state.
+    return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(cfg.seed & 0xFFFFFFFF), **common)
 
 
 def make_loggers(cfg: Config, run_dir: Path) -> list:
