@@ -24,7 +24,7 @@ from seglab.averaging import build_averaging_callbacks
 from seglab.config import Config, to_yaml
 from seglab.data import build_dataset, collect_problems
 from seglab.data.labels import LabelSpec
-from seglab.data.sampling import ResumableLoader, SeededSampler
+from seglab.data.resumable import ResumableLoader, SeededShuffle
 from seglab.errors import CheckpointError, DataValidationError, SeglabError
 from seglab.io import append_jsonl, atomic_open, check_writable, read_jsonl, write_json, write_text
 from seglab.losses import build_loss
@@ -157,6 +157,9 @@ class SegmentationModule(L.LightningModule):
     def on_train_epoch_start(self):
         self._train_loss = torch.zeros(2, device=self.device)  # (sum, count); kept in checkpoints for mid-epoch resume
 
+    def on_train_batch_start(self, batch, batch_idx):
+        self.stage_now = "training"  # for error messages (out of memory in which stage)
+
     def training_step(self, batch, batch_idx):
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"].long())
@@ -174,6 +177,9 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------- validation
+
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0):
+        self.stage_now = "validation"
 
     def on_validation_epoch_start(self):
         self.val_cm.to(self.device).reset()
@@ -332,8 +338,11 @@ class ExactResume(Checkpoint):
         self._trainer = trainer
 
     def _loaders(self) -> list[ResumableLoader]:
-        loaders = getattr(self, "_trainer", None) and self._trainer.train_dataloader
-        loaders = loaders if isinstance(loaders, (list, tuple)) else list(loaders.values()) if isinstance(loaders, dict) else [loaders]
+        loaders = self._trainer.train_dataloader if getattr(self, "_trainer", None) else None
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        elif not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
         return [dl for dl in loaders if isinstance(dl, ResumableLoader)]
 
     def state_dict(self) -> dict:
@@ -390,7 +399,7 @@ def make_loader(dataset, cfg: Config, train: bool) -> DataLoader:
         drop_last=train and len(dataset) > batch,
     )
     if train:  # order from (seed, epoch), position saved in checkpoints: exact mid-epoch resume
-        return ResumableLoader(dataset, sampler=SeededSampler(len(dataset), cfg.seed), **common)
+        return ResumableLoader(dataset, sampler=SeededShuffle(len(dataset), cfg.seed), seed=cfg.seed, **common)
     # Its own generator: starting validation workers never draws from the global random state.
     return DataLoader(dataset, shuffle=False, generator=torch.Generator().manual_seed(cfg.seed & 0xFFFFFFFF), **common)
 
@@ -480,7 +489,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         trainer.fit(module, make_loader(train_set, cfg, True), make_loader(val_set, cfg, False),
                     ckpt_path=str(last) if resume else None, weights_only=True)
     except torch.OutOfMemoryError as e:
-        raise out_of_memory_error(e, cfg, trainer) from None
+        raise out_of_memory_error(e, cfg, trainer, getattr(module, "stage_now", "training")) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 
@@ -504,8 +513,7 @@ def preflight(cfg: Config, run_dir: Path, splits) -> LabelSpec:
     return labels
 
 
-def out_of_memory_error(error: Exception, cfg: Config, trainer: L.Trainer) -> SeglabError:
-    stage = "validation" if trainer.validating or trainer.sanity_checking else "training"
+def out_of_memory_error(error: Exception, cfg: Config, trainer: L.Trainer, stage: str) -> SeglabError:
     batch_key = "data.val_batch_size" if stage == "validation" else "data.batch_size"
     batch = (cfg.data.val_batch_size or cfg.data.batch_size) if stage == "validation" else cfg.data.batch_size
     first = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"

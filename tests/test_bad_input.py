@@ -452,17 +452,21 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     assert torch.load(path, weights_only=True)["global_step"] == 4
 
 
-def test_out_of_memory_suggests_what_to_change(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("step, stage, batch_key", [
+    ("training_step", "training", "data.batch_size (now 2)"),
+    ("validation_step", "validation", "data.val_batch_size (now 2)"),
+])
+def test_out_of_memory_suggests_what_to_change(step, stage, batch_key, tiny_data, tmp_path, monkeypatch):
     def oom(self, batch, batch_idx):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(training.SegmentationModule, "training_step", oom)
+    monkeypatch.setattr(training.SegmentationModule, step, oom)
     with pytest.raises(SeglabError) as e:
         train(tiny_config(tiny_data), tmp_path / "r")
     msg = str(e.value)
     assert type(e.value) is SeglabError
-    assert "out of GPU memory during training at step 0, epoch 0 (CUDA out of memory. Tried to allocate 20.00 GiB)" in msg
-    for hint in ("Lower data.batch_size (now 2)", "trainer.accumulate_grad_batches (now 1)", "trainer.precision=bf16 (now 32)"):
+    assert f"out of GPU memory during {stage} at step 0, epoch 0 (CUDA out of memory. Tried to allocate 20.00 GiB)" in msg
+    for hint in (f"Lower {batch_key}", "trainer.accumulate_grad_batches (now 1)", "trainer.precision=bf16 (now 32)"):
         assert hint in msg
 
 

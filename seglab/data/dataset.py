@@ -123,7 +123,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         # A training sampler sends (index, augmentation seed): the same image then gets the
-        # same augmentation in any worker and in a resumed run (see seglab.data.sampling).
+        # same augmentation in any worker and in a resumed run (see seglab.data.resumable).
         i, aug_seed = key if isinstance(key, tuple) else (key, None)
         if aug_seed is not None and hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(aug_seed)
