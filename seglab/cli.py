@@ -178,14 +178,13 @@ def cmd_data_inspect(args) -> None:
 
 
 def cmd_data_validate(args) -> None:
-    from seglab.data import resolve_labels, validate_data
+    from seglab.data import collect_problems
 
     cfg = _config(args)
-    labels = resolve_labels(cfg)
-    problems = validate_data(cfg, labels)
+    labels, problems = collect_problems(cfg, deep=args.deep)
     for p in problems:
         print(p)
-    print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes)}")
+    print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes) if labels else 'unresolved'}")
     if problems:
         raise SystemExit(1)
 
@@ -369,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = d.add_parser("validate", help="list every data problem a config's splits have")
     v.add_argument("config")
     v.add_argument("overrides", nargs="*")
+    v.add_argument("--deep", action="store_true", help="decode every image fully (finds truncated or corrupt files; slower)")
     v.set_defaults(func=cmd_data_validate)
 
     r = sub.add_parser("report", help="write RUN_DIR/report/index.html (static, opens from disk)")

@@ -21,7 +21,7 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
 from seglab.postprocess import load_thresholds, postprocess
 from seglab.sliding import sliding_window_from_config
-from seglab.training import SegmentationModule, check_checkpoint_meta
+from seglab.training import SegmentationModule, check_checkpoint_meta, check_state_dict_fits, load_checkpoint_file
 from seglab.tta import TTAConfig, tta_probs
 
 
@@ -51,14 +51,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device
     build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": None, "encoder_weights": None})})
     module = SegmentationModule(build_cfg, labels)
     path = checkpoint_path(run_dir, checkpoint)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    state = load_checkpoint_file(path)  # weights_only=True: a checkpoint cannot run code
     check_checkpoint_meta(state.get("seglab", {}), cfg, labels, str(path))
-    result = module.load_state_dict(state.get("state_dict", {}), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: does not fit the model (missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    check_state_dict_fits(module, state.get("state_dict", {}), str(path))
+    module.load_state_dict(state["state_dict"])
     tuned = load_thresholds(run_dir, labels.classes) if tuned_thresholds and labels.task == "multilabel" else None
     module.thresholds_source = "config"
     if tuned is not None:

@@ -16,6 +16,14 @@ from typing import IO, Iterator
 from seglab.errors import SeglabError
 
 
+def _why_not_writable(folder: Path, error: OSError) -> str:
+    """The OS reason, or the clearer one when a file stands where a folder should be."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            return f"{parent} is a file, not a folder" if not parent.is_dir() else error.strerror or str(error)
+    return error.strerror or str(error)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     path = Path(path)
@@ -23,7 +31,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise SeglabError(f"{path}: cannot write here ({e.strerror})") from None
+        raise SeglabError(f"{path}: cannot write here ({_why_not_writable(path.parent, e)})") from None
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -78,4 +86,4 @@ def check_writable(folder: str | Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise SeglabError(f"{folder}: output folder is not writable ({e.strerror})") from None
+        raise SeglabError(f"{folder}: output folder is not writable ({_why_not_writable(folder, e)})") from None

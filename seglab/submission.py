@@ -48,10 +48,14 @@ def write_png_folder(predictions: Iterable[tuple[str, np.ndarray]], out: Path, s
     return count
 
 
-def read_coco_csv(path: str | Path, size: tuple[int, int] = (256, 256)) -> dict[str, np.ndarray]:
-    """Read a competition-A submission back, checking every row's shape."""
+def read_coco_csv(path: str | Path, size: tuple[int, int] = (256, 256), expected_ids: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read a competition-A submission back, checking every row's shape and, given the
+    test split's image ids in order (`expected_ids`), the row count, ids and order."""
     csv.field_size_limit(sys.maxsize)
     rows: dict[str, np.ndarray] = {}
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: submission file not found")
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -60,8 +64,31 @@ def read_coco_csv(path: str | Path, size: tuple[int, int] = (256, 256)) -> dict[
         for line, row in enumerate(reader, start=2):
             if len(row) != 2:
                 raise DataError(f"{path}: line {line}: expected 2 columns, got {len(row)}")
-            values = np.array(row[1].split(), dtype=np.int64)
+            if row[0] in rows:
+                raise DataError(f"{path}: line {line}: image {row[0]!r} appears twice")
+            try:
+                values = np.array(row[1].split(), dtype=np.int64)
+            except ValueError:
+                raise DataError(f"{path}: line {line} ({row[0]}): PredictionString holds a non-integer value") from None
             if values.size != size[0] * size[1]:
                 raise DataError(f"{path}: line {line} ({row[0]}): {values.size} values, expected {size[0] * size[1]}")
             rows[row[0]] = values.reshape(size)
+    if expected_ids is not None:
+        check_rows(path, list(rows), expected_ids)
     return rows
+
+
+def check_rows(path: Path, ids: list[str], expected_ids: list[str]) -> None:
+    """The submission has one row per test image, in the test file's order."""
+    have, want_set = set(ids), set(expected_ids)
+    if len(ids) != len(expected_ids):
+        missing = [i for i in expected_ids if i not in have]
+        extra = [i for i in ids if i not in want_set]
+        raise DataError(
+            f"{path}: {len(ids)} rows, the test split has {len(expected_ids)} images"
+            + (f"; missing e.g. {missing[:3]}" if missing else "") + (f"; not in the test split e.g. {extra[:3]}" if extra else "")
+        )
+    for line, (got, want) in enumerate(zip(ids, expected_ids), start=2):
+        if got != want:
+            what = "is not in the test split" if got not in want_set else f"is out of order (expected {want!r})"
+            raise DataError(f"{path}: line {line}: image {got!r} {what}")

@@ -9,23 +9,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Sampler
 
 from seglab.averaging import build_averaging_callbacks
 from seglab.config import Config, to_yaml
-from seglab.data import build_dataset, check_data, resolve_labels
+from seglab.data import build_dataset, collect_problems
 from seglab.data.batch_augment import build_batch_augment
 from seglab.data.labels import LabelSpec
-from seglab.errors import CheckpointError, SeglabError
+from seglab.data.resumable import ResumableLoader, SeededShuffle
+from seglab.errors import CheckpointError, DataValidationError, SeglabError
 from seglab.io import append_jsonl, atomic_open, check_writable, read_jsonl, write_json, write_text
 from seglab.losses import build_loss
-from seglab.models import build_model
+from seglab.models import MODELS, build_model
 from seglab.optim import build_optimizer, build_scheduler, freeze_parts, keep_frozen_norms_in_eval
 from seglab.postprocess import threshold_vector
 from seglab.sliding import sliding_window_from_config
@@ -37,11 +41,65 @@ PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "1
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but through a temporary file and a rename."""
+    """Lightning's checkpoint writer and reader, made safe.
+
+    Written through a temporary file and a rename: a kill or a full disk never leaves a
+    half-written checkpoint, and the previous one survives. Weights that went NaN/inf
+    are never written over a good checkpoint. Read with `weights_only=True`: a
+    checkpoint from elsewhere cannot run code.
+    """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise SeglabError(
+                f"{path}: not written: weights {bad[:3]} are NaN/inf at step {checkpoint.get('global_step')}; "
+                "the previous checkpoint is kept. Try a lower optim.lr, optim.grad_clip, or trainer.precision=32"
+            )
         with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+            out = _ErrorKeepingWriter(f)
+            try:
+                torch.save(checkpoint, out)
+            except RuntimeError:
+                if out.error is not None:  # torch reports a failed write (disk full) as an opaque RuntimeError
+                    raise out.error from None
+                raise
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint_file(path, map_location)
+
+
+class _ErrorKeepingWriter:
+    """A file wrapper that remembers the OSError behind a failed write."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def load_checkpoint_file(path: str | Path, map_location=None) -> dict:
+    """A checkpoint as a dict, loaded weights-only (no code runs); CheckpointError if it cannot be."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(
+            f"{path}: cannot load checkpoint weights-only ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (a {type(state).__name__}, not a dict)")
+    return state
 
 
 class SegmentationModule(L.LightningModule):
@@ -63,6 +121,7 @@ class SegmentationModule(L.LightningModule):
         # augment.batch (CutMix, copy-paste): on the device, in training_step; None when not configured.
         self.batch_augment = build_batch_augment(cfg.augment.batch, labels.classes, labels.ignore_index)
         self.best_score: float | None = None
+        self.history_rows = 0  # rows this run has in history.jsonl; kept in checkpoints to trim replays on resume
         self.last_val_result: dict | None = None
         self._compiled = None
         if cfg.trainer.channels_last:
@@ -103,7 +162,10 @@ class SegmentationModule(L.LightningModule):
     # --------------------------------------------------------------- training
 
     def on_train_epoch_start(self):
-        self._train_loss = torch.zeros(2, device=self.device)
+        self._train_loss = torch.zeros(2, device=self.device)  # (sum, count); kept in checkpoints for mid-epoch resume
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.stage_now = "training"  # for error messages (out of memory in which stage)
 
     def training_step(self, batch, batch_idx):
         images, masks = batch["image"], batch["mask"]
@@ -125,6 +187,9 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------- validation
+
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0):
+        self.stage_now = "validation"
 
     def on_validation_epoch_start(self):
         self.val_metric.to(self.device).reset()
@@ -174,6 +239,7 @@ class SegmentationModule(L.LightningModule):
             **self.task.history_extra(self.val_metric),
         }
         append_jsonl(self.run_dir / "history.jsonl", _finite(row))
+        self.history_rows += 1
         value = scores[monitor]
         better = self.best_score is None or (value > self.best_score if self.cfg.eval.mode == "max" else value < self.best_score)
         if better and not math.isnan(value):
@@ -189,18 +255,30 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["seglab"] = {
             "classes": list(self.labels.classes), "task": self.cfg.task, "arch": self.cfg.model.arch,
-            "encoder": self.cfg.model.encoder, "best_score": self.best_score,
+            "encoder": self.cfg.model.encoder, "best_score": self.best_score, "history_rows": self.history_rows,
         }
+        if hasattr(self, "_train_loss"):
+            checkpoint["seglab"]["train_loss"] = self._train_loss.detach().cpu()
 
     def on_load_checkpoint(self, checkpoint):
         meta = checkpoint.get("seglab", {})
-        check_checkpoint_meta(meta, self.cfg, self.labels, "checkpoint")
+        source = getattr(self, "checkpoint_source", "checkpoint")
+        check_checkpoint_meta(meta, self.cfg, self.labels, source)
+        check_state_dict_fits(self, checkpoint.get("state_dict", {}), source)
         self.best_score = meta.get("best_score")
+        self._resumed_history_rows = meta.get("history_rows")
+        if "train_loss" in meta:  # a mid-epoch resume skips on_train_epoch_start
+            self._train_loss = meta["train_loss"]
 
     def on_train_start(self):
+        if hasattr(self, "_train_loss"):
+            self._train_loss = self._train_loss.to(self.device)
         # A resumed run replays from its last checkpoint: drop history rows written after it.
-        if self.run_dir is not None and self.trainer.is_global_zero and self.current_epoch > 0:
-            rows = [r for r in read_jsonl(self.run_dir / "history.jsonl") if r["epoch"] < self.current_epoch]
+        if self.run_dir is not None and self.trainer.is_global_zero and self.trainer.ckpt_path:
+            rows = read_jsonl(self.run_dir / "history.jsonl")
+            keep = getattr(self, "_resumed_history_rows", None)
+            rows = rows[:keep] if keep is not None else [r for r in rows if r["epoch"] < self.current_epoch]
+            self.history_rows = len(rows)
             write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -212,6 +290,104 @@ def check_checkpoint_meta(meta: dict, cfg: Config, labels: LabelSpec, source: st
         raise CheckpointError(f"{source}: trained for {len(classes)} classes {classes[:6]}..., the config has {len(labels.classes)} {list(labels.classes)[:6]}...")
     if meta.get("arch") not in (None, cfg.model.arch) or (meta.get("encoder") not in (None, cfg.model.encoder) and cfg.model.arch == meta.get("arch")):
         raise CheckpointError(f"{source}: written by model {meta.get('arch')}/{meta.get('encoder')}, the config builds {cfg.model.arch}/{cfg.model.encoder}")
+
+
+def check_state_dict_fits(module: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """A checkpoint without (or with misleading) metadata still has to fit tensor by tensor."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: does not fit the model {getattr(module.cfg.model, 'arch', '')} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{source}: {key}: shape {tuple(value.shape)} in the checkpoint, {tuple(own[key].shape)} in the model (another model or class count?)")
+
+
+class ExactResume(Checkpoint):
+    """Writes `last.ckpt` so that `--resume` continues exactly where the run stopped.
+
+    Saved after every validation (whether or not it was the best: Lightning's own
+    `save_last` skips epochs that did not improve), at the end of an epoch without
+    validation, and every `every_n_steps` optimiser steps mid-epoch; always through the
+    atomic writer, so a kill leaves the previous one intact. Every checkpoint also
+    keeps the global random states (Python, NumPy, torch), restored when training
+    restarts; the data order and position are restored by the ResumableLoader. A
+    Checkpoint subclass, so Lightning runs it after the other callbacks (EMA first).
+    """
+
+    def __init__(self, last_path: Path, every_n_steps: int | None):
+        self.last_path, self.every_n_steps = Path(last_path), every_n_steps
+        self._saved_step = -1
+        self._validated_step = -1
+        self._rng: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "ExactResume"
+
+    def _save(self, trainer) -> None:
+        self._saved_step = trainer.global_step
+        trainer.save_checkpoint(self.last_path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if not self.every_n_steps or step == self._saved_step or step % self.every_n_steps:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the end-of-epoch checkpoint follows (after the validation, if one runs)
+        self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._validated_step = trainer.global_step
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._validated_step != trainer.global_step:  # no validation this epoch
+            self._save(trainer)
+
+    def on_fit_start(self, trainer, pl_module):
+        self._trainer = trainer
+
+    def _loaders(self) -> list[ResumableLoader]:
+        loaders = self._trainer.train_dataloader if getattr(self, "_trainer", None) else None
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        elif not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
+        return [dl for dl in loaders if isinstance(dl, ResumableLoader)]
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        return {
+            "rng": {
+                "python": random.getstate(),
+                "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "loaders": [dl.state_dict() for dl in self._loaders()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rng, self._loader_states = state.get("rng"), state.get("loaders", [])
+
+    def on_train_start(self, trainer, pl_module):
+        # Restored here, after the sanity check and before the first batch is drawn.
+        for loader, saved in zip(self._loaders(), getattr(self, "_loader_states", [])):
+            loader.load_state_dict(saved)
+        self._loader_states = []
+        rng, self._rng = self._rng, None
+        if not rng:
+            return
+        random.setstate(rng["python"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _finite(obj):
@@ -246,20 +422,25 @@ class ShardSampler(Sampler):
 def make_loader(dataset, cfg: Config, train: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
     workers = cfg.data.workers()
     batch = cfg.data.batch_size if train else (cfg.data.val_batch_size or cfg.data.batch_size)
-    sampler = None
-    if train and cfg.data.sampler.name != "shuffle":
-        from seglab.data.sampling import build_train_sampler
-
-        sampler = build_train_sampler(dataset, cfg.data.sampler, cfg.seed, rank, world_size)
-    elif world_size > 1:
-        sampler = (DistributedSampler(dataset, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=True) if train
-                   else ShardSampler(len(dataset), rank, world_size))
-    return DataLoader(
-        dataset, batch_size=batch, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
-        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+    common = dict(
+        batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
         # BatchNorm cannot train on a last batch of one image.
         drop_last=train and len(dataset) > batch * world_size,
     )
+    if train:
+        # The order is a function of (seed, epoch) and the position is saved in checkpoints:
+        # exact mid-epoch resume, for the plain shuffle and the class-balanced sampler alike.
+        if cfg.data.sampler.name != "shuffle":
+            from seglab.data.sampling import build_train_sampler
+
+            order = build_train_sampler(dataset, cfg.data.sampler, cfg.seed, rank, world_size)
+        else:
+            order = SeededShuffle(len(dataset), cfg.seed)
+        return ResumableLoader(dataset, sampler=order, seed=cfg.seed, **common)
+    # Evaluation under DDP: shards without padding. Its own generator: starting validation
+    # workers never draws from the global random state.
+    shard = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
+    return DataLoader(dataset, shuffle=False, sampler=shard, generator=torch.Generator().manual_seed(cfg.seed & 0xFFFFFFFF), **common)
 
 
 class SegmentationData(L.LightningDataModule):
@@ -303,7 +484,7 @@ def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bo
     callbacks = [
         ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=cfg.eval.mode,
-            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+            save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
         )
     ]
     if has_logger:
@@ -318,6 +499,7 @@ def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bo
             num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k, mean=cfg.augment.mean, std=cfg.augment.std,
         ))
     callbacks.extend(build_averaging_callbacks(cfg.averaging, cfg.eval.monitor, cfg.eval.mode, cfg.trainer.max_epochs))
+    callbacks.append(ExactResume(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.checkpoint_every_n_steps))
     return callbacks
 
 
@@ -345,10 +527,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         raise SeglabError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         raise SeglabError(f"{run_dir}: already holds a trained run; use --resume to continue it or choose another --out")
-    check_writable(run_dir)
+    labels = preflight(cfg, run_dir, ("train", "val"))
+    if resume:  # before anything in the run folder is rewritten
+        check_checkpoint_meta(load_checkpoint_file(last).get("seglab", {}), cfg, labels, str(last))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    labels = resolve_labels(cfg)
-    check_data(cfg, labels, ("train", "val"))
     if not resume:
         write_text(run_dir / "config.yaml", to_yaml(cfg))
     write_json(run_dir / "labels.json", labels.to_json())
@@ -357,10 +539,46 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     val_set = build_dataset(cfg, "val", labels, train=False, with_masks=True)
     frequencies = class_frequencies(train_set, labels) if needs_class_frequencies(cfg) else None
     module = SegmentationModule(cfg, labels, run_dir, frequencies)
+    module.checkpoint_source = str(last)
     trainer = make_trainer(cfg, run_dir, labels)
-    trainer.fit(module, datamodule=SegmentationData(cfg, train_set, val_set), ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(module, datamodule=SegmentationData(cfg, train_set, val_set), ckpt_path=str(last) if resume else None,
+                    weights_only=True)
+    except torch.OutOfMemoryError as e:
+        raise out_of_memory_error(e, cfg, trainer, getattr(module, "stage_now", "training")) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def preflight(cfg: Config, run_dir: Path, splits) -> LabelSpec:
+    """Every problem that can be found before training, listed at once: the output folder,
+    the model name, the class list and the data. Returns the resolved class list."""
+    problems = []
+    try:
+        check_writable(run_dir)
+    except SeglabError as e:
+        problems.append(str(e))
+    try:
+        MODELS.get(cfg.model.arch, "model.arch")
+    except SeglabError as e:
+        problems.append(str(e))
+    labels, data_problems = collect_problems(cfg, splits)
+    problems.extend(data_problems)
+    if problems:
+        raise DataValidationError(problems)
+    return labels
+
+
+def out_of_memory_error(error: Exception, cfg: Config, trainer: L.Trainer, stage: str) -> SeglabError:
+    batch_key = "data.val_batch_size" if stage == "validation" else "data.batch_size"
+    batch = (cfg.data.val_batch_size or cfg.data.batch_size) if stage == "validation" else cfg.data.batch_size
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
+    return SeglabError(
+        f"out of GPU memory during {stage} at step {trainer.global_step}, epoch {trainer.current_epoch} ({first}). "
+        f"Lower {batch_key} (now {batch}) and raise trainer.accumulate_grad_batches "
+        f"(now {cfg.trainer.accumulate_grad_batches}) to keep the effective batch, or use trainer.precision=bf16 "
+        f"(now {cfg.trainer.precision}); a smaller data.image_size or model also helps"
+    )
 
 
 def needs_class_frequencies(cfg: Config) -> bool:

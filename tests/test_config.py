@@ -35,7 +35,7 @@ def test_unknown_top_level_section(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("data: {batch_size: 0}\n", "data.batch_size: Input should be greater than 0"),
     ("data: {batch_size: many}\n", "data.batch_size: Input should be a valid integer"),
-    ("optim: {lr: -0.1}\n", "optim.lr"),
+    ("optim: {lr: -0.1}\n", "optim.lr: Input should be greater than 0 (got -0.1)"),
     ("data: {paint_order: random}\n", "data.paint_order"),
     ("trainer: {max_epochs: 0}\n", "trainer.max_epochs"),
     ("loss: [{name: focall}]\n", "did you mean 'focal'"),

@@ -46,17 +46,37 @@ def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_
     return SegmentationDataset(source, transform, with_masks, resized, size)
 
 
-def validate_data(cfg, labels: LabelSpec, splits=("train", "val", "test"), check_files: bool = True) -> list[str]:
-    """All problems in the configured splits, one line each; [] when the data is usable."""
+def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: bool = True, deep: bool = False) -> list[str]:
+    """All problems in the configured splits, one line each; [] when the data is usable.
+
+    `labels` may be None (the class list could not be resolved): every other check still runs.
+    `deep` decodes every image fully to find truncated or corrupt files.
+    """
     problems: list[str] = []
     for split in splits:
         if getattr(cfg.data, split) is None and cfg.data.format in ("coco", "polygons"):
             continue
         try:
-            problems.extend(open_source(cfg, split, labels).problems(check_files))
+            problems.extend(open_source(cfg, split, labels).problems(check_files, deep))
         except SeglabError as e:
             problems.append(str(e))
     return problems
+
+
+def collect_problems(cfg, splits=SPLITS, deep: bool = False) -> tuple[LabelSpec | None, list[str]]:
+    """The class list and every problem found before training, config-level and data-level
+    together, so `seglab data validate` and `train` list them all at once."""
+    problems: list[str] = []
+    labels = None
+    try:
+        labels = resolve_labels(cfg)
+    except SeglabError as e:
+        problems.append(str(e))
+    problems.extend(validate_data(cfg, labels, splits, deep=deep))
+    # TODO(metadata): when the per-ID metadata table reader lands (competition B: age, sex,
+    # weight, height per ID folder), report here every sample ID with no row in the table,
+    # naming the table file and the ID, e.g. "meta.csv: no row for ID 'ID042' (train)".
+    return labels, list(dict.fromkeys(problems))  # a file that fails twice is listed once
 
 
 def check_data(cfg, labels: LabelSpec, splits) -> None:

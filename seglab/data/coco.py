@@ -19,6 +19,11 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import DataError
 
 PAINT_ORDERS = ("area_desc", "annotation_order", "class_index")
+MAX_SIDE = 65535  # larger than any real image; beyond it a size is a typo, not a photo
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -48,6 +53,8 @@ def _load_json(path: Path) -> tuple[dict, bytes]:
         raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a COCO file") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: the top level must be an object with images/annotations/categories")
     return doc, data
@@ -74,28 +81,44 @@ def read_coco(path: str | Path, root: str | Path) -> CocoFile:
     for i, img in enumerate(images):
         for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
             if not isinstance(img.get(key), kind) or isinstance(img.get(key), bool):
-                raise DataError(f"{path.name}: images[{i}] (id {img.get('id')!r}): '{key}' missing or not {kind.__name__}")
-        if img["height"] <= 0 or img["width"] <= 0:
-            raise DataError(f"{path.name}: image {img['id']}: non-positive size {img['height']}x{img['width']}")
+                raise DataError(f"{path.name}: images[{i}] (id {_short(img.get('id'))}): '{key}' missing or not {kind.__name__}")
+        if not (0 < img["height"] <= MAX_SIDE and 0 < img["width"] <= MAX_SIDE):
+            raise DataError(f"{path.name}: image {img['id']}: implausible size {img['height']}x{img['width']} (height and width must be 1..{MAX_SIDE})")
     for i, cat in enumerate(categories):
-        if not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
+        if not _is_int(cat.get("id")):
             raise DataError(f"{path.name}: categories[{i}]: 'id' missing or not an integer")
     by_image: dict[int, list[dict]] = {}
     for i, ann in enumerate(anns):
-        if not isinstance(ann.get("image_id"), int):
-            raise DataError(f"{path.name}: annotations[{i}] (id {ann.get('id')!r}): 'image_id' missing or not an integer")
+        if not _is_int(ann.get("image_id")):
+            raise DataError(f"{path.name}: annotations[{i}] (id {_short(ann.get('id'))}): 'image_id' missing or not an integer")
         by_image.setdefault(ann["image_id"], []).append(ann)
     return CocoFile(path, Path(root), images, by_image, categories, hashlib.sha1(data).hexdigest(), "annotations" in doc)
 
 
-def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True) -> list[str]:
-    """Every problem found, one line each, naming the file, the record and what is wrong."""
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True, deep: bool = False) -> list[str]:
+    """Every problem found, one line each, naming the file, the record and what is wrong.
+
+    `deep` decodes every image fully (finds truncated or corrupt files of any format;
+    slower). Without it, images are opened for their size and JPEGs checked for an end.
+    """
     from PIL import Image
+
+    from seglab.data.dataset import image_decode_problem, truncated_jpeg
 
     problems: list[str] = []
     name = coco.path.name
     if not coco.images:
         problems.append(f"{name}: empty split (no images)")
+    cat_seen: set[int] = set()
+    for i, cat in enumerate(coco.categories):
+        if cat["id"] in cat_seen:
+            problems.append(f"{name}: categories[{i}]: duplicate category id {cat['id']}")
+        cat_seen.add(cat["id"])
     seen: dict[int, int] = {}
     for i, img in enumerate(coco.images):
         if img["id"] in seen:
@@ -115,6 +138,10 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
             continue
         if (h, w) != (img["height"], img["width"]):
             problems.append(f"{coco.where(img)}: image is {h}x{w} but the record says {img['height']}x{img['width']}")
+            continue
+        broken = image_decode_problem(file) if deep else ("JPEG data ends early" if truncated_jpeg(file) else None)
+        if broken:
+            problems.append(f"{coco.where(img)}: truncated or corrupt image {file}: {broken}")
 
     known_cats = {c["id"] for c in coco.categories}
     images_by_id = {img["id"]: img for img in coco.images}
@@ -122,16 +149,18 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
     for image_id, anns in coco.annotations.items():
         img = images_by_id.get(image_id)
         for ann in anns:
-            where = f"{name}: annotation {ann.get('id')} (image {image_id})"
-            if ann.get("id") in ann_ids:
-                problems.append(f"{where}: duplicate annotation id")
-            ann_ids.add(ann.get("id"))
+            ann_id = ann.get("id")
+            where = f"{name}: annotation {_short(ann_id)} (image {image_id})"
+            if isinstance(ann_id, (int, str)):
+                if ann_id in ann_ids:
+                    problems.append(f"{where}: duplicate annotation id")
+                ann_ids.add(ann_id)
             if img is None:
                 problems.append(f"{where}: image id {image_id} is not in 'images'")
                 continue
             cat = ann.get("category_id")
-            if cat not in known_cats:
-                problems.append(f"{where}: unknown category id {cat!r} (known: {sorted(known_cats)})")
+            if not _is_int(cat) or cat not in known_cats:
+                problems.append(f"{where}: unknown category id {_short(cat)} (known: {sorted(known_cats)})")
             elif labels is not None and cat not in labels.source_to_class:
                 problems.append(f"{where}: category id {cat} has no class in the label map")
             problem = segmentation_problem(ann.get("segmentation"), img["height"], img["width"])
@@ -141,7 +170,11 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
 
 
 def segmentation_problem(seg, height: int, width: int) -> str | None:
-    """Why a COCO `segmentation` value cannot be rasterised on a height x width image, or None."""
+    """Why a COCO `segmentation` value cannot be rasterised on a height x width image, or None.
+
+    Everything pycocotools would choke on (or crash in C on: RLE counts that overrun the
+    mask, vertices absurdly far away) is caught here first.
+    """
     if isinstance(seg, list):
         if not seg:
             return "empty polygon list"
@@ -153,9 +186,15 @@ def segmentation_problem(seg, height: int, width: int) -> str | None:
                 return f"polygon {k} has an odd number of coordinates ({len(poly)})"
             if len(poly) < 6:
                 return f"polygon {k} has {len(poly) // 2} points (needs at least 3)"
-            if not all(math.isfinite(v) for v in poly):
+            if not all(isinstance(v, int) or math.isfinite(v) for v in poly):
                 return f"polygon {k} has a non-finite coordinate"
             xs, ys = poly[0::2], poly[1::2]
+            # Outside is common (annotation tools overshoot); ten image sizes away is a broken value, and
+            # pycocotools would allocate memory for every pixel of the way there.
+            m = 10 * max(height, width) + 1000
+            if min(xs) < -m or max(xs) > width + m or min(ys) < -m or max(ys) > height + m:
+                far = next((x, y) for x, y in zip(xs, ys) if not (-m <= x <= width + m and -m <= y <= height + m))
+                return f"polygon {k} has a vertex far outside the {height}x{width} image: {_short(far)}"
             if max(xs) >= 0 and min(xs) <= width and max(ys) >= 0 and min(ys) <= height:
                 inside = True
         if not inside:
@@ -172,10 +211,41 @@ def segmentation_problem(seg, height: int, width: int) -> str | None:
                 return "uncompressed RLE counts must be non-negative integers"
             if sum(counts) != height * width:
                 return f"RLE counts sum to {sum(counts)}, not height*width = {height * width}"
-        elif not isinstance(counts, str) or not counts:
+        elif isinstance(counts, str) and counts:
+            runs = decode_rle_string(counts)
+            if runs is None:
+                return "compressed RLE 'counts' is not a valid COCO RLE string"
+            if any(v < 0 for v in runs) or sum(runs) != height * width:
+                return f"compressed RLE decodes to runs summing to {sum(runs)}, not height*width = {height * width}"
+        else:
             return "RLE 'counts' must be a non-empty string or a list of integers"
         return None
     return f"segmentation must be a polygon list or an RLE object, got {type(seg).__name__}"
+
+
+def decode_rle_string(text: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString), or None
+    when it is not one. pycocotools does not check: bad runs overrun its buffer in C."""
+    runs: list[int] = []
+    p, n = 0, len(text)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n or k >= 7:  # 7 chars hold 35 bits: more than any run; beyond, C's shifts overflow
+                return None
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
 
 
 def annotation_mask(seg, height: int, width: int) -> np.ndarray:
@@ -217,10 +287,10 @@ def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -
     for ann in anns:
         problem = segmentation_problem(ann.get("segmentation"), h, w)
         if problem:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): {problem}")
+            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): {problem}")
         cat = ann.get("category_id")
-        if cat not in labels.source_to_class:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {cat!r}")
+        if not _is_int(cat) or cat not in labels.source_to_class:
+            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): unknown category id {_short(cat)}")
         masks.append(annotation_mask(ann["segmentation"], h, w))
         classes.append(labels.source_to_class[cat])
     for i in paint_sequence(anns, masks, classes, paint_order):

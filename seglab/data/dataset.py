@@ -33,9 +33,35 @@ def read_image(path: Path, where: str, expect_hw: tuple[int, int] | None = None)
     if img is None:
         reason = "file not found" if not Path(path).exists() else "unreadable or truncated image"
         raise DataError(f"{where}: {reason}: {path}")
+    if truncated_jpeg(path):  # OpenCV decodes a cut JPEG without error, greying the missing part
+        raise DataError(f"{where}: truncated image (JPEG data ends early): {path}")
     if expect_hw is not None and img.shape[:2] != tuple(expect_hw):
         raise DataError(f"{where}: image is {img.shape[0]}x{img.shape[1]} but the record says {expect_hw[0]}x{expect_hw[1]}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def truncated_jpeg(path: Path) -> bool:
+    """Whether a JPEG file lacks its end-of-image marker (checked on the last bytes only;
+    a file with trailing bytes after the marker gets a full decode to decide)."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 32))
+        if f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+            return False
+    return image_decode_problem(path) is not None
+
+
+def image_decode_problem(path: Path) -> str | None:
+    """Why the image cannot be fully decoded (truncated, corrupt), or None: a full decode with PIL."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def default_cache_dir() -> Path:
@@ -151,7 +177,12 @@ class SegmentationDataset(Dataset):
         # C x H x W booleans (multilabel): resize each channel, keep the layout
         return np.stack([cv2.resize(m.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for m in mask]).astype(bool)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        # A training sampler sends (index, augmentation seed): the same image then gets the
+        # same augmentation in any worker and in a resumed run (see seglab.data.resumable).
+        i, aug_seed = key if isinstance(key, tuple) else (key, None)
+        if aug_seed is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(aug_seed)
         image = self._image(i)
         item = {"id": self.source.sample_id(i), "index": i}
         if self.with_masks:

@@ -32,7 +32,8 @@ def inspect_coco(json_path: str | Path, root: str | Path | None = None, paint_or
         sizes[(h, w)] += 1
         masks, classes = [], []
         for ann in coco.annotations.get(img["id"], []):
-            cls = labels.source_to_class.get(ann.get("category_id"))
+            cat = ann.get("category_id")
+            cls = labels.source_to_class.get(cat) if type(cat) is int else None
             if cls is None or segmentation_problem(ann.get("segmentation"), h, w):
                 continue  # reported in problems
             masks.append(annotation_mask(ann["segmentation"], h, w))

@@ -79,6 +79,11 @@ def _check_classes(classes: list[str], ignore_index: int) -> None:
 def resolve_coco_labels(data_cfg, categories: list[dict], source: str) -> LabelSpec:
     """Category id -> class index, from the config if given, else Background + JSON order."""
     cat_ids = [c["id"] for c in categories]
+    dup = sorted({i for i in cat_ids if cat_ids.count(i) > 1})
+    if dup:
+        from seglab.errors import DataError
+
+        raise DataError(f"{source}: category id {dup[0]} appears more than once in 'categories'")
     names = {c["id"]: str(c.get("name", c["id"])) for c in categories}
     classes = list(data_cfg.classes) if data_cfg.classes else ["Background"] + [names[i] for i in cat_ids]
     _check_classes(classes, data_cfg.ignore_index)

@@ -9,7 +9,7 @@ import numpy as np
 
 from seglab.data.bitmasks import BitmaskCache, rasterise_coco_multilabel
 from seglab.data.coco import CocoFile, mask_dtype, rasterise, read_coco, validate_coco
-from seglab.data.dataset import ArrayCache, default_cache_dir, read_image
+from seglab.data.dataset import ArrayCache, default_cache_dir, image_decode_problem, read_image, truncated_jpeg
 from seglab.data.labels import LabelSpec, resolve_coco_labels, resolve_value_labels
 from seglab.errors import ConfigError, DataError
 from seglab.registry import Registry
@@ -67,8 +67,8 @@ class CocoSource:
             return self.bitmask_cache.get(self.sample_id(i), lambda: rasterise_coco_multilabel(self.coco, i, self.labels))
         return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
 
-    def problems(self, check_files: bool = True) -> list[str]:
-        return validate_coco(self.coco, self.labels, check_files)
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
+        return validate_coco(self.coco, self.labels, check_files, deep)
 
 
 @SOURCES.register("labelmap")
@@ -150,10 +150,17 @@ class LabelMapSource:
             raise DataError(f"{path}: pixel values {bad} are not in data.mask_value_map / classes")
         return mask.astype(mask_dtype(self.labels))
 
-    def problems(self, check_files: bool = True) -> list[str]:
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
         problems = [] if self.stems else [f"{self.name}: empty split (no images)"]
-        if check_files and self.has_masks:
-            for i, stem in enumerate(self.stems):
+        for i, stem in enumerate(self.stems if check_files else []):
+            files = [self.image_path(i)]
+            if self.has_masks:
                 if not self.mask_path(i).is_file():
                     problems.append(f"{self.name}: {stem}: label file not found: {self.mask_path(i)}")
+                else:
+                    files.append(self.mask_path(i))
+            for file in files:
+                broken = image_decode_problem(file) if deep else ("JPEG data ends early" if truncated_jpeg(file) else None)
+                if broken:
+                    problems.append(f"{self.name}: {stem}: truncated or corrupt image {file}: {broken}")
         return problems
