@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from seglab.data.resumable import SeededShuffle
+
 from seglab.config import config_from_dict
 from seglab.data.labels import LabelSpec
 from seglab.data.sampling import WeightedEpochSampler, class_balanced_weights, class_presence
@@ -31,7 +33,9 @@ class MaskDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.source)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        # training loaders send (index, augmentation seed), as SegmentationDataset accepts
+        i = key[0] if isinstance(key, tuple) else key
         return {"index": i, "mask": torch.from_numpy(self.source.masks[i].astype(np.int64))}
 
 
@@ -110,11 +114,12 @@ def test_epochs_differ_are_reproducible_and_shard_across_processes():
 def test_make_loader_uses_the_configured_sampler():
     ds = rare_dataset()
     cfg = config_from_dict({"data": {"batch_size": 4, "num_workers": 0, "sampler": {"name": "class_balanced", "power": 1.0, "num_samples": 40}}})
+    # the training loader wraps the configured order in the resumable sampler (exact resume)
     loader = make_loader(ds, cfg, train=True)
-    assert isinstance(loader.sampler, WeightedEpochSampler) and len(loader.sampler) == 40
+    assert isinstance(loader.sampler.sampler, WeightedEpochSampler) and len(loader.sampler) == 40
     assert sum(len(b["index"]) for b in loader) == 40
     ddp = make_loader(ds, cfg, train=True, rank=1, world_size=2)
-    assert isinstance(ddp.sampler, WeightedEpochSampler) and len(ddp.sampler) == 20
-    assert not isinstance(make_loader(ds, cfg, train=False).sampler, WeightedEpochSampler)
+    assert isinstance(ddp.sampler.sampler, WeightedEpochSampler) and len(ddp.sampler) == 20
+    assert not isinstance(getattr(make_loader(ds, cfg, train=False).sampler, "sampler", None), WeightedEpochSampler)
     plain = config_from_dict({"data": {"batch_size": 4, "num_workers": 0}})
-    assert isinstance(make_loader(ds, plain, train=True).sampler, torch.utils.data.RandomSampler)
+    assert isinstance(make_loader(ds, plain, train=True).sampler.sampler, SeededShuffle)
