@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seglab.averaging import AveragingConfig
+from seglab.classification.config import ClassificationConfig, ClassificationDataConfig
 from seglab.errors import ConfigError
 from seglab.losses import LossSpec, validate_loss_specs
 from seglab.optim import OptimConfig, ScheduleConfig
@@ -34,7 +35,9 @@ class TransformSpec(BaseModel):
 
 
 class DataConfig(Strict):
-    format: Literal["coco", "labelmap"] = Field("coco", description="dataset layout: COCO JSON, or image folder + label-map PNG folder")
+    format: Literal["coco", "labelmap", "imagefolder", "csv", "maskstatus"] = Field(
+        "coco", description="dataset layout: COCO JSON, or image folder + label-map PNG folder; classification: imagefolder, csv or maskstatus"
+    )
     root: str = Field(".", description="data root; COCO file_name and the split files are relative to it")
     train: str | None = Field(None, description="train split: COCO JSON (coco) or list of image stems (labelmap, null = all images)")
     val: str | None = Field(None, description="validation split, same form as train")
@@ -61,6 +64,7 @@ class DataConfig(Strict):
     mask_value_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
         None, description="labelmap: PNG value -> class index (e.g. {0: 1, 255: 0}); default identity"
     )
+    classification: ClassificationDataConfig = Field(default_factory=ClassificationDataConfig)
 
     @field_validator("image_size")
     @classmethod
@@ -147,7 +151,9 @@ class SubmissionConfig(Strict):
 
 
 class Config(Strict):
-    task: Literal["multiclass"] = Field("multiclass", description="multiclass (softmax, one class per pixel)")
+    task: Literal["multiclass", "classification"] = Field(
+        "multiclass", description="multiclass (softmax, one class per pixel) or classification (one class per image)"
+    )
     name: str | None = Field(None, description="experiment name (free text)")
     seed: int = Field(42, description="random seed for weights, data order and augmentation")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -163,10 +169,14 @@ class Config(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
 
     @model_validator(mode="after")
     def _check_parts(self):
-        validate_loss_specs(self.loss, self.task)
+        from seglab.classification.config import check_config
+
+        check_config(self)  # task defaults first: they pick the losses and metric that apply
+        validate_loss_specs(self.loss, "multiclass" if self.task == "classification" else self.task)
         from seglab.data.transforms import validate_transform_specs
 
         validate_transform_specs(self.augment.train, "augment.train")
@@ -305,7 +315,7 @@ def schema_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[
             default = default.model_dump(mode="json")
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(mode="json") for d in default]
-        rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."), field.description or ""))
+        rows.append((key, yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("..."), field.description or ""))
     return rows
 
 
