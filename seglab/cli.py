@@ -18,9 +18,14 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
+def _task(run_dir) -> str:
+    from seglab.config import load_config
+
+    return load_config(Path(run_dir) / "config.yaml").task if (Path(run_dir) / "config.yaml").is_file() else "multiclass"
+
+
 def cmd_train(args) -> None:
     from seglab.config import load_config
-    from seglab.training import train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -32,14 +37,25 @@ def cmd_train(args) -> None:
             raise SystemExit("seglab train: give a CONFIG (or --resume RUN_DIR)")
         cfg = _config(args)
         run_dir = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if cfg.task == "classification":
+        from seglab.classification.training import train
+    else:
+        from seglab.training import train
     started = time.time()
     best = train(cfg, run_dir, resume=bool(args.resume))
     print(f"\nrun folder: {run_dir}  ({time.time() - started:.0f} s)")
     if best:
-        print(f"best {best.get('monitor', 'mIoU')}: epoch {best['epoch']}, mIoU {best['mIoU']:.4f}  -> {run_dir / 'metrics.json'}")
+        key = best.get("monitor", "mIoU")
+        print(f"best {key}: epoch {best['epoch']}, {key} {best[key]:.4f}  -> {run_dir / 'metrics.json'}")
 
 
 def cmd_evaluate(args) -> None:
+    if _task(args.run_dir) == "classification":
+        from seglab.classification.inference import evaluate
+
+        scores = evaluate([args.run_dir, *args.ensemble], args.split, args.checkpoint, args.device, args.tta)
+        print(json.dumps(scores, indent=2))
+        return
     from seglab.inference import evaluate
 
     scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device)
@@ -52,6 +68,12 @@ def cmd_predict(args) -> None:
     from seglab.submission import WRITERS
 
     cfg = load_config(Path(args.run_dir) / "config.yaml")
+    if cfg.task == "classification":
+        from seglab.classification.inference import predict
+
+        count = predict([args.run_dir, *args.ensemble], args.split, args.out, args.format, args.checkpoint, args.device, args.tta)
+        print(f"wrote {count} rows ({args.format or cfg.submission.format}) to {args.out}")
+        return
     fmt = args.format or cfg.submission.format
     writer = WRITERS.get(fmt, "--format")
     count = writer(iter_predictions(args.run_dir, args.split, args.checkpoint, args.device), Path(args.out), tuple(cfg.submission.size))
@@ -59,9 +81,16 @@ def cmd_predict(args) -> None:
 
 
 def cmd_data_synth(args) -> None:
+    if args.format == "maskstatus":
+        from seglab.classification.synth import make_maskstatus_dataset
+
+        paths = make_maskstatus_dataset(args.out, args.n_train or 60, args.n_test or 24, args.size or 64, args.seed)
+        for split, path in paths.items():
+            print(f"{split}: {path}")
+        return
     from seglab.data.synth import make_coco_dataset
 
-    paths = make_coco_dataset(args.out, args.n_train, args.n_val, args.n_test, args.size, args.seed)
+    paths = make_coco_dataset(args.out, args.n_train or 48, args.n_val, args.n_test or 8, args.size or 128, args.seed)
     for split, path in paths.items():
         print(f"{split}: {path}")
 
@@ -74,9 +103,11 @@ def cmd_data_inspect(args) -> None:
 
 
 def cmd_data_validate(args) -> None:
-    from seglab.data import resolve_labels, validate_data
-
     cfg = _config(args)
+    if cfg.task == "classification":
+        from seglab.classification.data import resolve_labels, validate_data
+    else:
+        from seglab.data import resolve_labels, validate_data
     labels = resolve_labels(cfg)
     problems = validate_data(cfg, labels)
     for p in problems:
@@ -115,24 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val")
     e.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path")
     e.add_argument("--device")
+    e.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="classification: more runs whose probabilities are averaged")
+    e.add_argument("--tta", nargs="*", choices=["hflip", "vflip"], help="classification: TTA views (default: the run's classification.tta)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a submission for a split")
     pr.add_argument("run_dir")
     pr.add_argument("--split", default="test")
     pr.add_argument("--out", required=True, help="CSV file (coco_csv) or folder (png)")
-    pr.add_argument("--format", help="coco_csv or png (default: the config's submission.format)")
+    pr.add_argument("--format", help="coco_csv or png; classification: maskstatus, id_label, probs or pseudo (default: the config's submission.format)")
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--device")
+    pr.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="classification: more runs whose probabilities are averaged")
+    pr.add_argument("--tta", nargs="*", choices=["hflip", "vflip"], help="classification: TTA views (default: the run's classification.tta)")
     pr.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    s = d.add_parser("synth", help="write the built-in example dataset (COCO, competition-A layout)")
+    s = d.add_parser("synth", help="write the built-in example dataset (COCO, competition-A layout; or mask status, competition C)")
     s.add_argument("--out", required=True)
-    s.add_argument("--n-train", type=int, default=48)
+    s.add_argument("--format", choices=["coco", "maskstatus"], default="coco")
+    s.add_argument("--n-train", type=int, help="training images (coco, default 48) or persons (maskstatus, 7 images each, default 60)")
     s.add_argument("--n-val", type=int, default=16)
-    s.add_argument("--n-test", type=int, default=8)
-    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--n-test", type=int, help="test images (coco, default 8) or eval persons (maskstatus, default 24)")
+    s.add_argument("--size", type=int, help="image side in pixels (default 128 coco, 64 maskstatus)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
     i = d.add_parser("inspect", help="class counts, pixel shares, overlaps, sizes and problems of a COCO file")

@@ -247,7 +247,8 @@ def make_loggers(cfg: Config, run_dir: Path) -> list:
     return loggers
 
 
-def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bool) -> list:
+def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bool, visualizer: L.Callback | None = None) -> list:
+    """Checkpoints, lr monitor, the validation visualiser (segmentation panels unless another is given), averaging."""
     monitor = f"val/{cfg.eval.monitor}"
     callbacks = [
         ModelCheckpoint(
@@ -257,7 +258,9 @@ def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bo
     ]
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.logging.viz_every_n_epochs > 0:
+    if cfg.logging.viz_every_n_epochs > 0 and visualizer is not None:
+        callbacks.append(visualizer)
+    elif cfg.logging.viz_every_n_epochs > 0:
         from seglab.visualization import ValidationVisualizer
 
         callbacks.append(ValidationVisualizer(
@@ -268,7 +271,7 @@ def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bo
     return callbacks
 
 
-def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec) -> L.Trainer:
+def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec, visualizer: L.Callback | None = None) -> L.Trainer:
     t = cfg.trainer
     loggers = make_loggers(cfg, run_dir)
     return L.Trainer(
@@ -278,7 +281,7 @@ def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=cfg.optim.grad_clip, enable_progress_bar=t.progress_bar,
-        logger=loggers or False, callbacks=make_callbacks(cfg, run_dir, labels, bool(loggers)),
+        logger=loggers or False, callbacks=make_callbacks(cfg, run_dir, labels, bool(loggers), visualizer),
         plugins=[AtomicCheckpointIO()], enable_model_summary=False, num_sanity_val_steps=1,
     )
 
