@@ -24,6 +24,13 @@ def _task(run_dir) -> str:
     return load_config(Path(run_dir) / "config.yaml").task if (Path(run_dir) / "config.yaml").is_file() else "multiclass"
 
 
+def _classification_only(args) -> None:
+    from seglab.errors import ConfigError
+
+    if args.ensemble or args.tta is not None:
+        raise ConfigError("--ensemble and --tta apply to classification runs only")
+
+
 def cmd_train(args) -> None:
     from seglab.config import load_config
 
@@ -58,6 +65,7 @@ def cmd_evaluate(args) -> None:
         return
     from seglab.inference import evaluate
 
+    _classification_only(args)
     scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device)
     print(json.dumps(scores, indent=2))
 
@@ -74,6 +82,7 @@ def cmd_predict(args) -> None:
         count = predict([args.run_dir, *args.ensemble], args.split, args.out, args.format, args.checkpoint, args.device, args.tta)
         print(f"wrote {count} rows ({args.format or cfg.submission.format}) to {args.out}")
         return
+    _classification_only(args)
     fmt = args.format or cfg.submission.format
     writer = WRITERS.get(fmt, "--format")
     count = writer(iter_predictions(args.run_dir, args.split, args.checkpoint, args.device), Path(args.out), tuple(cfg.submission.size))
@@ -166,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--format", choices=["coco", "maskstatus"], default="coco")
     s.add_argument("--n-train", type=int, help="training images (coco, default 48) or persons (maskstatus, 7 images each, default 60)")
-    s.add_argument("--n-val", type=int, default=16)
+    s.add_argument("--n-val", type=int, default=16, help="validation images (coco only; maskstatus validation is a fold of persons)")
     s.add_argument("--n-test", type=int, help="test images (coco, default 8) or eval persons (maskstatus, default 24)")
     s.add_argument("--size", type=int, help="image side in pixels (default 128 coco, 64 maskstatus)")
     s.add_argument("--seed", type=int, default=0)

@@ -94,6 +94,7 @@ def test_classification_defaults_and_demo_config():
     ("task: classification\ndata: {format: csv, image_size: [32, 32]}\nclassification: {head: cosface}\n", "classification.head"),
     ("task: classification\ndata: {format: csv, image_size: [32, 32]}\nclassification: {uda: {strong: [{name: Flipp}]}}\n", "classification.uda.strong[0]: unknown albumentations transform"),
     ("task: classification\ndata: {format: csv, image_size: [32, 32]}\nsubmission: {format: coco_csv}\n", "unknown classification submission format 'coco_csv'"),
+    ("task: classification\ndata: {format: csv, image_size: [32, 32]}\neval: {monitor: mIoU}\n", "eval.monitor: 'mIoU' is not a classification metric"),
 ])
 def test_wrong_classification_settings_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:

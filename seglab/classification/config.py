@@ -102,6 +102,10 @@ def check_config(cfg) -> None:
                               "(ArcFace is a head: classification.head: arcface)")
     if "monitor" not in cfg.eval.model_fields_set:
         cfg.eval.monitor = "macro_f1"
+    monitors = ("macro_f1", "accuracy", "mean_class_accuracy", "loss") + (
+        ("mask_accuracy", "gender_accuracy", "age_accuracy") if cfg.data.format == "maskstatus" else ())
+    if cfg.eval.monitor not in monitors:
+        raise ConfigError(f"eval.monitor: {cfg.eval.monitor!r} is not a classification metric (use one of {', '.join(monitors)})")
     if "format" not in cfg.submission.model_fields_set:
         cfg.submission.format = "maskstatus" if cfg.data.format == "maskstatus" else "id_label"
     from seglab.classification.submission import WRITERS
