@@ -18,9 +18,21 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
+def _task(run_dir) -> str:
+    from seglab.config import load_config
+
+    return load_config(Path(run_dir) / "config.yaml").task if (Path(run_dir) / "config.yaml").is_file() else "multiclass"
+
+
+def _classification_only(args) -> None:
+    from seglab.errors import ConfigError
+
+    if args.ensemble or args.tta is not None:
+        raise ConfigError("--ensemble and --tta apply to classification runs only")
+
+
 def cmd_train(args) -> None:
     from seglab.config import load_config
-    from seglab.training import train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -32,6 +44,10 @@ def cmd_train(args) -> None:
             raise SystemExit("seglab train: give a CONFIG (or --resume RUN_DIR)")
         cfg = _config(args)
         run_dir = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if cfg.task == "classification":
+        from seglab.classification.training import train
+    else:
+        from seglab.training import train
     started = time.time()
     best = train(cfg, run_dir, resume=bool(args.resume))
     print(f"\nrun folder: {run_dir}  ({time.time() - started:.0f} s)")
@@ -60,8 +76,15 @@ def _add_tta_flags(p) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    if _task(args.run_dir) == "classification":
+        from seglab.classification.inference import evaluate
+
+        scores = evaluate([args.run_dir, *args.ensemble], args.split, args.checkpoint, args.device, args.tta)
+        print(json.dumps(scores, indent=2))
+        return
     from seglab.inference import evaluate
 
+    _classification_only(args)
     scores = evaluate(args.run_dir, args.split, args.checkpoint, args.device, original_size=args.original_size,
                       tta=_tta(args, args.run_dir))
     print(json.dumps(scores, indent=2))
@@ -73,6 +96,13 @@ def cmd_predict(args) -> None:
     from seglab.submission import WRITERS
 
     cfg = load_config(Path(args.run_dir) / "config.yaml")
+    if cfg.task == "classification":
+        from seglab.classification.inference import predict
+
+        count = predict([args.run_dir, *args.ensemble], args.split, args.out, args.format, args.checkpoint, args.device, args.tta)
+        print(f"wrote {count} rows ({args.format or cfg.submission.format}) to {args.out}")
+        return
+    _classification_only(args)
     fmt = args.format or cfg.submission.format
     writer = WRITERS.get(fmt, "--format")
     if cfg.task == "multilabel" and not getattr(writer, "accepts_multilabel", False):
@@ -153,6 +183,13 @@ def cmd_pseudo(args) -> None:
 
 
 def cmd_data_synth(args) -> None:
+    if args.format == "maskstatus":
+        from seglab.classification.synth import make_maskstatus_dataset
+
+        paths = make_maskstatus_dataset(args.out, args.n_train or 60, args.n_test or 24, args.size or 64, args.seed)
+        for split, path in paths.items():
+            print(f"{split}: {path}")
+        return
     from seglab.data.synth import make_coco_dataset
 
     if args.format == "polygons":
@@ -160,12 +197,12 @@ def cmd_data_synth(args) -> None:
 
         # --n-* count people (ID folders, two images each) in this layout.
         counts = [n if n is not None else d for n, d in zip((args.n_train, args.n_val, args.n_test), (24, 8, 4))]
-        paths = make_polygon_dataset(args.out, *counts, args.size, args.seed)
+        paths = make_polygon_dataset(args.out, *counts, args.size or 128, args.seed)
         for key, path in paths.items():
             print(f"{key}: {path}")
         return
     counts = [n if n is not None else d for n, d in zip((args.n_train, args.n_val, args.n_test), (48, 16, 8))]
-    paths = make_coco_dataset(args.out, *counts, args.size, args.seed)
+    paths = make_coco_dataset(args.out, *counts, args.size or 128, args.seed)
     for split, path in paths.items():
         print(f"{split}: {path}")
 
@@ -178,10 +215,16 @@ def cmd_data_inspect(args) -> None:
 
 
 def cmd_data_validate(args) -> None:
-    from seglab.data import collect_problems
-
     cfg = _config(args)
-    labels, problems = collect_problems(cfg, deep=args.deep)
+    if cfg.task == "classification":
+        from seglab.classification.data import resolve_labels, validate_data
+
+        labels = resolve_labels(cfg)
+        problems = validate_data(cfg, labels)
+    else:
+        from seglab.data import collect_problems
+
+        labels, problems = collect_problems(cfg, deep=args.deep)
     for p in problems:
         print(p)
     print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes) if labels else 'unresolved'}")
@@ -302,16 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--original-size", action="store_true", help="score predictions at each image's original size (what predict writes)")
     _add_tta_flags(e)
+    e.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="classification: more runs whose probabilities are averaged")
+    e.add_argument("--tta", nargs="*", choices=["hflip", "vflip"], help="classification: TTA views (default: the run's classification.tta)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a submission for a split")
     pr.add_argument("run_dir")
     pr.add_argument("--split", default="test")
     pr.add_argument("--out", required=True, help="CSV file (coco_csv) or folder (png)")
-    pr.add_argument("--format", help="coco_csv, png or rle (default: the config's submission.format)")
+    pr.add_argument("--format", help="coco_csv, png or rle; classification: maskstatus, id_label, probs or pseudo (default: the config's submission.format)")
     pr.add_argument("--checkpoint", default="best")
     pr.add_argument("--device")
     _add_tta_flags(pr)
+    pr.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="classification: more runs whose probabilities are averaged")
+    pr.add_argument("--tta", nargs="*", choices=["hflip", "vflip"], help="classification: TTA views (default: the run's classification.tta)")
     pr.set_defaults(func=cmd_predict)
 
     k = sub.add_parser("kfold", help="k-fold cross-validation: splits, one run per fold, out-of-fold scores")
@@ -350,13 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=cmd_pseudo)
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    s = d.add_parser("synth", help="write the built-in example dataset (COCO, competition-A layout; or polygons, competition B)")
+    s = d.add_parser("synth", help="write a built-in example dataset: COCO (competition A), polygons (B) or mask status (C)")
     s.add_argument("--out", required=True)
-    s.add_argument("--format", choices=("coco", "polygons"), default="coco", help="polygons: hand-bone layout; --n-* then count people")
-    s.add_argument("--n-train", type=int, help="default 48 images (coco) / 24 people (polygons)")
-    s.add_argument("--n-val", type=int, help="default 16 images / 8 people")
-    s.add_argument("--n-test", type=int, help="default 8 images / 4 people")
-    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--format", choices=("coco", "polygons", "maskstatus"), default="coco",
+                   help="polygons: hand-bone layout, --n-* count people; maskstatus: --n-train/--n-test count persons")
+    s.add_argument("--n-train", type=int, help="default 48 images (coco) / 24 people (polygons) / 60 persons (maskstatus)")
+    s.add_argument("--n-val", type=int, help="default 16 images / 8 people (maskstatus: validation is a fold of persons)")
+    s.add_argument("--n-test", type=int, help="default 8 images / 4 people / 24 persons")
+    s.add_argument("--size", type=int, help="image side in pixels (default 128; 64 for maskstatus)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
     i = d.add_parser("inspect", help="class counts, pixel shares, overlaps, sizes and problems of a COCO file")

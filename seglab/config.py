@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seglab.averaging import AveragingConfig
+from seglab.classification.config import ClassificationConfig, ClassificationDataConfig
 from seglab.errors import ConfigError
 from seglab.losses import LossSpec, validate_loss_specs
 from seglab.optim import OptimConfig, ScheduleConfig
@@ -56,8 +57,8 @@ class SamplerConfig(Strict):
 
 
 class DataConfig(Strict):
-    format: Literal["coco", "labelmap", "polygons"] = Field(
-        "coco", description="dataset layout: COCO JSON, image folder + label-map PNG folder, or per-image polygon JSON (hand-bone layout)"
+    format: Literal["coco", "labelmap", "polygons", "imagefolder", "csv", "maskstatus"] = Field(
+        "coco", description="dataset layout: COCO JSON, image folder + label-map PNG folder, per-image polygon JSON (hand-bone layout); classification: imagefolder, csv or maskstatus"
     )
     root: str = Field(".", description="data root; COCO file_name and the split files are relative to it")
     train: str | None = Field(
@@ -95,6 +96,7 @@ class DataConfig(Strict):
         None, description="labelmap: PNG value -> class index (e.g. {0: 1, 255: 0}); default identity"
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="how training images are drawn")
+    classification: ClassificationDataConfig = Field(default_factory=ClassificationDataConfig)
 
     @field_validator("image_size")
     @classmethod
@@ -184,8 +186,8 @@ class SubmissionConfig(Strict):
 
 
 class Config(Strict):
-    task: Literal["multiclass", "multilabel"] = Field(
-        "multiclass", description="multiclass (softmax, one class per pixel) or multilabel (sigmoid, C x H x W masks, classes overlap)"
+    task: Literal["multiclass", "multilabel", "classification"] = Field(
+        "multiclass", description="multiclass (softmax, one class per pixel), multilabel (sigmoid, C x H x W masks, classes overlap) or classification (one class per image)"
     )
     name: str | None = Field(None, description="experiment name (free text)")
     seed: int = Field(42, description="random seed for weights, data order and augmentation")
@@ -206,11 +208,16 @@ class Config(Strict):
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     sliding_window: SlidingWindowConfig = Field(default_factory=SlidingWindowConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
 
     @model_validator(mode="after")
     def _check_parts(self):
+        from seglab.classification.config import check_config
+
+        # Task defaults first: they pick the losses and metric that apply (each is a no-op for the other tasks).
+        check_config(self)
         _task_defaults(self)
-        validate_loss_specs(self.loss, self.task)
+        validate_loss_specs(self.loss, "multiclass" if self.task == "classification" else self.task)
         from seglab.data.transforms import validate_transform_specs
 
         validate_transform_specs(self.augment.train, "augment.train")
@@ -369,7 +376,7 @@ def schema_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[
             default = default.model_dump(mode="json")
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(mode="json") for d in default]
-        rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("..."), field.description or ""))
+        rows.append((key, yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("..."), field.description or ""))
     return rows
 
 

@@ -479,7 +479,8 @@ def make_loggers(cfg: Config, run_dir: Path) -> list:
     return loggers
 
 
-def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bool) -> list:
+def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bool, visualizer: L.Callback | None = None) -> list:
+    """Checkpoints, lr monitor, the validation visualiser (segmentation panels unless another is given), averaging."""
     monitor = f"val/{cfg.eval.monitor}"
     callbacks = [
         ModelCheckpoint(
@@ -489,21 +490,24 @@ def make_callbacks(cfg: Config, run_dir: Path, labels: LabelSpec, has_logger: bo
     ]
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.logging.viz_every_n_epochs > 0 and not get_task(cfg.task).class_map_panels:
-        log.info("logging.viz_every_n_epochs: validation panels are drawn for class maps only; none for task %s", cfg.task)
-    elif cfg.logging.viz_every_n_epochs > 0:
-        from seglab.visualization import ValidationVisualizer
+    if cfg.logging.viz_every_n_epochs > 0:
+        if visualizer is not None:  # a task with its own panels (classification)
+            callbacks.append(visualizer)
+        elif get_task(cfg.task).class_map_panels:
+            from seglab.visualization import ValidationVisualizer
 
-        callbacks.append(ValidationVisualizer(
-            run_dir, list(labels.classes), labels.ignore_index, every_n_epochs=cfg.logging.viz_every_n_epochs,
-            num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k, mean=cfg.augment.mean, std=cfg.augment.std,
-        ))
+            callbacks.append(ValidationVisualizer(
+                run_dir, list(labels.classes), labels.ignore_index, every_n_epochs=cfg.logging.viz_every_n_epochs,
+                num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k, mean=cfg.augment.mean, std=cfg.augment.std,
+            ))
+        else:
+            log.info("logging.viz_every_n_epochs: validation panels are drawn for class maps only; none for task %s", cfg.task)
     callbacks.extend(build_averaging_callbacks(cfg.averaging, cfg.eval.monitor, cfg.eval.mode, cfg.trainer.max_epochs))
     callbacks.append(ExactResume(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.checkpoint_every_n_steps))
     return callbacks
 
 
-def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec) -> L.Trainer:
+def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec, visualizer: L.Callback | None = None) -> L.Trainer:
     t = cfg.trainer
     loggers = make_loggers(cfg, run_dir)
     return L.Trainer(
@@ -513,7 +517,7 @@ def make_trainer(cfg: Config, run_dir: Path, labels: LabelSpec) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=cfg.optim.grad_clip, enable_progress_bar=t.progress_bar,
-        logger=loggers or False, callbacks=make_callbacks(cfg, run_dir, labels, bool(loggers)),
+        logger=loggers or False, callbacks=make_callbacks(cfg, run_dir, labels, bool(loggers), visualizer),
         plugins=[AtomicCheckpointIO()], enable_model_summary=False, num_sanity_val_steps=1,
         use_distributed_sampler=False,  # SegmentationData shards itself, without padding
     )

@@ -1,0 +1,129 @@
+"""Classifiers: a timm backbone (pooled features) plus a head, as plain nn.Modules.
+
+`model.encoder` names any timm model (created with `pretrained=False`, its own
+classifier removed); weights come from local files only (`model.encoder_weights` for
+the backbone, `model.weights` for the whole classifier). `parts()` is
+{encoder, head}, so `optim.encoder_lr` and `optim.freeze: [encoder]` work as for
+segmentation. A new architecture (e.g. separate mask/gender/age heads) is one builder
+decorated with `@CLASSIFIERS.register(name)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seglab.errors import ConfigError
+from seglab.models.weights import load_encoder_weights, load_model_weights
+from seglab.registry import Registry
+
+CLASSIFIERS = Registry("classifier")
+
+
+class LinearHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.drop(features))
+
+
+def arcface_logits(cos: torch.Tensor, target: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
+    """ArcFace (Deng et al. 2019): s * cos(theta_y + m) for the true class y, s * cos(theta_j) for the others.
+
+    Where theta_y + m would pass pi, cos(theta + m) stops decreasing; there the usual
+    linear continuation cos(theta) - m * sin(pi - m) keeps the logit monotonic in theta.
+    """
+    cos = cos.float().clamp(-1.0, 1.0)
+    sin = (1.0 - cos.pow(2)).clamp_min(0.0).sqrt()
+    phi = cos * math.cos(margin) - sin * math.sin(margin)
+    phi = torch.where(cos > math.cos(math.pi - margin), phi, cos - margin * math.sin(math.pi - margin))
+    one_hot = F.one_hot(target.long(), cos.shape[1]).to(cos.dtype)
+    return scale * (one_hot * phi + (1.0 - one_hot) * cos)
+
+
+class ArcFaceHead(nn.Module):
+    """Cosine similarity between the normalised features and normalised class centres.
+
+    Without a target (evaluation) it returns `scale * cos(theta)`; with the true classes
+    (training) the true class's angle gets the additive margin, so any loss on these
+    logits (CE, label smoothing, class weights, focal) becomes an ArcFace loss.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 30.0, margin: float = 0.5, drop_rate: float = 0.0):
+        super().__init__()
+        self.scale, self.margin = float(scale), float(margin)
+        self.drop = nn.Dropout(drop_rate)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(self.drop(features).float()), F.normalize(self.weight.float()))
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        cos = self.cosine(features)
+        if target is None:
+            return self.scale * cos
+        return arcface_logits(cos, target, self.scale, self.margin)
+
+
+class TimmClassifier(nn.Module):
+    """timm backbone -> pooled features [B, D] -> head -> logits [B, C]."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder(x), target)
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "head": self.head}
+
+
+def timm_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
+    name = name.removeprefix("tu-")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"model.encoder: {name!r} is not a timm model{hint}")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"model.encoder: cannot build timm model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+@CLASSIFIERS.register("classifier")
+def classifier(encoder: str, num_classes: int, in_channels: int = 3, head: str = "linear", drop_rate: float = 0.0,
+               arcface_scale: float = 30.0, arcface_margin: float = 0.5, **timm_kwargs) -> TimmClassifier:
+    """timm backbone + linear or ArcFace head."""
+    backbone = timm_backbone(encoder, in_channels, **timm_kwargs)
+    if head == "linear":
+        top = LinearHead(backbone.num_features, num_classes, drop_rate)
+    elif head == "arcface":
+        top = ArcFaceHead(backbone.num_features, num_classes, arcface_scale, arcface_margin, drop_rate)
+    else:
+        raise ConfigError(f"classification.head: unknown head {head!r} (linear or arcface)")
+    return TimmClassifier(backbone, top)
+
+
+def build_classifier(cfg, num_classes: int) -> nn.Module:
+    c = cfg.classification
+    builder = CLASSIFIERS.get(cfg.model.arch, "model.arch")
+    model = builder(encoder=cfg.model.encoder, num_classes=num_classes, in_channels=cfg.model.in_channels, head=c.head,
+                    drop_rate=c.drop_rate, arcface_scale=c.arcface_scale, arcface_margin=c.arcface_margin, **cfg.model.params)
+    if cfg.model.encoder_weights:
+        load_encoder_weights(model, cfg.model.encoder_weights)
+    if cfg.model.weights:
+        load_model_weights(model, cfg.model.weights)
+    return model
