@@ -49,7 +49,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device
     labels = LabelSpec.from_json(json.loads((run_dir / "labels.json").read_text()))
     # The trained weights replace any pretrained file the config named; do not read it again.
     build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": None, "encoder_weights": None})})
-    module = SegmentationModule(build_cfg, labels)
+    # The loss is never used here; uniform frequencies let `class_weights: auto` build
+    # without a pass over the training masks.
+    uniform = torch.full((labels.num_classes,), 1.0 / labels.num_classes)
+    module = SegmentationModule(build_cfg, labels, class_frequencies=uniform)
     path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint_file(path)  # weights_only=True: a checkpoint cannot run code
     check_checkpoint_meta(state.get("seglab", {}), cfg, labels, str(path))

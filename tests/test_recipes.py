@@ -40,7 +40,7 @@ def test_training_applies_batch_augmentations_and_the_sampler(synth_root, tmp_pa
     ])
     best = train(cfg, tmp_path / "run")
     assert 0 <= best["mIoU"] <= 1
-    assert isinstance(samplers[0].sampler, WeightedEpochSampler)
+    assert isinstance(samplers[0].sampler.sampler, WeightedEpochSampler)  # inside the resumable wrapper
     assert len(seen) == 3  # 12 training images, batches of 4
     before_images, before_masks, images, masks = seen[0]
     assert images.dtype == torch.uint8 and images.shape == before_images.shape and masks.shape == before_masks.shape

@@ -129,3 +129,10 @@ def test_overrides_may_follow_options(tmp_path, monkeypatch):
     assert Path(seen["run"]) == tmp_path / "r"
     with pytest.raises(SystemExit):
         main(["train", str(cfg), "--out", str(tmp_path / "r"), "--bogus"])
+
+
+def test_a_run_with_auto_class_weights_loads_for_inference(synth_root, tmp_path):
+    run = tmp_path / "auto"
+    train(tiny_config(synth_root, "trainer.max_epochs=1", "loss=[{name: ce, class_weights: auto}]", "logging.viz_every_n_epochs=0"), run)
+    scores = evaluate(run, "val")
+    assert 0.0 <= scores["mIoU"] <= 1.0

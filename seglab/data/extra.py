@@ -75,8 +75,8 @@ class ConcatSource:
         s, j = self._locate(i)
         return s.load_mask(j)
 
-    def problems(self, check_files: bool = True) -> list[str]:
-        return [p for s in self.sources for p in s.problems(check_files)]
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
+        return [p for s in self.sources for p in s.problems(check_files, deep)]
 
 
 def open_extra_sources(data_cfg, labels: LabelSpec | None) -> list:

@@ -31,7 +31,7 @@ import numpy as np
 
 from seglab.data.bitmasks import BitmaskCache
 from seglab.data.coco import mask_dtype, paint_sequence
-from seglab.data.dataset import ArrayCache, default_cache_dir, read_image
+from seglab.data.dataset import ArrayCache, default_cache_dir, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
 from seglab.data.sources import IMAGE_EXTENSIONS, SOURCES
 from seglab.errors import ConfigError, DataError
@@ -223,7 +223,7 @@ class PolygonSource:
             out[singles[k]] = classes[k]
         return out
 
-    def problems(self, check_files: bool = True) -> list[str]:
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
         problems = [] if self.ids else [f"{self.name}: empty split (no images)"]
         if not check_files:
             return problems
@@ -233,6 +233,9 @@ class PolygonSource:
             except DataError as e:
                 problems.append(str(e))
                 continue
+            broken = image_decode_problem(self.image_path(i)) if deep else None
+            if broken:
+                problems.append(f"{self.name}: {sample}: {broken}")
             if not self.has_masks:
                 continue
             try:
