@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Sampler
 
 from seglab.averaging import build_averaging_callbacks
@@ -241,8 +240,8 @@ class SegmentationModule(L.LightningModule):
         append_jsonl(self.run_dir / "history.jsonl", _finite(row))
         self.history_rows += 1
         value = scores[monitor]
-        better = self.best_score is None or (value > self.best_score if self.cfg.eval.mode == "max" else value < self.best_score)
-        if better and not math.isnan(value):
+        better = improves(value, self.best_score, self.cfg.eval.mode)
+        if better:
             self.best_score = value
             best = {"epoch": epoch, "step": step, "monitor": monitor, **{k: scores[k] for k in self.task.scalar_metrics},
                     "val_loss": scores["loss"], **{k: scores[k] for k in self.task.per_class_keys}}
@@ -282,6 +281,18 @@ class SegmentationModule(L.LightningModule):
             write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best`, judged as ModelCheckpoint judges it: on the float32
+    value Lightning logged. Comparing float64 values instead can make metrics.json and
+    best.ckpt pick different epochs when two scores differ below float32 precision."""
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    value32, best32 = (float(torch.tensor(v, dtype=torch.float32)) for v in (value, best))
+    return value32 > best32 if mode == "max" else value32 < best32
+
+
 def check_checkpoint_meta(meta: dict, cfg: Config, labels: LabelSpec, source: str) -> None:
     if meta.get("task") not in (None, cfg.task):
         raise CheckpointError(f"{source}: trained for task {meta['task']!r}, the config says {cfg.task!r}")
@@ -307,9 +318,9 @@ def check_state_dict_fits(module: torch.nn.Module, state_dict: dict, source: str
 class ExactResume(Checkpoint):
     """Writes `last.ckpt` so that `--resume` continues exactly where the run stopped.
 
-    Saved after every validation (whether or not it was the best: Lightning's own
-    `save_last` skips epochs that did not improve), at the end of an epoch without
-    validation, and every `every_n_steps` optimiser steps mid-epoch; always through the
+    Saved at the end of every epoch, after its validation and after ModelCheckpoint
+    (whether or not it was the best: Lightning's own `save_last` skips epochs that did
+    not improve), and every `every_n_steps` optimiser steps mid-epoch; always through the
     atomic writer, so a kill leaves the previous one intact. Every checkpoint also
     keeps the global random states (Python, NumPy, torch), restored when training
     restarts; the data order and position are restored by the ResumableLoader. A
@@ -319,7 +330,6 @@ class ExactResume(Checkpoint):
     def __init__(self, last_path: Path, every_n_steps: int | None):
         self.last_path, self.every_n_steps = Path(last_path), every_n_steps
         self._saved_step = -1
-        self._validated_step = -1
         self._rng: dict | None = None
 
     @property
@@ -338,15 +348,11 @@ class ExactResume(Checkpoint):
             return  # the end-of-epoch checkpoint follows (after the validation, if one runs)
         self._save(trainer)
 
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        self._validated_step = trainer.global_step
-        self._save(trainer)
-
     def on_train_epoch_end(self, trainer, pl_module):
-        if self._validated_step != trainer.global_step:  # no validation this epoch
-            self._save(trainer)
+        # After the epoch's validation and after ModelCheckpoint, which by default records
+        # its best at train-epoch end: saved any earlier, a resumed run would forget the
+        # best and overwrite best.ckpt with a worse epoch.
+        self._save(trainer)
 
     def on_fit_start(self, trainer, pl_module):
         self._trainer = trainer

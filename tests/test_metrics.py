@@ -104,3 +104,12 @@ def test_table_mentions_every_class_and_marks_absent():
     table = format_table(s)
     assert "absent" in table and "-" in table.splitlines()[3]
     assert "mIoU 0.7750" in table
+
+
+def test_best_is_judged_on_the_logged_float32_value():
+    from seglab.training import improves
+
+    # differs from 0.5 below float32 precision: ModelCheckpoint sees no improvement, so neither may we
+    assert not improves(0.5 + 1e-12, 0.5, "max")
+    assert improves(0.51, 0.5, "max") and improves(0.49, 0.5, "min") and not improves(0.49, 0.5, "max")
+    assert improves(0.1, None, "max") and not improves(float("nan"), None, "max")

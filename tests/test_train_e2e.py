@@ -94,6 +94,9 @@ def test_resume_continues_from_last_checkpoint(synth_root, tmp_path):
     assert [h["epoch"] for h in history] == [0, 1]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1
+    # the resumed run remembers its best: best.ckpt holds the epoch metrics.json reports
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == json.loads((run / "metrics.json").read_text())["epoch"]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

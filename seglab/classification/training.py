@@ -33,7 +33,7 @@ from seglab.io import append_jsonl, check_writable, read_jsonl, write_json, writ
 from seglab.losses import build_loss
 from seglab.metrics import ConfusionMatrix
 from seglab.optim import build_optimizer, build_scheduler, freeze_parts, keep_frozen_norms_in_eval
-from seglab.training import _finite, check_checkpoint_meta, make_trainer, needs_class_frequencies
+from seglab.training import _finite, check_checkpoint_meta, improves, make_trainer, needs_class_frequencies
 
 
 class ClassificationModule(L.LightningModule):
@@ -192,8 +192,8 @@ class ClassificationModule(L.LightningModule):
         }
         append_jsonl(self.run_dir / "history.jsonl", _finite(row))
         value = scores[monitor]
-        better = self.best_score is None or (value > self.best_score if self.cfg.eval.mode == "max" else value < self.best_score)
-        if better and not math.isnan(value):
+        better = improves(value, self.best_score, self.cfg.eval.mode)
+        if better:
             self.best_score = value
             best = {"epoch": epoch, "step": step, "monitor": monitor, **scalars, "val_loss": scores["loss"],
                     **per_class, "confusion_matrix": matrix}
