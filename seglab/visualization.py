@@ -62,8 +62,11 @@ def colorize(mask: np.ndarray, palette: np.ndarray, ignore_index: int | None = 2
 
 def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray,
             ignore_index: int | None = 255, alpha: float = 0.55) -> np.ndarray:
-    """Blend the class colours over the image (background's black dims it, so objects pop)."""
-    blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask, palette, ignore_index)
+    """Blend the class colours over a grey copy of the image, so the colour a pixel shows
+    is its class's (as in the legend), not a mix with the photo's own colour; background's
+    black dims it, so objects pop."""
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    blend = (1 - alpha) * grey[..., None] + alpha * colorize(mask, palette, ignore_index)
     return (blend + 0.5).astype(np.uint8)
 
 

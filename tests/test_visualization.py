@@ -43,8 +43,13 @@ def test_colorize_and_overlay_use_the_class_colour_where_the_class_is():
     assert (col[gt == 2] == pal[2]).all()
     assert (col[gt == 255] == viz.IGNORE_COLOR).all()
     ov = viz.overlay(image, gt, pal, 255, alpha=0.5)
-    expected = np.round(0.5 * image[gt == 2].astype(float) + 0.5 * pal[2]).astype(np.uint8)
+    grey = image[gt == 2].astype(float) @ np.array([0.299, 0.587, 0.114])
+    expected = np.round(0.5 * grey[:, None] + 0.5 * pal[2]).astype(np.uint8)
     assert np.abs(ov[gt == 2].astype(int) - expected).max() <= 1
+    # the shown colour is the class's, whatever the photo's own hue (same brightness)
+    red, green = np.zeros_like(image), np.zeros_like(image)
+    red[..., 0], green[..., 1] = 200, int(round(200 * 0.299 / 0.587))
+    assert np.abs(viz.overlay(red, gt, pal, 255).astype(int) - viz.overlay(green, gt, pal, 255)).max() <= 1
 
 
 def test_error_mask_marks_exactly_the_wrong_non_ignored_pixels():
