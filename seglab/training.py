@@ -101,47 +101,31 @@ def load_checkpoint_file(path: str | Path, map_location=None) -> dict:
     return state
 
 
-class SegmentationModule(L.LightningModule):
-    def __init__(self, cfg: Config, labels: LabelSpec, run_dir: str | Path | None = None, class_frequencies=None):
+class LabModule(L.LightningModule):
+    """What every seglab task's LightningModule shares: uint8 images normalised on the
+    device, frozen parts, the optimiser and schedule from the config, the running epoch
+    loss, the best score, and the checkpoint metadata that lets a run resume exactly.
+    A task's module adds its forward, its steps and what it records after validation."""
+
+    def __init__(self, cfg: Config, labels: LabelSpec, run_dir: str | Path | None, model: torch.nn.Module, criterion):
         super().__init__()
         self.cfg, self.labels = cfg, labels
         self.run_dir = Path(run_dir) if run_dir else None
-        self.model = build_model(cfg.model, labels.num_classes)
         if cfg.optim.freeze:
-            freeze_parts(self.model, cfg.optim.freeze)
-        self.criterion = build_loss(cfg.loss, cfg.task, labels.num_classes, labels.ignore_index, class_frequencies)
+            freeze_parts(model, cfg.optim.freeze)
+        self.model = model.to(memory_format=torch.channels_last) if cfg.trainer.channels_last else model
+        self.criterion = criterion
         # uint8 images are normalised here, on the device: 4x less to copy than float32.
         self.register_buffer("pixel_mean", torch.tensor(cfg.augment.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.augment.std).view(1, 3, 1, 1) * 255, persistent=False)
-        self.task = get_task(cfg.task)
-        self.val_metric = self.task.metric(labels)  # confusion matrix (multiclass) or Dice sums (multilabel)
-        # Per-class probability thresholds (multilabel); inference replaces them with tuned ones.
-        self.register_buffer("thresholds", threshold_vector(cfg.postprocess, labels.classes), persistent=False)
-        # augment.batch (CutMix, copy-paste): on the device, in training_step; None when not configured.
-        self.batch_augment = build_batch_augment(cfg.augment.batch, labels.classes, labels.ignore_index)
         self.best_score: float | None = None
         self.history_rows = 0  # rows this run has in history.jsonl; kept in checkpoints to trim replays on resume
         self.last_val_result: dict | None = None
         self._compiled = None
-        if cfg.trainer.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    # ------------------------------------------------------------------ model
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.pixel_mean) / self.pixel_std
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else x
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, H, W] images -> logits [B, C, H, W]."""
-        net = self.model
-        if self.cfg.trainer.compile and self.training:
-            if self._compiled is None:
-                mode = None if self.cfg.trainer.compile is True else self.cfg.trainer.compile
-                # Kept outside the module tree so checkpoints keep the plain parameter names.
-                object.__setattr__(self, "_compiled", torch.compile(self.model, mode=mode))
-            net = self._compiled
-        return net(self.normalise(images))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -158,10 +142,68 @@ class SegmentationModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    # --------------------------------------------------------------- training
-
     def on_train_epoch_start(self):
         self._train_loss = torch.zeros(2, device=self.device)  # (sum, count); kept in checkpoints for mid-epoch resume
+
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint records about the run besides its tensors (a task may add keys)."""
+        return {
+            "classes": list(self.labels.classes), "task": self.cfg.task, "arch": self.cfg.model.arch,
+            "encoder": self.cfg.model.encoder, "best_score": self.best_score, "history_rows": self.history_rows,
+        }
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["seglab"] = self.checkpoint_meta()
+        if hasattr(self, "_train_loss"):
+            checkpoint["seglab"]["train_loss"] = self._train_loss.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint):
+        meta = checkpoint.get("seglab", {})
+        source = getattr(self, "checkpoint_source", "checkpoint")
+        check_checkpoint_meta(meta, self.cfg, self.labels, source)
+        check_state_dict_fits(self, checkpoint.get("state_dict", {}), source)
+        self.best_score = meta.get("best_score")
+        self._resumed_history_rows = meta.get("history_rows")
+        if "train_loss" in meta:  # a mid-epoch resume skips on_train_epoch_start
+            self._train_loss = meta["train_loss"]
+
+    def on_train_start(self):
+        if hasattr(self, "_train_loss"):
+            self._train_loss = self._train_loss.to(self.device)
+        # A resumed run replays from its last checkpoint: drop history rows written after it.
+        if self.run_dir is not None and self.trainer.is_global_zero and self.trainer.ckpt_path:
+            rows = read_jsonl(self.run_dir / "history.jsonl")
+            keep = getattr(self, "_resumed_history_rows", None)
+            rows = rows[:keep] if keep is not None else [r for r in rows if r["epoch"] < self.current_epoch]
+            self.history_rows = len(rows)
+            write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class SegmentationModule(LabModule):
+    def __init__(self, cfg: Config, labels: LabelSpec, run_dir: str | Path | None = None, class_frequencies=None):
+        super().__init__(cfg, labels, run_dir, build_model(cfg.model, labels.num_classes),
+                         build_loss(cfg.loss, cfg.task, labels.num_classes, labels.ignore_index, class_frequencies))
+        self.task = get_task(cfg.task)
+        self.val_metric = self.task.metric(labels)  # confusion matrix (multiclass) or Dice sums (multilabel)
+        # Per-class probability thresholds (multilabel); inference replaces them with tuned ones.
+        self.register_buffer("thresholds", threshold_vector(cfg.postprocess, labels.classes), persistent=False)
+        # augment.batch (CutMix, copy-paste): on the device, in training_step; None when not configured.
+        self.batch_augment = build_batch_augment(cfg.augment.batch, labels.classes, labels.ignore_index)
+
+    # ------------------------------------------------------------------ model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] images -> logits [B, C, H, W]."""
+        net = self.model
+        if self.cfg.trainer.compile and self.training:
+            if self._compiled is None:
+                mode = None if self.cfg.trainer.compile is True else self.cfg.trainer.compile
+                # Kept outside the module tree so checkpoints keep the plain parameter names.
+                object.__setattr__(self, "_compiled", torch.compile(self.model, mode=mode))
+            net = self._compiled
+        return net(self.normalise(images))
+
+    # --------------------------------------------------------------- training
 
     def on_train_batch_start(self, batch, batch_idx):
         self.stage_now = "training"  # for error messages (out of memory in which stage)
@@ -248,37 +290,6 @@ class SegmentationModule(L.LightningModule):
             write_json(self.run_dir / "metrics.json", _finite(best))
         mark = "  (best)" if better else ""
         print("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
-
-    # ------------------------------------------------------------ checkpoints
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["seglab"] = {
-            "classes": list(self.labels.classes), "task": self.cfg.task, "arch": self.cfg.model.arch,
-            "encoder": self.cfg.model.encoder, "best_score": self.best_score, "history_rows": self.history_rows,
-        }
-        if hasattr(self, "_train_loss"):
-            checkpoint["seglab"]["train_loss"] = self._train_loss.detach().cpu()
-
-    def on_load_checkpoint(self, checkpoint):
-        meta = checkpoint.get("seglab", {})
-        source = getattr(self, "checkpoint_source", "checkpoint")
-        check_checkpoint_meta(meta, self.cfg, self.labels, source)
-        check_state_dict_fits(self, checkpoint.get("state_dict", {}), source)
-        self.best_score = meta.get("best_score")
-        self._resumed_history_rows = meta.get("history_rows")
-        if "train_loss" in meta:  # a mid-epoch resume skips on_train_epoch_start
-            self._train_loss = meta["train_loss"]
-
-    def on_train_start(self):
-        if hasattr(self, "_train_loss"):
-            self._train_loss = self._train_loss.to(self.device)
-        # A resumed run replays from its last checkpoint: drop history rows written after it.
-        if self.run_dir is not None and self.trainer.is_global_zero and self.trainer.ckpt_path:
-            rows = read_jsonl(self.run_dir / "history.jsonl")
-            keep = getattr(self, "_resumed_history_rows", None)
-            rows = rows[:keep] if keep is not None else [r for r in rows if r["epoch"] < self.current_epoch]
-            self.history_rows = len(rows)
-            write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def improves(value: float, best: float | None, mode: str) -> bool:

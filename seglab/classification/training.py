@@ -29,25 +29,17 @@ from seglab.classification.viz import ClassificationVisualizer
 from seglab.config import Config, to_yaml
 from seglab.data.labels import LabelSpec
 from seglab.errors import SeglabError
-from seglab.io import append_jsonl, check_writable, read_jsonl, write_json, write_text
+from seglab.io import append_jsonl, check_writable, write_json, write_text
 from seglab.losses import build_loss
 from seglab.metrics import ConfusionMatrix
-from seglab.optim import build_optimizer, build_scheduler, freeze_parts, keep_frozen_norms_in_eval
-from seglab.training import _finite, check_checkpoint_meta, improves, make_trainer, needs_class_frequencies
+from seglab.training import LabModule, _finite, improves, make_trainer, needs_class_frequencies
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(LabModule):
     def __init__(self, cfg: Config, labels: LabelSpec, run_dir: str | Path | None = None, class_frequencies=None):
-        super().__init__()
-        self.cfg, self.labels = cfg, labels
-        self.run_dir = Path(run_dir) if run_dir else None
-        self.model = build_classifier(cfg, labels.num_classes)
-        if cfg.optim.freeze:
-            freeze_parts(self.model, cfg.optim.freeze)
         # Classification targets are [B] class indices: the multiclass losses take them as they are.
-        self.criterion = build_loss(cfg.loss, "multiclass", labels.num_classes, labels.ignore_index, class_frequencies)
-        self.register_buffer("pixel_mean", torch.tensor(cfg.augment.mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.augment.std).view(1, 3, 1, 1) * 255, persistent=False)
+        super().__init__(cfg, labels, run_dir, build_classifier(cfg, labels.num_classes),
+                         build_loss(cfg.loss, "multiclass", labels.num_classes, labels.ignore_index, class_frequencies))
         self.val_cm = ConfusionMatrix(labels.num_classes)
         c = cfg.classification
         self.mixup = None
@@ -56,17 +48,8 @@ class ClassificationModule(L.LightningModule):
 
             self.mixup = Mixup(mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
                                switch_prob=c.mix_switch_prob, mode="batch", num_classes=labels.num_classes)
-        self.best_score: float | None = None
-        self.last_val_result: dict | None = None
-        self._compiled = None
-        if cfg.trainer.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ model
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.pixel_mean) / self.pixel_std
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else x
 
     def encoder(self):
         if self.cfg.trainer.compile and self.training:
@@ -80,23 +63,7 @@ class ClassificationModule(L.LightningModule):
         """uint8 [B, 3, H, W] -> logits [B, C] (no margin: what evaluation and prediction see)."""
         return self.model.head(self.encoder()(self.normalise(images)))
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.cfg.optim.freeze:
-            keep_frozen_norms_in_eval(self.model, self.cfg.optim.freeze)
-        return self
-
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.cfg.optim)
-        max_epochs = self.cfg.trainer.max_epochs
-        steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches / max_epochs))
-        scheduler = build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, max_epochs, f"val/{self.cfg.eval.monitor}")
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
-
     # --------------------------------------------------------------- training
-
-    def on_train_epoch_start(self):
-        self._train_loss = torch.zeros(2, device=self.device)
 
     def supervised_loss(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         x = self.normalise(images)
@@ -191,6 +158,7 @@ class ClassificationModule(L.LightningModule):
             **scalars, **per_class, "confusion_matrix": matrix,
         }
         append_jsonl(self.run_dir / "history.jsonl", _finite(row))
+        self.history_rows += 1
         value = scores[monitor]
         better = improves(value, self.best_score, self.cfg.eval.mode)
         if better:
@@ -203,21 +171,8 @@ class ClassificationModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
 
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["seglab"] = {
-            "classes": list(self.labels.classes), "task": self.cfg.task, "arch": self.cfg.model.arch,
-            "encoder": self.cfg.model.encoder, "head": self.cfg.classification.head, "best_score": self.best_score,
-        }
-
-    def on_load_checkpoint(self, checkpoint):
-        meta = checkpoint.get("seglab", {})
-        check_checkpoint_meta(meta, self.cfg, self.labels, "checkpoint")
-        self.best_score = meta.get("best_score")
-
-    def on_train_start(self):
-        if self.run_dir is not None and self.trainer.is_global_zero and self.current_epoch > 0:
-            rows = [r for r in read_jsonl(self.run_dir / "history.jsonl") if r["epoch"] < self.current_epoch]
-            write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    def checkpoint_meta(self) -> dict:
+        return {**super().checkpoint_meta(), "head": self.cfg.classification.head}
 
 
 # ------------------------------------------------------------------ recipe
