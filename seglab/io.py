@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from seglab.errors import SeglabError
+from seglab.errors import DataError, SeglabError
 
 
 def _why_not_writable(folder: Path, error: OSError) -> str:
@@ -87,3 +87,20 @@ def check_writable(folder: str | Path) -> None:
             pass
     except OSError as e:
         raise SeglabError(f"{folder}: output folder is not writable ({_why_not_writable(folder, e)})") from None
+
+
+def read_json(path: str | Path, what: str = "file") -> tuple[object, bytes]:
+    """A JSON document and its raw bytes (for cache keys); every way the file can be
+    broken is a DataError naming it (with line and column for syntax errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    data = path.read_bytes()
+    try:
+        return json.loads(data), data
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to be a {what}") from None

@@ -7,7 +7,6 @@ cached as PNG class maps, so polygons are never re-rasterised epoch after epoch.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pycocotools import mask as mask_utils
 
 from seglab.data.labels import LabelSpec
 from seglab.errors import DataError
+from seglab.io import read_json
 
 PAINT_ORDERS = ("area_desc", "annotation_order", "class_index")
 MAX_SIDE = 65535  # larger than any real image; beyond it a size is a typo, not a photo
@@ -44,17 +44,7 @@ class CocoFile:
 
 
 def _load_json(path: Path) -> tuple[dict, bytes]:
-    if not path.is_file():
-        raise DataError(f"{path}: annotation file not found")
-    data = path.read_bytes()
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to be a COCO file") from None
+    doc, data = read_json(path, "annotation file")
     if not isinstance(doc, dict):
         raise DataError(f"{path}: the top level must be an object with images/annotations/categories")
     return doc, data

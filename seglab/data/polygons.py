@@ -35,6 +35,7 @@ from seglab.data.dataset import ArrayCache, default_cache_dir, image_decode_prob
 from seglab.data.labels import LabelSpec, apply_remap
 from seglab.data.sources import IMAGE_EXTENSIONS, SOURCES
 from seglab.errors import ConfigError, DataError
+from seglab.io import read_json
 
 
 def find_images(folder: Path) -> list[str]:
@@ -57,16 +58,7 @@ def resolve_polygon_labels(data_cfg) -> LabelSpec:
 
 def read_polygon_json(path: Path) -> tuple[list[dict], bytes]:
     """The annotation list of one label file and its raw bytes (for the cache key)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: label file not found") from None
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    doc, data = read_json(path, "label file")
     anns = doc.get("annotations") if isinstance(doc, dict) else None
     if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
         raise DataError(f"{path}: expected an object with an 'annotations' list of objects")
