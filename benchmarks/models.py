@@ -95,8 +95,9 @@ def main() -> None:
     names = list(BASELINES) + (args.models or MODELS.names())
     rows = []
     for name in names:
-        cmd = [sys.executable, __file__, "--one", name] + [a for a in sys.argv[1:] if a not in ("--models",) and a not in (args.models or [])]
-        cmd = [c for c in cmd if not c.startswith("--json")]
+        cmd = [sys.executable, __file__, "--one", name, "--size", str(args.size), "--batch", str(args.batch),
+               "--classes", str(args.classes), "--encoder", args.encoder, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--device", device] + (["--amp"] if args.amp else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             rows.append({"model": name, "error": out.stderr.strip().splitlines()[-1][:120]})
