@@ -145,6 +145,30 @@ class LabModule(L.LightningModule):
     def on_train_epoch_start(self):
         self._train_loss = torch.zeros(2, device=self.device)  # (sum, count); kept in checkpoints for mid-epoch resume
 
+    def record_validation(self, scores: dict, metrics: dict, history_only: dict, format_table) -> None:
+        """Append this validation to history.jsonl and, when the monitored score improves
+        (judged as ModelCheckpoint judges it), write metrics.json; print the table.
+        `metrics` go to both files, `history_only` to history.jsonl alone."""
+        epoch, step = self.current_epoch, self.global_step
+        train = self._train_loss if hasattr(self, "_train_loss") else torch.zeros(2)
+        row = {
+            "epoch": epoch, "step": step,
+            "train_loss": float(train[0] / train[1]) if train[1] > 0 else None,
+            "val_loss": scores["loss"],
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None,
+            **metrics, **history_only,
+        }
+        append_jsonl(self.run_dir / "history.jsonl", _finite(row))
+        self.history_rows += 1
+        value = scores[self.cfg.eval.monitor]
+        better = improves(value, self.best_score, self.cfg.eval.mode)
+        if better:
+            self.best_score = value
+            best = {"epoch": epoch, "step": step, "monitor": self.cfg.eval.monitor, **metrics, "val_loss": scores["loss"]}
+            write_json(self.run_dir / "metrics.json", _finite(best))
+        mark = "  (best)" if better else ""
+        print("\n" + format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+
     def checkpoint_meta(self) -> dict:
         """What a checkpoint records about the run besides its tensors (a task may add keys)."""
         return {
@@ -268,28 +292,8 @@ class SegmentationModule(LabModule):
         monitor = self.cfg.eval.monitor
         if monitor not in scores:
             raise SeglabError(f"eval.monitor: {monitor!r} is not a validation metric (use one of {', '.join(self.task.scalar_metrics + ('loss',))})")
-        epoch, step = self.current_epoch, self.global_step
-        train = self._train_loss if hasattr(self, "_train_loss") else torch.zeros(2)
-        row = {
-            "epoch": epoch, "step": step,
-            "train_loss": float(train[0] / train[1]) if train[1] > 0 else None,
-            "val_loss": scores["loss"],
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None,
-            **{k: scores[k] for k in self.task.scalar_metrics},
-            **{k: scores[k] for k in self.task.per_class_keys},
-            **self.task.history_extra(self.val_metric),
-        }
-        append_jsonl(self.run_dir / "history.jsonl", _finite(row))
-        self.history_rows += 1
-        value = scores[monitor]
-        better = improves(value, self.best_score, self.cfg.eval.mode)
-        if better:
-            self.best_score = value
-            best = {"epoch": epoch, "step": step, "monitor": monitor, **{k: scores[k] for k in self.task.scalar_metrics},
-                    "val_loss": scores["loss"], **{k: scores[k] for k in self.task.per_class_keys}}
-            write_json(self.run_dir / "metrics.json", _finite(best))
-        mark = "  (best)" if better else ""
-        print("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+        metrics = {**{k: scores[k] for k in self.task.scalar_metrics}, **{k: scores[k] for k in self.task.per_class_keys}}
+        self.record_validation(scores, metrics, self.task.history_extra(self.val_metric), self.task.format_table)
 
 
 def improves(value: float, best: float | None, mode: str) -> bool:

@@ -29,10 +29,10 @@ from seglab.classification.viz import ClassificationVisualizer
 from seglab.config import Config, to_yaml
 from seglab.data.labels import LabelSpec
 from seglab.errors import SeglabError
-from seglab.io import append_jsonl, check_writable, write_json, write_text
+from seglab.io import check_writable, write_json, write_text
 from seglab.losses import build_loss
 from seglab.metrics import ConfusionMatrix
-from seglab.training import LabModule, _finite, improves, make_trainer, needs_class_frequencies
+from seglab.training import LabModule, make_trainer, needs_class_frequencies
 
 
 class ClassificationModule(LabModule):
@@ -145,29 +145,11 @@ class ClassificationModule(LabModule):
         if monitor not in scores:
             known = [k for k, v in scores.items() if isinstance(v, float)]
             raise SeglabError(f"eval.monitor: {monitor!r} is not a classification metric (use one of {', '.join(known)})")
-        epoch, step = self.current_epoch, self.global_step
-        train = self._train_loss if hasattr(self, "_train_loss") else torch.zeros(2)
         scalars = {k: v for k, v in scores.items() if isinstance(v, float) and k != "loss"}
         per_class = {k: scores[k] for k in ("per_class_f1", "per_class_precision", "per_class_recall", "support")}
-        matrix = self.val_cm.mat.cpu().tolist()
-        row = {
-            "epoch": epoch, "step": step,
-            "train_loss": float(train[0] / train[1]) if train[1] > 0 else None,
-            "val_loss": scores["loss"],
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None,
-            **scalars, **per_class, "confusion_matrix": matrix,
-        }
-        append_jsonl(self.run_dir / "history.jsonl", _finite(row))
-        self.history_rows += 1
-        value = scores[monitor]
-        better = improves(value, self.best_score, self.cfg.eval.mode)
-        if better:
-            self.best_score = value
-            best = {"epoch": epoch, "step": step, "monitor": monitor, **scalars, "val_loss": scores["loss"],
-                    **per_class, "confusion_matrix": matrix}
-            write_json(self.run_dir / "metrics.json", _finite(best))
-        mark = "  (best)" if better else ""
-        print("\n" + format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+        # The confusion matrix goes to metrics.json too: it is small for image classes.
+        metrics = {**scalars, **per_class, "confusion_matrix": self.val_cm.mat.cpu().tolist()}
+        self.record_validation(scores, metrics, {}, format_table)
 
     # ------------------------------------------------------------ checkpoints
 
