@@ -16,34 +16,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, StochasticWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from seglab.config.schema import AveragingConfig
 from seglab.errors import ConfigError
 from seglab.optim import val_key
 
 EMA_RAW_KEY = "ema_raw_state_dict"
-
-
-class AveragingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the weights with this decay per optimiser step (e.g. 0.999); null = off")
-    swa: bool = Field(False, description="stochastic weight averaging over the last epochs (BatchNorm statistics recomputed at the end)")
-    swa_start_epoch: float = Field(0.75, ge=0, description="SWA starts at this 0-based epoch; a value below 1 is a fraction of max_epochs")
-    swa_lr: float | None = Field(None, gt=0, description="constant learning rate during SWA (required when swa is on)")
-    swa_anneal_epochs: int = Field(2, ge=0, description="epochs over which the lr is annealed to swa_lr when SWA starts")
-    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many validations without improvement; null = off")
-    early_stopping_min_delta: float = Field(0.0, ge=0, description="smallest change of the monitored metric that counts as an improvement")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "AveragingConfig":
-        if self.swa and self.swa_lr is None:
-            raise ValueError("averaging.swa needs averaging.swa_lr")
-        if self.swa and self.ema_decay is not None:
-            raise ValueError("choose averaging.ema_decay or averaging.swa, not both: each replaces the final weights")
-        if self.swa and self.early_stopping_patience is not None:
-            # Lightning moves the SWA average into the model only at the planned last epoch.
-            raise ValueError("averaging.swa cannot be combined with early stopping: a stopped run would keep no SWA weights")
-        return self
 
 
 class EMACallback(L.Callback):

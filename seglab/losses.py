@@ -1,10 +1,11 @@
 """Losses: one registry, one builder per loss, and a weighted combiner driven by the config.
 
-A builder is called as `builder(task, num_classes, ignore_index, **params)` and returns an
-`nn.Module` mapping `(logits, target)` to a scalar. Targets are integer class maps
-`[B, H, W]` (or `[B]` for classification) for task "multiclass", and `[B, C, H, W]` 0/1
-masks for task "multilabel". To add a loss, write a builder here and decorate it with
-`@_loss(name, tasks)`; the config picks it up by name.
+A builder is called as `builder(targets, num_classes, ignore_index, **params)` and returns
+an `nn.Module` mapping `(logits, target)` to a scalar. `targets` says what the task's
+targets are: "index" (class indices: class maps [B, H, W], or [B] for classification;
+softmax losses) or "binary" ([B, C, H, W] 0/1 masks; sigmoid losses). To add a loss,
+write a builder here and decorate it with `@_loss(name, targets)`; the config picks it up
+by name.
 
 Library losses (torch, segmentation_models_pytorch) are used wherever they exist; only
 the softmax focal loss, the boundary-weighted CE, OHEM and the combiner are written here.
@@ -21,63 +22,52 @@ from typing import Any, Callable, Sequence
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from seglab.errors import ConfigError
 from seglab.registry import Registry
 
 LOSSES = Registry("loss")
-TASKS = ("multiclass", "multilabel")
-_BUILDER_ARGS = ("task", "num_classes", "ignore_index")
-
-
-class LossSpec(BaseModel):
-    """One term of the loss: `{name: focal, weight: 0.5, gamma: 2}`; extra keys are the loss's params."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(description="loss name: ce, focal, dice, jaccard, lovasz, bce, bce_dice, boundary_ce, ohem_ce")
-    weight: float = Field(1.0, description="multiplier of this term in the summed loss; must be > 0")
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+TARGETS = ("index", "binary")
+INDEX, BINARY = TARGETS[:1], TARGETS[1:]
+_BUILDER_ARGS = ("targets", "num_classes", "ignore_index")
+SMP_MODE = {"index": "multiclass", "binary": "multilabel"}  # smp's names for the two target kinds
 
 
 class _Float32(nn.Module):
     """Runs a loss in float32 with autocast off: bf16/fp16 softmax sums and near-equal loss
     differences lose the signal, and library losses do arithmetic outside autocast's fp32 list."""
 
-    def __init__(self, loss: nn.Module, task: str):
+    def __init__(self, loss: nn.Module, targets: str):
         super().__init__()
-        self.loss, self.task = loss, task
+        self.loss, self.targets = loss, targets
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
-            target = target.float() if self.task == "multilabel" else target.long()
+            target = target.float() if self.targets == "binary" else target.long()
             return self.loss(logits.float(), target)
 
 
-def _loss(name: str, tasks: Sequence[str]) -> Callable:
-    """Register a builder under `name`, refusing tasks it cannot handle and wrapping it in float32."""
+def _loss(name: str, targets: Sequence[str]) -> Callable:
+    """Register a builder under `name`, refusing targets it cannot handle and wrapping it in float32."""
 
     def add(fn: Callable) -> Callable:
         @functools.wraps(fn)  # keeps the signature visible to validate_loss_specs
-        def build(task: str, num_classes: int, ignore_index: int, **params: Any) -> nn.Module:
-            if task not in build.tasks:
-                raise ConfigError(_unsupported(name, task, build.tasks))
-            return _Float32(fn(task, num_classes, ignore_index, **params), task)
+        def build(targets: str, num_classes: int, ignore_index: int, **params: Any) -> nn.Module:
+            if targets not in build.targets:
+                raise ConfigError(_unsupported(name, targets, build.targets))
+            return _Float32(fn(targets, num_classes, ignore_index, **params), targets)
 
-        build.tasks = tuple(tasks)
+        build.targets = tuple(targets)
         build.loss_name = name
         return LOSSES.register(name)(build)
 
     return add
 
 
-def _unsupported(name: str, task: str, supported: Sequence[str]) -> str:
-    return f"loss {name!r} does not support task {task!r} (it supports: {', '.join(supported)})"
+def _unsupported(name: str, targets: str, supported: Sequence[str]) -> str:
+    kinds = {"index": "class-index targets (multiclass, classification)", "binary": "binary masks (multilabel)"}
+    return f"loss {name!r} does not take {kinds[targets]} (it takes {' or '.join(kinds[t] for t in supported)})"
 
 
 def auto_class_weights(frequencies: torch.Tensor) -> torch.Tensor:
@@ -252,16 +242,16 @@ class BceDice(nn.Module):
         return self.bce_weight * self.bce(logits, target) + self.dice_weight * self.dice(logits, target)
 
 
-@_loss("ce", TASKS[:1])
-def ce(task, num_classes, ignore_index, class_weights=None, label_smoothing: float = 0.0):
+@_loss("ce", INDEX)
+def ce(targets, num_classes, ignore_index, class_weights=None, label_smoothing: float = 0.0):
     w = _class_weights("ce", class_weights, num_classes)
     return CrossEntropy(w, ignore_index, _positive("ce", "label_smoothing", label_smoothing, allow_zero=True))
 
 
-@_loss("focal", TASKS)
-def focal(task, num_classes, ignore_index, gamma: float = 2.0, alpha=None):
+@_loss("focal", TARGETS)
+def focal(targets, num_classes, ignore_index, gamma: float = 2.0, alpha=None):
     gamma = _positive("focal", "gamma", gamma, allow_zero=True)
-    if task == "multilabel":
+    if targets == "binary":
         if alpha is not None and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
             raise ConfigError(f"loss 'focal': multilabel alpha is the positive-class weight in [0, 1], got {alpha!r}")
         return smp.losses.FocalLoss("multilabel", alpha=alpha, gamma=gamma)
@@ -271,26 +261,26 @@ def focal(task, num_classes, ignore_index, gamma: float = 2.0, alpha=None):
     return SoftmaxFocal(gamma, _class_weights("focal", alpha, num_classes, "alpha"), ignore_index)
 
 
-def _overlap(cls, name, task, num_classes, ignore_index, smooth, classes):
+def _overlap(cls, name, targets, num_classes, ignore_index, smooth, classes):
     if classes is not None and any(not 0 <= int(c) < num_classes for c in classes):
         raise ConfigError(f"loss {name!r}: classes {classes} outside 0..{num_classes - 1}")
-    ignore = ignore_index if task == "multiclass" else None  # multilabel masks have no ignore value
-    return cls(task, classes=classes, smooth=smooth, ignore_index=ignore)
+    ignore = ignore_index if targets == "index" else None  # binary masks have no ignore value
+    return cls(SMP_MODE[targets], classes=classes, smooth=smooth, ignore_index=ignore)
 
 
-@_loss("dice", TASKS)
-def dice(task, num_classes, ignore_index, smooth: float = 0.0, classes: list[int] | None = None):
-    return _overlap(smp.losses.DiceLoss, "dice", task, num_classes, ignore_index, smooth, classes)
+@_loss("dice", TARGETS)
+def dice(targets, num_classes, ignore_index, smooth: float = 0.0, classes: list[int] | None = None):
+    return _overlap(smp.losses.DiceLoss, "dice", targets, num_classes, ignore_index, smooth, classes)
 
 
-@_loss("jaccard", TASKS)
-def jaccard(task, num_classes, ignore_index, smooth: float = 0.0, classes: list[int] | None = None):
-    return _overlap(smp.losses.JaccardLoss, "jaccard", task, num_classes, ignore_index, smooth, classes)
+@_loss("jaccard", TARGETS)
+def jaccard(targets, num_classes, ignore_index, smooth: float = 0.0, classes: list[int] | None = None):
+    return _overlap(smp.losses.JaccardLoss, "jaccard", targets, num_classes, ignore_index, smooth, classes)
 
 
-@_loss("lovasz", TASKS)
-def lovasz(task, num_classes, ignore_index, per_image: bool = False):
-    if task == "multilabel":
+@_loss("lovasz", TARGETS)
+def lovasz(targets, num_classes, ignore_index, per_image: bool = False):
+    if targets == "binary":
         return MultilabelLovasz(per_image)
     return smp.losses.LovaszLoss("multiclass", per_image=per_image, ignore_index=ignore_index)
 
@@ -305,13 +295,13 @@ def _pos_weight(value, num_classes: int) -> torch.Tensor | None:
     return pw
 
 
-@_loss("bce", TASKS[1:])
-def bce(task, num_classes, ignore_index, pos_weight=None):
+@_loss("bce", BINARY)
+def bce(targets, num_classes, ignore_index, pos_weight=None):
     return BCE(_pos_weight(pos_weight, num_classes))
 
 
-@_loss("bce_dice", TASKS[1:])
-def bce_dice(task, num_classes, ignore_index, bce_weight: float = 1.0, dice_weight: float = 1.0,
+@_loss("bce_dice", BINARY)
+def bce_dice(targets, num_classes, ignore_index, bce_weight: float = 1.0, dice_weight: float = 1.0,
              pos_weight=None, smooth: float = 0.0):
     return BceDice(
         BCE(_pos_weight(pos_weight, num_classes)), _positive("bce_dice", "bce_weight", bce_weight, True),
@@ -319,16 +309,16 @@ def bce_dice(task, num_classes, ignore_index, bce_weight: float = 1.0, dice_weig
     )
 
 
-@_loss("boundary_ce", TASKS[:1])
-def boundary_ce(task, num_classes, ignore_index, k: int = 3, factor: float = 5.0, class_weights=None):
+@_loss("boundary_ce", INDEX)
+def boundary_ce(targets, num_classes, ignore_index, k: int = 3, factor: float = 5.0, class_weights=None):
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"loss 'boundary_ce': k must be an integer >= 1, got {k!r}")
     w = _class_weights("boundary_ce", class_weights, num_classes)
     return BoundaryCE(k, _positive("boundary_ce", "factor", factor), w, ignore_index)
 
 
-@_loss("ohem_ce", TASKS[:1])
-def ohem_ce(task, num_classes, ignore_index, thresh: float = 0.7, min_kept: int | None = None):
+@_loss("ohem_ce", INDEX)
+def ohem_ce(targets, num_classes, ignore_index, thresh: float = 0.7, min_kept: int | None = None):
     if not isinstance(thresh, (int, float)) or not 0 < thresh <= 1:
         raise ConfigError(f"loss 'ohem_ce': thresh is a probability in (0, 1], got {thresh!r}")
     if min_kept is not None and (not isinstance(min_kept, int) or min_kept < 1):
@@ -340,10 +330,10 @@ def _params_of(builder: Callable) -> list[str]:
     return [p for p in inspect.signature(builder).parameters if p not in _BUILDER_ARGS]
 
 
-def validate_loss_specs(specs: list[LossSpec], task: str, where: str = "loss") -> None:
-    """Check names, parameter names, weights and task support; needs no data, so it runs at config load."""
-    if task not in TASKS:
-        raise ConfigError(f"{where}: unknown task {task!r} (known: {', '.join(TASKS)})")
+def validate_loss_specs(specs, targets: str, where: str = "loss") -> None:
+    """Check names, parameter names, weights and target support; needs no data (the preflight runs it)."""
+    if targets not in TARGETS:
+        raise ConfigError(f"{where}: unknown target kind {targets!r} (known: {', '.join(TARGETS)})")
     if not specs:
         raise ConfigError(f"{where}: at least one loss is needed")
     for i, spec in enumerate(specs):
@@ -357,8 +347,8 @@ def validate_loss_specs(specs: list[LossSpec], task: str, where: str = "loss") -
                 raise ConfigError(f"{at}.{key}: unknown parameter for loss {builder.loss_name!r}{hint}")
         if not spec.weight > 0 or not math.isfinite(spec.weight):
             raise ConfigError(f"{at}.weight: must be > 0, got {spec.weight}")
-        if task not in builder.tasks:
-            raise ConfigError(f"{at}: {_unsupported(builder.loss_name, task, builder.tasks)}")
+        if targets not in builder.targets:
+            raise ConfigError(f"{at}: {_unsupported(builder.loss_name, targets, builder.targets)}")
 
 
 class CombinedLoss(nn.Module):
@@ -387,10 +377,10 @@ class CombinedLoss(nn.Module):
         return sum(self.weights[name] * v for name, v in values.items())
 
 
-def build_loss(specs: list[LossSpec], task: str, num_classes: int, ignore_index: int,
+def build_loss(specs, targets: str, num_classes: int, ignore_index: int,
                class_frequencies: torch.Tensor | None = None) -> CombinedLoss:
     """Build the config's loss terms. `class_frequencies` (length num_classes) feeds `class_weights: auto`."""
-    validate_loss_specs(specs, task)
+    validate_loss_specs(specs, targets)
     terms = []
     for i, spec in enumerate(specs):
         builder = LOSSES.get(spec.name)
@@ -402,7 +392,7 @@ def build_loss(specs: list[LossSpec], task: str, num_classes: int, ignore_index:
                                   f"from the training data, got {got}")
             params["class_weights"] = auto_class_weights(class_frequencies)
         try:
-            module = builder(task, num_classes, ignore_index, **params)
+            module = builder(targets, num_classes, ignore_index, **params)
         except ConfigError as e:
             raise ConfigError(f"loss[{i}]: {e}") from None
         terms.append((builder.loss_name, spec.weight, module))

@@ -18,16 +18,16 @@ import bisect
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from adamp import AdamP
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from timm.optim import Lookahead
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
 
 from seglab.errors import ConfigError
+from seglab.config.schema import OptimConfig, ParamGroupSpec, ScheduleConfig
 from seglab.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -41,95 +41,6 @@ _STAT_NORMS = nn.modules.batchnorm._NormBase
 def val_key(monitor: str) -> str:
     """The logged key of a validation metric: `mIoU` -> `val/mIoU` (already prefixed names pass)."""
     return monitor if monitor.startswith("val/") else f"val/{monitor}"
-
-
-def _registered(registry: Registry, value: str) -> str:
-    if value.lower() not in registry:
-        raise ValueError(f"unknown {registry.kind} {value!r} (known: {', '.join(registry.names())})")
-    return value.lower()
-
-
-class ParamGroupSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    parts: list[str] = Field(["rest"], min_length=1, description="model parts in this group (encoder, neck, decoder, head), or `rest` = every trainable parameter no other group names")
-    lr: float | None = Field(None, gt=0, description="learning rate of this group; null = optim.lr")
-    weight_decay: float | None = Field(None, ge=0, description="weight decay of this group; null = optim.weight_decay")
-
-
-class LookaheadConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(6, ge=1, description="Lookahead: fast steps between two slow-weight updates")
-    alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: fraction of the way the slow weights move towards the fast ones")
-
-
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field("adamw", description="optimiser: sgd, adam, adamw, radam or adamp")
-    lr: float = Field(1e-3, gt=0, description="base learning rate (the peak, after warmup)")
-    weight_decay: float = Field(1e-4, ge=0, description="weight decay (decoupled for adamw/adamp, L2 for the others)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    nesterov: bool = Field(False, description="Nesterov momentum (sgd, adamp)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam-family betas")
-    eps: float = Field(1e-8, gt=0, description="Adam-family epsilon")
-    encoder_lr: float | None = Field(None, gt=0, description="shortcut for param_groups [{parts: [encoder], lr: encoder_lr}, {parts: [rest]}]")
-    param_groups: list[ParamGroupSpec] = Field([], description="per-part groups; every trainable parameter must be in exactly one; empty = one group")
-    no_weight_decay_on_norm_and_bias: bool = Field(False, description="no weight decay on biases and normalisation weights (every 1-D parameter)")
-    freeze: list[str] = Field([], description="model parts to freeze: no gradients, their norm layers kept in eval mode")
-    lookahead: LookaheadConfig | None = Field(None, description="wrap the optimiser in Lookahead (timm); null = off")
-    fused: Literal["auto"] | bool = Field("auto", description="fused optimiser kernels; auto = when every parameter is on CUDA and the optimiser has one")
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value before each step; null = off")
-
-    @field_validator("name")
-    @classmethod
-    def _known_optimizer(cls, value: str) -> str:
-        return _registered(OPTIMIZERS, value)
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in value):
-            raise ValueError(f"betas must lie in [0, 1), got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "OptimConfig":
-        if self.encoder_lr is not None and self.param_groups:
-            raise ValueError("give optim.encoder_lr or optim.param_groups, not both")
-        if self.nesterov and self.name == "sgd" and self.momentum == 0:
-            raise ValueError("optim.nesterov needs optim.momentum > 0")
-        return self
-
-
-class ScheduleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field("cosine", description="LR schedule: none, cosine, cosine_restarts, poly, step, multistep, plateau or onecycle")
-    warmup_epochs: float = Field(0, ge=0, description="linear warmup length in epochs, applied per optimiser step; 0 = none")
-    warmup_start_factor: float = Field(0.01, gt=0, le=1, description="warmup starts at this fraction of each group's lr (onecycle: of its peak)")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of cosine, cosine_restarts, poly and plateau as a fraction of each group's lr")
-    power: float = Field(0.9, gt=0, description="poly: exponent")
-    step_size_epochs: float = Field(10, gt=0, description="step: multiply the lr by gamma every this many epochs")
-    milestones_epochs: list[float] = Field([], description="multistep: epochs (from the start, warmup included) at which the lr is multiplied by gamma")
-    gamma: float = Field(0.1, gt=0, le=1, description="step, multistep: lr multiplier at each drop")
-    restart_epochs: float = Field(10, gt=0, description="cosine_restarts: length of the first cycle in epochs")
-    restart_mult: int = Field(1, ge=1, description="cosine_restarts: each cycle is this many times longer than the previous")
-    plateau_patience: int = Field(5, ge=0, description="plateau: validations without improvement before the lr drops")
-    plateau_factor: float = Field(0.1, gt=0, lt=1, description="plateau: lr multiplier at each drop")
-    plateau_mode: Literal["max", "min"] = Field("max", description="plateau: whether the monitored metric should rise (max) or fall (min)")
-    max_lr_factor: float = Field(1.0, gt=0, description="onecycle: peak lr = each group's lr x this")
-
-    @field_validator("name")
-    @classmethod
-    def _known_schedule(cls, value: str) -> str:
-        return _registered(SCHEDULES, value)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "ScheduleConfig":
-        if self.name == "multistep" and not self.milestones_epochs:
-            raise ValueError("schedule.name=multistep needs schedule.milestones_epochs")
-        if self.name == "plateau" and self.warmup_epochs:
-            raise ValueError("schedule.warmup_epochs is not supported with plateau (it steps once per validation); use cosine or poly")
-        self.milestones_epochs = sorted(self.milestones_epochs)
-        return self
 
 
 # ---------------------------------------------------------------- parts and freezing

@@ -1,4 +1,5 @@
-"""A run's results as one static HTML page: RUN_DIR/report/index.html.
+"""A run's results as one static HTML page: RUN_DIR/report/index.html, for every task
+(the metrics are those the run wrote: IoU, Dice or F1 per class).
 
 The page must open from disk on a machine with no network, years later: inline CSS,
 no JavaScript, images as relative paths inside the run folder (the report lives there,
@@ -19,10 +20,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from seglab.visualization import (confusion_matrix_figure, learning_curves, per_class_bars,
-                                  save_png)
-
-SCALAR_METRICS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU")
+from seglab.runs import per_class_scores, scalar_scores
+from seglab.visualization.figures import confusion_matrix_figure, learning_curves, per_class_bars, save_png
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
@@ -91,22 +90,18 @@ def _img(path: Path, report_dir: Path, caption: str = "") -> str:
 def _metrics_section(metrics, why) -> str:
     if not isinstance(metrics, dict):
         return _not_available("best validation metrics", why or "metrics.json is not a mapping")
-    rows = [("epoch", metrics.get("epoch")), ("step", metrics.get("step"))]
-    rows += [(k, metrics[k]) for k in SCALAR_METRICS if k in metrics]
-    rows += [(k, v) for k, v in metrics.items()
-             if k not in SCALAR_METRICS and k not in ("epoch", "step")
-             and (v is None or isinstance(v, (int, float, str)))]
+    rows = [("monitored metric", metrics.get("monitor")), ("epoch", metrics.get("epoch")), ("step", metrics.get("step"))]
+    rows += [(k, metrics[k]) for k in scalar_scores(metrics)]
     parts = ["<table>"] + [f'<tr><th>{_esc(k)}</th><td class="num">{_fmt(v)}</td></tr>'
                            for k, v in rows] + ["</table>"]
-    per_class = metrics.get("per_class_iou")
-    accuracy = metrics.get("per_class_accuracy")
-    accuracy = accuracy if isinstance(accuracy, dict) else {}
-    if isinstance(per_class, dict) and per_class:
-        head = "<th>accuracy</th>" if accuracy else ""
-        parts.append(f"<h3>Per class</h3><table><tr><th>class</th><th>IoU</th>{head}</tr>")
-        for name, iou in per_class.items():
-            acc = f'<td class="num">{_fmt(accuracy.get(name))}</td>' if accuracy else ""
-            parts.append(f'<tr><td>{_esc(name)}</td><td class="num">{_fmt(iou)}</td>{acc}</tr>')
+    tables = per_class_scores(metrics)
+    if tables:
+        names = list(next(iter(tables.values())))
+        head = "".join(f"<th>{_esc(what)}</th>" for what in tables)
+        parts.append(f"<h3>Per class</h3><table><tr><th>class</th>{head}</tr>")
+        for name in names:
+            cells = "".join(f'<td class="num">{_fmt(t.get(name))}</td>' for t in tables.values())
+            parts.append(f"<tr><td>{_esc(name)}</td>{cells}</tr>")
         parts.append("</table>")
     return "\n".join(parts)
 
@@ -124,14 +119,16 @@ def _best_record(history: list[dict], metrics) -> dict | None:
 def _figures(run_dir: Path, report_dir: Path, metrics, history, class_names) -> dict[str, str]:
     """Draw the run-level figures into report/; {section: html}."""
     out = {}
-    per_class = metrics.get("per_class_iou") if isinstance(metrics, dict) else None
-    if isinstance(per_class, dict) and per_class:
-        path = save_png(per_class_bars(per_class), report_dir / "per_class_iou.png")
-        out["iou"] = _img(path, report_dir)
+    tables = per_class_scores(metrics) if isinstance(metrics, dict) else {}
+    if tables:
+        what, values = next(iter(tables.items()))
+        path = save_png(per_class_bars(values, metric=what), report_dir / f"per_class_{what}.png")
+        out["per_class"] = _img(path, report_dir)
     else:
-        out["iou"] = _not_available("per-class IoU", "no per_class_iou in metrics.json")
+        out["per_class"] = _not_available("per-class scores", "no per_class_* entry in metrics.json")
     if history:
-        path = save_png(learning_curves(history), report_dir / "learning_curves.png")
+        shown = [k for k in scalar_scores(metrics) if k != "val_loss"] if isinstance(metrics, dict) else []
+        path = save_png(learning_curves(history, shown), report_dir / "learning_curves.png")
         out["curves"] = _img(path, report_dir)
     else:
         out["curves"] = _not_available("learning curves", "history.jsonl is missing or empty")
@@ -152,40 +149,49 @@ def latest_viz_epoch(run_dir: Path) -> Path | None:
     return max(epochs)[1] if epochs else None
 
 
-def _gallery_section(run_dir: Path, report_dir: Path) -> str:
+def _gallery_section(run_dir: Path, report_dir: Path, metrics) -> str:
     epoch_dir = latest_viz_epoch(run_dir)
     if epoch_dir is None:
         return _not_available("validation pictures", "no viz/epoch_* folder yet")
     parts = [f"<p>From <code>{_esc(epoch_dir.relative_to(run_dir).as_posix())}</code>, "
              "the latest validation with pictures.</p>"]
-    overview = [p for p in (epoch_dir / "confusion_matrix.png", epoch_dir / "per_class_iou.png")
-                if p.is_file()]
+    tables = per_class_scores(metrics) if isinstance(metrics, dict) else {}
+    overview_names = ["confusion_matrix.png"] + [f"per_class_{what}.png" for what in tables]
+    overview = [epoch_dir / n for n in overview_names if (epoch_dir / n).is_file()]
     if overview:
-        parts.append("<h3>Confusion matrix and per-class IoU of that validation</h3>")
+        parts.append("<h3>Confusion matrix and per-class scores of that validation</h3>")
         parts += [_img(p, report_dir) for p in overview]
-    parts.append("<h3>Fixed samples</h3>")
+    shown = set(overview)
     samples = sorted(epoch_dir.glob("sample_*.png"))
-    if not samples:
-        parts.append(_not_available("samples"))
+    if samples:
+        parts.append("<h3>Fixed samples</h3>")
     for path in samples:
         stem = path.name[len("sample_"):]
         parts.append(f'<div class="gallery">{_img(path, report_dir)}')
         per_class = epoch_dir / f"per_class_{stem}"
         if per_class.is_file():
             parts.append(_img(per_class, report_dir))
+            shown.add(per_class)
         parts.append("</div>")
-    parts.append("<h3>Worst images per class</h3>")
+    shown.update(samples)
     worst: dict[str, list[tuple[int, Path]]] = {}
     for path in epoch_dir.glob("worst_*.png"):
         m = re.fullmatch(r"worst_(.+)_(\d+)\.png", path.name)
         if m:
             worst.setdefault(m.group(1), []).append((int(m.group(2)), path))
-    if not worst:
-        parts.append(_not_available("worst images"))
+            shown.add(path)
+    if worst:
+        parts.append("<h3>Worst images per class</h3>")
     for cls in sorted(worst):
         parts.append(f"<h4>{_esc(cls)}</h4><div class=\"gallery\">")
         parts += [_img(p, report_dir, f"#{rank}") for rank, p in sorted(worst[cls])]
         parts.append("</div>")
+    others = sorted(p for p in epoch_dir.glob("*.png") if p not in shown)
+    if others:
+        parts.append("<h3>Other pictures</h3>")
+        parts += [f'<div class="gallery">{_img(p, report_dir, p.stem)}</div>' for p in others]
+    if not (overview or samples or worst or others):
+        parts.append(_not_available("pictures", "the folder is empty"))
     return "\n".join(parts)
 
 
@@ -199,7 +205,11 @@ def _config_section(run_dir: Path) -> str:
 
 def write_report(run_dir) -> Path:
     """Write RUN_DIR/report/index.html (and its figures) and return its path."""
+    from seglab.errors import SeglabError
+
     run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     labels, _ = _read_json(run_dir / "labels.json")
@@ -208,7 +218,8 @@ def write_report(run_dir) -> Path:
     metrics, why = _read_json(run_dir / "metrics.json")
     history = read_history(run_dir / "history.jsonl")
     figures = _figures(run_dir, report_dir, metrics, history, class_names)
-    facts = ", ".join(f"{k}: {labels[k]}" for k in ("task", "ignore_index") if k in labels)
+    task = re.search(r"^task: *(\S+)", (run_dir / "config.yaml").read_text(encoding="utf-8"), re.M)
+    facts = ", ".join(([f"task: {task.group(1)}"] if task else []) + ([f"ignore_index: {labels['ignore_index']}"] if "ignore_index" in labels else []))
     classes = f"{len(class_names)} classes ({', '.join(class_names)})" if class_names else ""
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     body = [
@@ -216,10 +227,10 @@ def write_report(run_dir) -> Path:
         f"<p>{_esc(' | '.join(x for x in (facts, classes) if x))}</p>",
         f"<p>Report written {_esc(now)}; {len(history)} validation(s) in history.</p>",
         "<h2>Best validation</h2>", _metrics_section(metrics, why),
-        "<h2>Per-class IoU (best validation)</h2>", figures["iou"],
+        "<h2>Per-class scores (best validation)</h2>", figures["per_class"],
         "<h2>Learning curves</h2>", figures["curves"],
         "<h2>Confusion matrix (best validation, rows = ground truth)</h2>", figures["cm"],
-        "<h2>Validation pictures</h2>", _gallery_section(run_dir, report_dir),
+        "<h2>Validation pictures</h2>", _gallery_section(run_dir, report_dir, metrics),
         "<h2>Resolved config</h2>", _config_section(run_dir),
     ]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -1,7 +1,9 @@
 """List runs and compare two of them: what changed in the config, and what it did.
 
 A run is any folder holding a config.yaml (the resolved config the trainer saved), so
-k-fold parents and their fold sub-runs are all found.
+k-fold parents and their fold sub-runs are all found. Scores are read as the run wrote
+them: metrics.json names its monitored metric (mIoU, dice, macro_f1, ...), so every
+task's runs show their own numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 import yaml
 
-METRIC_KEYS = ("mIoU", "pixel_accuracy", "mean_class_accuracy", "fwIoU", "val_loss")
+from seglab.errors import SeglabError
+
+NOT_SCORES = ("epoch", "step", "images")
 # Folders a run writes its outputs into: never runs themselves, and can be large.
 _ARTIFACT_DIRS = {"checkpoints", "tb", "viz", "report"}
 
@@ -87,20 +91,37 @@ def _number(value, digits: int = 4) -> str:
 
 
 def runs_table(root) -> str:
-    """One line per run: path, arch+encoder, best mIoU, its epoch, date the run was created."""
+    """One line per run: path, task, arch+encoder, its monitored metric and best value, epoch, date."""
     root = Path(root)
-    rows = [("run", "model", "best mIoU", "epoch", "date")]
+    if not root.is_dir():
+        raise SeglabError(f"{root}: no such folder")
+    rows = [("run", "task", "model", "metric", "best", "epoch", "date")]
     for run in find_runs(root):
         metrics = _load_metrics(run)
+        config = _load_yaml(run / "config.yaml")
+        monitor = metrics.get("monitor")
         created = _dt.datetime.fromtimestamp((run / "config.yaml").stat().st_mtime)
         rel = run.relative_to(root).as_posix() if run != root else "."
-        rows.append((rel, _model_name(_load_yaml(run / "config.yaml")),
-                     _number(metrics.get("mIoU")), _number(metrics.get("epoch")),
+        what = f"{monitor} (OOF)" if metrics.get("source") == "out-of-fold" else (monitor or "-")
+        rows.append((rel, str(config.get("task", "-")), _model_name(config), what,
+                     _number(metrics.get(monitor)) if monitor else "-", _number(metrics.get("epoch")),
                      created.strftime("%Y-%m-%d %H:%M")))
     if len(rows) == 1:
         return f"no runs under {root}"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def scalar_scores(metrics: Mapping) -> list[str]:
+    """The numeric entries of a metrics.json, monitored one first."""
+    keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_SCORES]
+    monitor = metrics.get("monitor")
+    return sorted(keys, key=lambda k: k != monitor)
+
+
+def per_class_scores(metrics: Mapping) -> dict[str, Mapping]:
+    """{'IoU': {class: value}, ...} from the per_class_* entries of a metrics.json."""
+    return {k.removeprefix("per_class_"): v for k, v in metrics.items() if k.startswith("per_class_") and isinstance(v, Mapping)}
 
 
 def config_diff(a: Mapping, b: Mapping) -> list[tuple[str, Any, Any]]:
@@ -129,14 +150,19 @@ def _delta(a, b) -> str:
 def diff_runs(a, b) -> str:
     """Config differences and metric deltas (b minus a) between two run folders."""
     a, b = Path(a), Path(b)
+    for run in (a, b):
+        if not (run / "config.yaml").is_file():
+            raise SeglabError(f"{run}: not a run folder (no config.yaml)")
     lines = [f"a: {a}", f"b: {b}", "", "config (a -> b):"]
     changes = config_diff(_load_yaml(a / "config.yaml"), _load_yaml(b / "config.yaml"))
     lines += [f"  {k}: {va!r} -> {vb!r}" for k, va, vb in changes] or ["  (identical)"]
     ma, mb = _load_metrics(a), _load_metrics(b)
-    rows = [(k, ma.get(k), mb.get(k)) for k in ("epoch",) + METRIC_KEYS if k in ma or k in mb]
-    ca, cb = ma.get("per_class_iou") or {}, mb.get("per_class_iou") or {}
-    classes = list(ca) + [c for c in cb if c not in ca]
-    rows += [(f"IoU {c}", ca.get(c), cb.get(c)) for c in classes]
+    keys = scalar_scores(ma) + [k for k in scalar_scores(mb) if k not in scalar_scores(ma)]
+    rows = [(k, ma.get(k), mb.get(k)) for k in ["epoch"] + keys if k in ma or k in mb]
+    pa, pb = per_class_scores(ma), per_class_scores(mb)
+    for what in list(pa) + [w for w in pb if w not in pa]:
+        ca, cb = pa.get(what, {}), pb.get(what, {})
+        rows += [(f"{what} {c}", ca.get(c), cb.get(c)) for c in list(ca) + [c for c in cb if c not in ca]]
     lines += ["", "metrics (best validation):"]
     if not rows:
         lines.append("  no metrics.json in either run")

@@ -1,13 +1,19 @@
-"""Data: from the organiser's files to batches of uint8 images and class maps."""
+"""Data: from the organiser's files to batches of uint8 images and targets, for every task.
+
+`resolve_labels` gives the class list (the layout's, as the task trains on it),
+`open_source` a split's source (a fold of train when `data.fold` is set, plus
+`data.extra_train`), `build_dataset` its dataset, `collect_problems` every problem
+found before training.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from seglab.data.dataset import ArrayCache, SegmentationDataset, default_cache_dir
+from seglab.data.cache import ArrayCache, default_cache_dir
+from seglab.data.dataset import LabDataset
 from seglab.data.labels import LabelSpec
 from seglab.data.sources import SOURCES
-from seglab.data import polygons  # noqa: F401  (registers the "polygons" format)
 from seglab.data.transforms import build_transform
 from seglab.errors import ConfigError, DataValidationError, SeglabError
 
@@ -15,35 +21,82 @@ SPLITS = ("train", "val", "test")
 
 
 def resolve_labels(cfg) -> LabelSpec:
-    from seglab.tasks import get_task
+    """The layout's natural class list, then the task's view of it (Background or not)."""
+    from seglab.core.task import get_task
 
-    # The source's natural class list, then the task's view of it (Background or not).
-    return get_task(cfg.task).adapt_labels(SOURCES.get(cfg.data.format, "data.format").resolve_labels(cfg.data))
+    task = get_task(cfg.task)
+    source = SOURCES.get(cfg.data.format, "data.format")
+    if task.target not in source.targets:
+        raise ConfigError(f"data.format: {cfg.data.format!r} gives {' or '.join(source.targets)} targets; "
+                          f"task {task.name} trains on {task.target} (choose another task or data format)")
+    return task.adapt_labels(source.resolve_labels(cfg.data))
 
 
 def open_source(cfg, split: str, labels: LabelSpec | None):
+    """The source of one split: the configured one, or with `data.fold` that fold of train
+    (val) or the other folds (train); train also gets `data.extra_train`."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
-    if getattr(cfg.data, split) is None and cfg.data.format == "coco":
-        raise ConfigError(f"data.{split} is not set in the config")
-    source = SOURCES.get(cfg.data.format, "data.format")(cfg.data, split, labels)
-    if split == "train" and getattr(cfg.data, "extra_train", None):
-        from seglab.data.extra import with_extra_sets
+    data = cfg.data
+    if split in ("train", "val") and data.fold is not None:
+        source = fold_source(cfg, split, labels)
+    else:
+        source = SOURCES.get(data.format, "data.format")(data, split, labels)
+    if split == "train" and data.extra_train:
+        from seglab.data.sources.combined import open_extra_sources, with_extra_sets
 
-        source = with_extra_sets(source, cfg, labels)
+        extras = open_extra_sources(data, labels)
+        source = with_extra_sets(source, extras, validation_ids(cfg, labels) if extras else None)
     return source
 
 
-def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_masks: bool | None = None) -> SegmentationDataset:
+def fold_source(cfg, split: str, labels: LabelSpec | None):
+    from seglab.core.task import get_task
+    from seglab.data.sources.combined import SubsetSource
+    from seglab.data.splits import assign_folds, read_folds
+
+    pool = SOURCES.get(cfg.data.format, "data.format")(cfg.data, "train", labels)
+    ids = [pool.sample_id(i) for i in range(len(pool))]
+    if cfg.data.folds is not None:
+        fold = read_folds(cfg.data.resolve(cfg.data.folds), ids)
+    else:
+        if labels is None:
+            raise ConfigError("data.fold: folds are made from the class list, which could not be resolved")
+        fold = assign_folds(pool, labels, get_task(cfg.task), cfg).fold
+    k = cfg.data.fold
+    if k > fold.max():
+        raise ConfigError(f"data.fold: {k} is out of range for the {int(fold.max()) + 1} folds of {cfg.data.folds or 'kfold.folds'}")
+    keep = [i for i, f in enumerate(fold) if (f == k) == (split == "val")]
+    return SubsetSource(pool, keep, f"{pool.name} (fold {k} {split})")
+
+
+def validation_ids(cfg, labels: LabelSpec | None) -> set[str] | None:
+    """Sample ids of the validation split (None when there is none)."""
+    if cfg.data.val is None and cfg.data.fold is None:
+        return None
+    val = open_source(cfg, "val", labels)
+    return {val.sample_id(i) for i in range(len(val))}
+
+
+def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_targets: bool | None = None) -> LabDataset:
     source = open_source(cfg, split, labels)
     size = cfg.data.image_size
     resized = None
     if cfg.data.cache_images and size is not None:
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
-        resized = ArrayCache(cache_dir, f"resized/{Path(source.name).stem}", *source.cache_key, f"{size[0]}x{size[1]}", compress=False)
+        resized = ArrayCache(cache_dir, f"resized/{Path(source.name.split(' ')[0]).stem}", *source.cache_key,
+                             f"{size[0]}x{size[1]}", compress=False)
     transform = build_transform(cfg.augment, size if resized is None else None, train=train)
-    with_masks = source.has_masks if with_masks is None else with_masks
-    return SegmentationDataset(source, transform, with_masks, resized, size)
+    with_targets = source.has_targets if with_targets is None else with_targets
+    return LabDataset(source, transform, with_targets, resized, size)
+
+
+def _configured(cfg, split: str) -> bool:
+    if getattr(cfg.data, split) is not None:
+        return True
+    if split in ("train", "val") and cfg.data.fold is not None:
+        return cfg.data.train is not None
+    return getattr(SOURCES.get(cfg.data.format, "data.format"), "unset_split_is_everything", False)
 
 
 def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: bool = True, deep: bool = False) -> list[str]:
@@ -54,13 +107,15 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
     """
     problems: list[str] = []
     for split in splits:
-        if getattr(cfg.data, split) is None and cfg.data.format in ("coco", "polygons"):
+        if not _configured(cfg, split):
             continue
         try:
             problems.extend(open_source(cfg, split, labels).problems(check_files, deep))
+        except DataValidationError as e:
+            problems.extend(e.problems)
         except SeglabError as e:
             problems.append(str(e))
-    return problems
+    return list(dict.fromkeys(problems))  # a fold shares its pool's file: listed once
 
 
 def collect_problems(cfg, splits=SPLITS, deep: bool = False) -> tuple[LabelSpec | None, list[str]]:
@@ -73,10 +128,7 @@ def collect_problems(cfg, splits=SPLITS, deep: bool = False) -> tuple[LabelSpec 
     except SeglabError as e:
         problems.append(str(e))
     problems.extend(validate_data(cfg, labels, splits, deep=deep))
-    # TODO(metadata): when the per-ID metadata table reader lands (competition B: age, sex,
-    # weight, height per ID folder), report here every sample ID with no row in the table,
-    # naming the table file and the ID, e.g. "meta.csv: no row for ID 'ID042' (train)".
-    return labels, list(dict.fromkeys(problems))  # a file that fails twice is listed once
+    return labels, list(dict.fromkeys(problems))
 
 
 def check_data(cfg, labels: LabelSpec, splits) -> None:

@@ -1,6 +1,6 @@
 """Batch-level augmentations: mix images of one batch, pixels and labels together.
 
-They run on the device in `SegmentationModule.training_step`, before the forward, on
+They run on the device in the segmentation tasks' training step, before the forward, on
 uint8 images [B, 3, H, W] and masks that are integer class maps [B, H, W]
 (multiclass) or boolean / 0-1 maps [B, C, H, W] (multilabel).
 

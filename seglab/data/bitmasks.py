@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.dataset import atomic_write_bytes
+from seglab.data.cache import atomic_write_bytes
 from seglab.data.labels import LabelSpec
 
 BITMASK_CACHE_VERSION = "1"
@@ -65,7 +65,7 @@ class BitmaskCache:
 
 def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray:
     """One channel per class: the union of that class's annotations (C x H x W booleans)."""
-    from seglab.data.coco import annotation_mask, segmentation_problem
+    from seglab.data.sources.coco import annotation_mask, segmentation_problem
     from seglab.errors import DataError
 
     img = coco.images[index]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.coco import annotation_mask, paint_sequence, read_coco, segmentation_problem, validate_coco
+from seglab.data.sources.coco import annotation_mask, paint_sequence, read_coco, segmentation_problem, validate_coco
 from seglab.data.labels import LabelSpec
 
 

@@ -1,8 +1,11 @@
 """From the organiser's label ids to training class indices, explicitly.
 
-A `LabelSpec` says which source label (COCO category id, or PNG pixel value) becomes
-which training class. It is resolved once from the config and the data, saved in
-the run folder as labels.json, and used by every dataset, metric and writer.
+A `LabelSpec` says which source label (COCO category id, PNG pixel value, polygon label)
+becomes which training class, and in which form targets come: a class map [H, W]
+("class_map"), C x H x W booleans ("binary_masks") or one class per image ("class").
+It is resolved once from the config and the data, saved in the run folder as
+labels.json, and used by every dataset, metric and writer. `facets` name parts of a
+composite class (competition C: mask, gender and age band), each a value per class.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from dataclasses import dataclass, field
 from seglab.errors import ConfigError
 
 
+TARGETS = ("class_map", "binary_masks", "class")
+
+
 @dataclass(frozen=True)
 class LabelSpec:
     classes: tuple[str, ...]
     ignore_index: int
     source_to_class: dict[int, int] = field(default_factory=dict)
-    task: str = "multiclass"
+    target: str = "class_map"
+    facets: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -30,10 +37,11 @@ class LabelSpec:
 
     def to_json(self) -> dict:
         return {
-            "task": self.task,
+            "target": self.target,
             "classes": list(self.classes),
             "ignore_index": self.ignore_index,
             "source_to_class": {str(k): v for k, v in sorted(self.source_to_class.items())},
+            **({"facets": {k: list(v) for k, v in self.facets.items()}} if self.facets else {}),
         }
 
     @classmethod
@@ -42,7 +50,8 @@ class LabelSpec:
             classes=tuple(d["classes"]),
             ignore_index=int(d["ignore_index"]),
             source_to_class={int(k): int(v) for k, v in d.get("source_to_class", {}).items()},
-            task=d.get("task", "multiclass"),
+            target=d.get("target", "class_map"),
+            facets={k: tuple(v) for k, v in d.get("facets", {}).items()},
         )
 
 

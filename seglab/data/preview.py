@@ -2,7 +2,7 @@
 
 Images are drawn in the configured training order (`data.sampler`), augmented by
 `augment.train` one by one, then batched and passed through `augment.batch` exactly
-as `SegmentationModule.training_step` does, so every augmentation of the config shows.
+as the segmentation tasks' training step does, so every augmentation of the config shows.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from seglab.errors import ConfigError
 def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[LabelSpec, Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
     """The labels and n samples: (id, image, mask, augmented image, augmented mask), HxWx3 uint8 images."""
     labels = resolve_labels(cfg)
-    plain = build_dataset(cfg, "train", labels, train=False, with_masks=True)
-    augmented = build_dataset(cfg, "train", labels, train=True, with_masks=True)
+    plain = build_dataset(cfg, "train", labels, train=False, with_targets=True)
+    augmented = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     augmented.transform.set_random_seed(seed)
     sampler = build_train_sampler(augmented, cfg.data.sampler, seed)
     order = list(sampler) if sampler is not None else torch.randperm(len(augmented), generator=torch.Generator().manual_seed(seed)).tolist()
     items = [augmented[i] for i in order[:n]]
     images = [item["image"] for item in items]
-    masks = [item["mask"] for item in items]
+    masks = [item["target"] for item in items]
     batch_augment = build_batch_augment(cfg.augment.batch, labels.classes, labels.ignore_index)
     if batch_augment is not None and items:
         if len({tuple(m.shape) for m in masks}) > 1:
@@ -41,7 +41,7 @@ def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[LabelSpec, Iterator[t
     def samples():
         for item, image, mask in zip(items, images, masks):
             original = plain[item["index"]]
-            yield (item["id"], original["image"].permute(1, 2, 0).numpy(), original["mask"].numpy(),
+            yield (item["id"], original["image"].permute(1, 2, 0).numpy(), original["target"].numpy(),
                    image.permute(1, 2, 0).numpy(), mask.numpy())
 
     return labels, samples()

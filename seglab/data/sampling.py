@@ -4,7 +4,7 @@
 max over the classes c present in it of f_c^-power, where f_c is the share of
 training images holding class c (the repeat-factor idea of LVIS, Gupta et al. 2019;
 power 0.5 is its square root, 1 balances single-class images fully, 0 is uniform).
-Presence is read once from the cached masks. Images are then drawn with replacement
+Presence is read once (COCO annotations, image labels, or the cached masks). Images are then drawn with replacement
 in proportion to their weights, as torch's WeightedRandomSampler does.
 
 Under DDP every process draws the same sequence from a seed shared per epoch
@@ -17,26 +17,10 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 log = logging.getLogger("seglab")
-
-
-def class_presence(dataset, num_classes: int, ignore_index: int | None) -> torch.Tensor:
-    """[N, C] bool: which classes appear in each image's mask (class map [H, W] or multilabel [C, H, W])."""
-    source = dataset.source
-    presence = torch.zeros(len(source), num_classes, dtype=torch.bool)
-    for i in range(len(source)):
-        mask = np.asarray(source.load_mask(i))
-        if mask.ndim == 3:  # multilabel, channels first
-            presence[i] = torch.from_numpy(mask.reshape(mask.shape[0], -1).any(1))[:num_classes]
-            continue
-        values = np.unique(mask)
-        values = values[(values < num_classes) & (values != ignore_index)]
-        presence[i, torch.from_numpy(values.astype(np.int64))] = True
-    return presence
 
 
 def class_balanced_weights(presence: torch.Tensor, power: float) -> torch.Tensor:
@@ -81,8 +65,10 @@ def build_train_sampler(dataset, sampler_cfg, seed: int, rank: int = 0, world_si
     """The sampler `data.sampler` asks for; None for plain shuffling (the loader's default)."""
     if sampler_cfg.name == "shuffle":
         return None
+    from seglab.data.presence import class_presence
+
     labels = dataset.source.labels
-    presence = class_presence(dataset, labels.num_classes, labels.ignore_index)
+    presence = torch.from_numpy(class_presence(dataset.source, labels))
     weights = class_balanced_weights(presence, sampler_cfg.power)
     expected = (weights[:, None] * presence.double()).sum(0) / weights.sum()
     before = presence.double().mean(0)

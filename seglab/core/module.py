@@ -1,0 +1,240 @@
+"""The one LightningModule, for every task.
+
+Lightning owns the loop (AMP, accumulation, DDP, checkpoints, loggers, progress); this
+module says what happens around a step and after each validation, and asks the task
+for everything task-specific: its model, loss, training step, probabilities, decision,
+metric and table. uint8 images are normalised here, on the device (4x less to copy
+than float32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from seglab.core.checkpoints import check_checkpoint_meta, check_state_dict_fits
+from seglab.core.task import get_task
+from seglab.errors import SeglabError
+from seglab.io import append_jsonl, read_jsonl, write_json, write_text
+
+
+class LabModule(L.LightningModule):
+    def __init__(self, cfg, labels, run_dir: str | Path | None = None, class_frequencies=None):
+        super().__init__()
+        from seglab.optim import freeze_parts
+
+        self.cfg, self.labels = cfg, labels
+        self.task = get_task(cfg.task)
+        self.run_dir = Path(run_dir) if run_dir else None
+        model = self.task.build_model(cfg, labels)
+        if cfg.optim.freeze:
+            freeze_parts(model, cfg.optim.freeze)
+        self.model = model.to(memory_format=torch.channels_last) if cfg.trainer.channels_last else model
+        self.criterion = self.task.build_loss(cfg, labels, class_frequencies)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.augment.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.augment.std).view(1, 3, 1, 1) * 255, persistent=False)
+        # Per-class decision thresholds (multilabel), or None; a loaded run may replace them with tuned ones.
+        self.register_buffer("thresholds", self.task.thresholds(cfg, labels), persistent=False)
+        self.batch_augment = self.task.batch_augment(cfg, labels)
+        self.val_metric = self.task.metric(labels)
+        self.best_score: float | None = None
+        self.history_rows = 0  # rows this run has in history.jsonl; kept in checkpoints to trim replays on resume
+        self.last_val_result: dict | None = None
+        self.stage_now = "training"  # named by the out-of-memory message
+        self._compiled: dict[str, torch.nn.Module] = {}  # a plain dict: kept out of the module tree and checkpoints
+
+    # ------------------------------------------------------------------ model
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else x
+
+    def net(self, part: str | None = None) -> torch.nn.Module:
+        """The model (or one of its parts), compiled while training when trainer.compile asks."""
+        module = self.model if part is None else getattr(self.model, part)
+        if not (self.cfg.trainer.compile and self.training):
+            return module
+        if part not in self._compiled:
+            mode = None if self.cfg.trainer.compile is True else self.cfg.trainer.compile
+            self._compiled[part] = torch.compile(module, mode=mode)
+        return self._compiled[part]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] images -> logits."""
+        return self.net()(self.normalise(images))
+
+    def validation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of a validation batch: tile by tile when sliding_window.in_validation asks."""
+        window = self.cfg.sliding_window
+        if window.enabled and window.in_validation:
+            from seglab.inference.sliding import sliding_window_from_config
+
+            return sliding_window_from_config(self, images, window)
+        return self(images)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.cfg.optim.freeze:
+            from seglab.optim import keep_frozen_norms_in_eval
+
+            keep_frozen_norms_in_eval(self.model, self.cfg.optim.freeze)
+        return self
+
+    def configure_optimizers(self):
+        from seglab.optim import build_optimizer, build_scheduler
+
+        optimizer = build_optimizer(self.model, self.cfg.optim)
+        max_epochs = self.cfg.trainer.max_epochs
+        steps_per_epoch = max(1, math.ceil(self.trainer.estimated_stepping_batches / max_epochs))
+        scheduler = build_scheduler(optimizer, self.cfg.schedule, steps_per_epoch, max_epochs, f"val/{self.cfg.eval.monitor}")
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # --------------------------------------------------------------- training
+
+    def on_train_epoch_start(self):
+        self._train_loss = torch.zeros(2, device=self.device)  # (sum, count); kept in checkpoints for mid-epoch resume
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.stage_now = "training"
+
+    def training_step(self, batch, batch_idx):
+        loss = self.task.training_loss(self, batch)
+        labelled = batch.get("labelled", batch)
+        size = labelled["image"].shape[0]
+        if not torch.isfinite(loss):
+            raise SeglabError(
+                f"non-finite loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}, "
+                f"images {list(labelled['id'])[:8]}; the last good checkpoint is kept. "
+                "Try a lower optim.lr, trainer.precision=32, or check these images' labels"
+            )
+        self._train_loss += torch.stack([loss.detach().float(), torch.ones((), device=self.device)])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        components = getattr(self.criterion, "last_components", {})
+        if len(components) > 1:
+            for name, value in components.items():
+                self.log(f"train/loss_{name}", value, on_step=True, on_epoch=False, batch_size=size)
+        return loss
+
+    # ------------------------------------------------------------- validation
+
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0):
+        self.stage_now = "validation"
+
+    def on_validation_epoch_start(self):
+        self.val_metric.to(self.device).reset()
+        self._val_loss = torch.zeros(2, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        logits = self.validation_logits(batch["image"])
+        target = batch["target"]
+        n = torch.tensor(float(len(target)), device=self.device)
+        self._val_loss += torch.stack([self.criterion(logits, target).detach().float() * n, n])
+        probs = self.task.probabilities(logits)
+        pred = self.task.decide(probs, self.thresholds)
+        self.val_metric.update(pred, target)
+        return {"pred": pred, "probs": probs}
+
+    def on_validation_epoch_end(self):
+        self.val_metric.reduce()
+        val_loss = self.trainer.strategy.reduce(self._val_loss, reduce_op="sum")
+        scores = self.val_metric.compute(list(self.labels.classes))
+        scores["loss"] = float(val_loss[0] / val_loss[1].clamp(min=1))
+        self.last_val_result = {**scores, **self.task.history_extra(self.val_metric)}
+        # Values are already reduced over processes, so every rank logs the same number.
+        for key in self.task.metric_names(self.labels) + ("loss",):
+            if not math.isnan(scores[key]):
+                self.log(f"val/{key}", scores[key], sync_dist=False)
+        for name, value in scores[self.task.per_class_key].items():
+            if value is not None:
+                self.log(f"{self.task.per_class_log}/{name}", value, sync_dist=False)
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.run_dir is None:
+            return
+        self.record_validation(scores)
+
+    def record_validation(self, scores: dict) -> None:
+        """Append this validation to history.jsonl and, when the monitored score improves
+        (judged as ModelCheckpoint judges it), write metrics.json; print the table."""
+        epoch, step = self.current_epoch, self.global_step
+        monitor = self.cfg.eval.monitor
+        train = self._train_loss if hasattr(self, "_train_loss") else torch.zeros(2)
+        metrics = {k: v for k, v in scores.items() if k != "loss"}
+        row = {
+            "epoch": epoch, "step": step,
+            "train_loss": float(train[0] / train[1]) if train[1] > 0 else None,
+            "val_loss": scores["loss"],
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else None,
+            **metrics, **self.task.history_extra(self.val_metric),
+        }
+        append_jsonl(self.run_dir / "history.jsonl", finite(row))
+        self.history_rows += 1
+        better = improves(scores[monitor], self.best_score, self.cfg.eval.mode)
+        if better:
+            self.best_score = scores[monitor]
+            best = {"epoch": epoch, "step": step, "monitor": monitor, **metrics, "val_loss": scores["loss"]}
+            write_json(self.run_dir / "metrics.json", finite(best))
+        mark = "  (best)" if better else ""
+        print("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint records about the run besides its tensors."""
+        return {
+            "classes": list(self.labels.classes), "task": self.cfg.task, "arch": self.cfg.model.arch,
+            "encoder": self.cfg.model.encoder, "best_score": self.best_score, "history_rows": self.history_rows,
+        }
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["seglab"] = self.checkpoint_meta()
+        if hasattr(self, "_train_loss"):
+            checkpoint["seglab"]["train_loss"] = self._train_loss.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint):
+        meta = checkpoint.get("seglab", {})
+        source = getattr(self, "checkpoint_source", "checkpoint")
+        check_checkpoint_meta(meta, self.cfg, self.labels, source)
+        check_state_dict_fits(self, checkpoint.get("state_dict", {}), source)
+        self.best_score = meta.get("best_score")
+        self._resumed_history_rows = meta.get("history_rows")
+        if "train_loss" in meta:  # a mid-epoch resume skips on_train_epoch_start
+            self._train_loss = meta["train_loss"]
+
+    def on_train_start(self):
+        if hasattr(self, "_train_loss"):
+            self._train_loss = self._train_loss.to(self.device)
+        # A resumed run replays from its last checkpoint: drop history rows written after it.
+        if self.run_dir is not None and self.trainer.is_global_zero and self.trainer.ckpt_path:
+            rows = read_jsonl(self.run_dir / "history.jsonl")
+            keep = getattr(self, "_resumed_history_rows", None)
+            rows = rows[:keep] if keep is not None else [r for r in rows if r["epoch"] < self.current_epoch]
+            self.history_rows = len(rows)
+            write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best`, judged as ModelCheckpoint judges it: on the float32
+    value Lightning logged. Comparing float64 values instead can make metrics.json and
+    best.ckpt pick different epochs when two scores differ below float32 precision."""
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    value32, best32 = (float(torch.tensor(v, dtype=torch.float32)) for v in (value, best))
+    return value32 > best32 if mode == "max" else value32 < best32
+
+
+def finite(obj):
+    """JSON has no NaN: absent scores are written as null."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj

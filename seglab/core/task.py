@@ -1,0 +1,160 @@
+"""The task protocol: the questions the engine asks and never answers itself.
+
+Training, resume, evaluation, prediction, TTA, ensembles, k-fold, pseudo-labels, the
+report and the run list are written once, against this class. A task (multiclass,
+multilabel, classification; detection one day) is a subclass in `seglab/tasks/`,
+registered in `TASKS`, that answers:
+
+| question | method or attribute |
+|---|---|
+| what a target is | `target`: "class_map" [H, W], "binary_masks" C x H x W, or "class" (one per image) |
+| its class list, from the data's | `adapt_labels` |
+| its defaults and config checks | `defaults`, `config_problems` (torch-free: at config load), `preflight_problems` |
+| its model and loss | `build_model`, `loss_targets`, `allowed_losses`, `build_loss` |
+| one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
+| logits -> probabilities -> decision | `probabilities`, `thresholds`, `decide`, `resize`, `postprocess` |
+| its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
+| what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
+| its validation pictures | `visualizer` |
+| what k-fold stratifies on | `stratification_key` |
+| pseudo-labels | `write_pseudo_labels` |
+
+Task modules import no torch at module level (the config asks them for defaults);
+heavy imports live inside the methods that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seglab.registry import Registry
+
+TASKS = Registry("task")
+
+
+class Task:
+    name: str = ""
+    target: str = ""                  # "class_map" | "binary_masks" | "class"
+    scalar_metrics: tuple[str, ...] = ()
+    per_class_key: str = ""           # the {class: score} entry of the scores shown per class
+    per_class_log: str = ""           # logger prefix of the per-class scores
+    default_monitor: str = ""
+    loss_targets: str = "index"       # "index" (class indices) or "binary" (0/1 channels): which losses apply
+    allowed_losses: tuple[str, ...] | None = None  # None = every loss that takes `loss_targets`
+    writers: tuple[str, ...] = ()
+    tta_flips: tuple[str, ...] = ("h", "v", "hv")
+
+    # ------------------------------------------------------------ config (torch-free)
+
+    def defaults(self, cfg) -> dict[str, Any]:
+        """Dotted config keys -> the task's default, applied where the config left them unset."""
+        return {"eval.monitor": self.default_monitor, "submission.format": self.writers[0]}
+
+    def config_problems(self, cfg) -> list[str]:
+        """Problems a config has for this task that need no data and no torch."""
+        problems = []
+        if self.allowed_losses is not None:
+            problems += [f"loss[{i}].name: {s.name!r} is not a {self.name} loss (use {', '.join(self.allowed_losses)})"
+                         for i, s in enumerate(cfg.loss) if s.name.lower() not in self.allowed_losses]
+        if cfg.submission.format not in self.writers:
+            problems.append(f"submission.format: {cfg.submission.format!r} is not a {self.name} format (use {', '.join(self.writers)})")
+        bad = [f for f in cfg.tta.flips if f not in self.tta_flips]
+        if bad:
+            problems.append(f"tta.flips: {bad} not supported by {self.name} (use {', '.join(self.tta_flips) or 'none'})")
+        return problems
+
+    def preflight_problems(self, cfg) -> list[str]:
+        """Problems found with the training stack loaded (run before training, beside the
+        loss, transform and data checks)."""
+        return []
+
+    # ------------------------------------------------------------ labels, model, loss
+
+    def adapt_labels(self, spec):
+        """The data's class list (a LabelSpec) as this task trains on it."""
+        raise NotImplementedError
+
+    def build_model(self, cfg, labels):
+        raise NotImplementedError
+
+    def build_loss(self, cfg, labels, class_frequencies=None):
+        from seglab.losses import build_loss
+
+        return build_loss(cfg.loss, self.loss_targets, labels.num_classes, labels.ignore_index, class_frequencies)
+
+    # ------------------------------------------------------------ training step
+
+    def batch_augment(self, cfg, labels):
+        """A callable applied to each training batch on the device, or None."""
+        return None
+
+    def training_loss(self, module, batch):
+        """The loss of one training batch ({"image", "target", ...}); `module` is the LabModule."""
+        raise NotImplementedError
+
+    def unlabelled_dataset(self, cfg, labels):
+        """Images without labels drawn alongside each training batch (consistency training), or None."""
+        return None
+
+    # ------------------------------------------------------------ decisions
+
+    def probabilities(self, logits):
+        raise NotImplementedError
+
+    def thresholds(self, cfg, labels):
+        """Per-class decision thresholds [C] from the config, or None when the decision takes none."""
+        return None
+
+    def decide(self, probs, thresholds=None):
+        raise NotImplementedError
+
+    def resize(self, probs, size):
+        """Probabilities at another spatial size (what TTA scales and original-size output need)."""
+        return probs
+
+    def postprocess(self, prediction, cfg, labels):
+        """One decided prediction (numpy) after the configured post-processing."""
+        return prediction
+
+    # ------------------------------------------------------------ metric and report
+
+    def metric(self, labels, device=None):
+        raise NotImplementedError
+
+    def metric_names(self, labels) -> tuple[str, ...]:
+        """Every scalar `compute()` returns for these labels (what eval.monitor may name)."""
+        return self.scalar_metrics
+
+    def format_table(self, scores: dict, title: str = "") -> str:
+        raise NotImplementedError
+
+    def history_extra(self, metric) -> dict:
+        """What history.jsonl keeps of a validation's metric besides its scores."""
+        return {}
+
+    def visualizer(self, cfg, labels, run_dir):
+        """The Lightning callback that draws this task's validation pictures, or None."""
+        return None
+
+    # ------------------------------------------------------------ workflows
+
+    def stratification_key(self, source, labels):
+        """[N, K] 0/1 per sample: what k-fold keeps balanced across folds (by default, which
+        classes each sample holds)."""
+        from seglab.data.presence import class_presence
+
+        return class_presence(source, labels)
+
+    def write_pseudo_labels(self, predictions, out, ref_cfg, labels, threshold: float, min_confident: float,
+                            thresholds=None) -> dict:
+        """Write confident predictions as a training set `data.extra_train` reads; `predictions`
+        yields (sample id, image path, probabilities at the original size); `thresholds` are the
+        run's decision thresholds. Returns a summary."""
+        raise NotImplementedError
+
+
+def get_task(name: str) -> Task:
+    """The task object for a config's `task` value."""
+    import seglab.tasks  # noqa: F401  (registers the tasks)
+
+    return TASKS.get(name, "task")()

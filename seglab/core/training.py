@@ -1,0 +1,207 @@
+"""Training one run, for every task: preflight, trainer, callbacks, loggers, `train`.
+
+The recipe, in order: list every problem that can be found before training (and stop
+if there is one), write the resolved config and the class list, build the datasets and
+the one LabModule, fit with Lightning, and turn an out-of-memory error into advice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from seglab.config import to_yaml
+from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
+from seglab.core.loaders import LabData
+from seglab.core.module import LabModule
+from seglab.core.task import get_task
+from seglab.data import build_dataset, collect_problems
+from seglab.errors import DataValidationError, SeglabError
+from seglab.io import check_writable, write_json, write_text
+
+log = logging.getLogger("seglab")
+
+PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
+
+
+def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train one run into `run_dir`; returns the best validation metrics."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise SeglabError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise SeglabError(f"{run_dir}: already holds a trained run; use --resume to continue it or choose another --out")
+    task = get_task(cfg.task)
+    labels = preflight(cfg, run_dir, ("train", "val"))
+    if resume:  # before anything in the run folder is rewritten
+        check_checkpoint_meta(load_checkpoint_file(last).get("seglab", {}), cfg, labels, str(last))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if not resume:
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
+    write_json(run_dir / "labels.json", labels.to_json())
+
+    train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
+    val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
+    frequencies = class_frequencies(train_set.source, labels) if needs_class_frequencies(cfg) else None
+    module = LabModule(cfg, labels, run_dir, frequencies)
+    module.checkpoint_source = str(last)
+    trainer = make_trainer(cfg, run_dir, labels, task)
+    data = LabData(cfg, train_set, val_set, task.unlabelled_dataset(cfg, labels))
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True)
+    except torch.OutOfMemoryError as e:
+        raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
+    metrics_path = run_dir / "metrics.json"
+    return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+# ------------------------------------------------------------------ preflight
+
+
+def preflight(cfg, run_dir: Path | None, splits):
+    """Every problem that can be found before training, listed at once: the output folder,
+    the config's parts (loss, transforms, model), the class list and the data. Returns the
+    resolved class list."""
+    problems = []
+    if run_dir is not None:
+        try:
+            check_writable(run_dir)
+        except SeglabError as e:
+            problems.append(str(e))
+    problems += config_problems(cfg)
+    labels, data_problems = collect_problems(cfg, splits)
+    problems += data_problems
+    if labels is not None:
+        task = get_task(cfg.task)
+        allowed = task.metric_names(labels) + ("loss",)
+        if cfg.eval.monitor not in allowed:
+            problems.append(f"eval.monitor: {cfg.eval.monitor!r} is not a {task.name} metric (use one of {', '.join(allowed)})")
+    if problems:
+        raise DataValidationError(list(dict.fromkeys(problems)))
+    return labels
+
+
+def config_problems(cfg) -> list[str]:
+    """The config checks that need the training stack: loss names and parameters,
+    albumentations transforms, batch augmentations, the model name, the task's own."""
+    from seglab.data.batch_augment import validate_batch_specs
+    from seglab.data.transforms import validate_transform_specs
+    from seglab.losses import validate_loss_specs
+
+    task = get_task(cfg.task)
+    checks = [
+        lambda: validate_loss_specs(cfg.loss, task.loss_targets),
+        lambda: validate_transform_specs(cfg.augment.train, "augment.train"),
+        lambda: validate_transform_specs(cfg.augment.eval, "augment.eval"),
+        lambda: validate_batch_specs(cfg.augment.batch, "augment.batch"),
+    ]
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except SeglabError as e:
+            problems.append(str(e))
+    return problems + task.preflight_problems(cfg)
+
+
+def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:
+    batch_key = "data.val_batch_size" if stage == "validation" else "data.batch_size"
+    batch = (cfg.data.val_batch_size or cfg.data.batch_size) if stage == "validation" else cfg.data.batch_size
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else "out of memory"
+    return SeglabError(
+        f"out of GPU memory during {stage} at step {trainer.global_step}, epoch {trainer.current_epoch} ({first}). "
+        f"Lower {batch_key} (now {batch}) and raise trainer.accumulate_grad_batches "
+        f"(now {cfg.trainer.accumulate_grad_batches}) to keep the effective batch, or use trainer.precision=bf16 "
+        f"(now {cfg.trainer.precision}); a smaller data.image_size or model also helps"
+    )
+
+
+def needs_class_frequencies(cfg) -> bool:
+    return any((spec.model_extra or {}).get("class_weights") == "auto" for spec in cfg.loss)
+
+
+def class_frequencies(source, labels) -> torch.Tensor:
+    """Share of each class over the training targets (pixels of masks, or images)."""
+    import numpy as np
+
+    counts = torch.zeros(labels.num_classes, dtype=torch.float64)
+    for i in range(len(source)):
+        target = np.asarray(source.load_target(i))
+        if target.ndim == 3:  # C x H x W booleans: positive pixels per channel
+            counts += torch.from_numpy(target.reshape(target.shape[0], -1).sum(1).astype("float64"))
+            continue
+        values = torch.from_numpy(target.astype("int64")).flatten()
+        values = values[values < labels.num_classes]
+        counts += torch.bincount(values, minlength=labels.num_classes).double()
+    return counts / counts.sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------ trainer
+
+
+def make_loggers(cfg, run_dir: Path) -> list:
+    loggers = []
+    for name in cfg.logging.loggers:
+        if name == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
+        elif name == "csv":
+            from lightning.pytorch.loggers import CSVLogger
+
+            loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(run_dir), name=cfg.name or run_dir.name, offline=True))
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name=cfg.name or "seglab", tracking_uri=f"file:{run_dir / 'mlruns'}"))
+    return loggers
+
+
+def make_callbacks(cfg, run_dir: Path, labels, task, has_logger: bool) -> list:
+    """Best checkpoint, lr monitor, the task's validation pictures, averaging, exact resume."""
+    from seglab.averaging import build_averaging_callbacks
+
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor=f"val/{cfg.eval.monitor}", mode=cfg.eval.mode,
+            save_top_k=1, save_last=False, auto_insert_metric_name=False, enable_version_counter=False,
+        )
+    ]
+    if has_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.logging.viz_every_n_epochs > 0:
+        visualizer = task.visualizer(cfg, labels, run_dir)
+        if visualizer is not None:
+            callbacks.append(visualizer)
+        else:
+            log.info("logging.viz_every_n_epochs: task %s draws no validation pictures yet", task.name)
+    callbacks.extend(build_averaging_callbacks(cfg.averaging, cfg.eval.monitor, cfg.eval.mode, cfg.trainer.max_epochs))
+    callbacks.append(ExactResume(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.checkpoint_every_n_steps))
+    return callbacks
+
+
+def make_trainer(cfg, run_dir: Path, labels, task=None) -> L.Trainer:
+    t = cfg.trainer
+    task = task or get_task(cfg.task)
+    loggers = make_loggers(cfg, run_dir)
+    return L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=t.max_epochs, precision=PRECISIONS.get(t.precision, t.precision),
+        accumulate_grad_batches=t.accumulate_grad_batches, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, check_val_every_n_epoch=t.val_every_n_epochs,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        gradient_clip_val=cfg.optim.grad_clip, enable_progress_bar=t.progress_bar,
+        logger=loggers or False, callbacks=make_callbacks(cfg, run_dir, labels, task, bool(loggers)),
+        plugins=[AtomicCheckpointIO()], enable_model_summary=False, num_sanity_val_steps=1,
+        use_distributed_sampler=False,  # LabData shards itself, without padding
+    )

@@ -1,0 +1,280 @@
+"""Image-classification layouts: one class per image.
+
+- `imagefolder`: `<split>/<class name>/**/*.jpg`; an unlabelled (test) split is any
+  folder of images, searched recursively.
+- `csv`: a CSV with a path column (relative to data.root) and a label column (class
+  name or index), optionally a group column; the label column is optional in the test CSV.
+- `maskstatus` (competition C): `<split>/train.csv` + `<split>/images/<id>_<gender>_<race>_<age>/<mask kind>.*`
+  for labelled splits, `<split>/info.csv` (ImageID, ans) + `<split>/images/` for the test split.
+  Its classes have facets (mask, gender, age band), so the metric also reports their accuracies.
+
+A source reads its split once into `Sample`s and keeps the problems it found, so
+`seglab data validate` lists them all; the image files are checked by `problems()`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from seglab.data.images import IMAGE_EXTENSIONS, image_decode_problem, images_under, read_image, truncated_jpeg
+from seglab.data.labels import LabelSpec
+from seglab.data.sources import SOURCES, maskstatus
+from seglab.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int | None
+    group: str | None
+    id: str
+
+
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read as CSV ({e})") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (header: {header})")
+    return rows
+
+
+def class_index(value: str, classes: list[str]) -> int | None:
+    value = str(value).strip()
+    if value in classes:
+        return classes.index(value)
+    if value.lstrip("-").isdigit() and 0 <= int(value) < len(classes):
+        return int(value)
+    return None
+
+
+class SampleSource:
+    """A split read into a list of samples; subclasses fill `samples` and `found`."""
+
+    targets = ("class",)
+
+    def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
+        self.labels, self.split = labels, split
+        path = data_cfg.split_path(split)
+        if path is None:
+            raise ConfigError(f"data.{split} is not set in the config")
+        self.name = str(path)
+        self.cache_key = (self.name,)
+        classes = list(labels.classes) if labels is not None else self._classes_or_none(data_cfg)
+        self.samples, self.found = self.read(data_cfg, path, split, classes)
+        self.has_targets = bool(self.samples) and all(s.label is not None for s in self.samples)
+
+    def _classes_or_none(self, data_cfg) -> list[str]:
+        try:
+            return list(self.resolve_labels(data_cfg).classes)
+        except (ConfigError, DataError):
+            return []
+
+    @classmethod
+    def resolve_labels(cls, data_cfg) -> LabelSpec:
+        classes = cls.classes(data_cfg)
+        if len(classes) < 2:
+            raise ConfigError(f"data.classes: need at least 2 classes, got {classes}")
+        return LabelSpec(tuple(classes), data_cfg.ignore_index, {}, "class", cls.facets(data_cfg))
+
+    @staticmethod
+    def facets(data_cfg) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample_id(self, i: int) -> str:
+        return self.samples[i].id
+
+    def group(self, i: int) -> str | None:
+        return self.samples[i].group
+
+    def image_path(self, i: int) -> Path:
+        return self.samples[i].path
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        from PIL import Image
+
+        try:
+            with Image.open(self.image_path(i)) as im:
+                return im.size[1], im.size[0]
+        except Exception as e:  # PIL raises many types for broken files
+            raise DataError(f"{self.name}: {self.sample_id(i)}: unreadable image {self.image_path(i)}: {e}") from None
+
+    def load_image(self, i: int):
+        return read_image(self.image_path(i), f"{self.name}: {self.sample_id(i)}")
+
+    def load_target(self, i: int) -> int:
+        return self.samples[i].label
+
+    def classes_present(self, i: int) -> set[int]:
+        return {self.samples[i].label}
+
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
+        problems = list(self.found)
+        if not self.samples:
+            problems.append(f"{self.name}: empty split ({self.split})")
+        for s in self.samples if check_files else ():
+            if not s.path.is_file():
+                problems.append(f"{self.name}: {s.id}: image file not found: {s.path}")
+                continue
+            broken = image_decode_problem(s.path) if deep else ("JPEG data ends early" if truncated_jpeg(s.path) else None)
+            if broken:
+                problems.append(f"{self.name}: {s.id}: truncated or corrupt image {s.path}: {broken}")
+        return problems
+
+
+@SOURCES.register("imagefolder")
+class ImageFolderSource(SampleSource):
+    @staticmethod
+    def classes(data_cfg) -> list[str]:
+        if data_cfg.classes:
+            return list(data_cfg.classes)
+        folder = data_cfg.split_path("train") or data_cfg.split_path("val")
+        if folder is None or not folder.is_dir():
+            raise ConfigError(f"data.train: imagefolder class folders not found at {folder} (or give data.classes)")
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    @staticmethod
+    def read(data_cfg, folder: Path, split: str, classes: list[str]):
+        if not folder.is_dir():
+            raise DataError(f"data.{split}: folder not found: {folder}")
+        if split == "test":
+            return [Sample(p, None, None, p.relative_to(folder).as_posix()) for p in images_under(folder)], []
+        samples, problems = [], []
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if sub.name not in classes:
+                problems.append(f"{sub}: folder {sub.name!r} is not a class (classes: {', '.join(classes)})")
+                continue
+            for p in images_under(sub):
+                samples.append(Sample(p, classes.index(sub.name), None, p.relative_to(folder).as_posix()))
+        return samples, problems
+
+
+@SOURCES.register("csv")
+class CsvSource(SampleSource):
+    @staticmethod
+    def classes(data_cfg) -> list[str]:
+        if data_cfg.classes:
+            return list(data_cfg.classes)
+        path = data_cfg.split_path("train")
+        if path is None:
+            raise ConfigError("data.classes: the csv format needs data.classes or a data.train CSV to read the labels from")
+        col = data_cfg.label_column
+        values = sorted({r[col].strip() for r in read_csv_rows(path, (col,))})
+        if values and all(v.isdigit() for v in values):
+            return [str(i) for i in range(max(int(v) for v in values) + 1)]
+        return values
+
+    @staticmethod
+    def read(data_cfg, path: Path, split: str, classes: list[str], path_column=None, label_column=None):
+        path_column, label_column = path_column or data_cfg.path_column, label_column or data_cfg.label_column
+        labelled = split != "test"
+        rows = read_csv_rows(path, (path_column,) + ((label_column,) if labelled else ()))
+        samples, problems = [], []
+        for line, row in enumerate(rows, start=2):
+            rel = (row[path_column] or "").strip()
+            if not rel:
+                problems.append(f"{path}: line {line}: empty {path_column}")
+                continue
+            label = None
+            if labelled:
+                label = class_index(row[label_column] or "", classes) if (row[label_column] or "").strip() else None
+                if label is None:
+                    what = "empty label" if not (row[label_column] or "").strip() else f"label {row[label_column]!r} is not a class (classes: {', '.join(classes[:8])}...)"
+                    problems.append(f"{path}: line {line}: {what}")
+                    continue
+            group = (row.get(data_cfg.group_column) or "").strip() or None if data_cfg.group_column else None
+            samples.append(Sample(data_cfg.resolve(rel), label, group, rel))
+        return samples, problems
+
+
+@SOURCES.register("maskstatus")
+class MaskStatusSource(SampleSource):
+    @staticmethod
+    def classes(data_cfg) -> list[str]:
+        names = maskstatus.class_names(data_cfg.age_bounds)
+        if data_cfg.classes and list(data_cfg.classes) != names:
+            raise ConfigError("data.classes: the maskstatus classes are fixed by the encoding; leave data.classes empty")
+        return names
+
+    @staticmethod
+    def facets(data_cfg) -> dict[str, tuple[int, ...]]:
+        return maskstatus.FACETS
+
+    @staticmethod
+    def read(data_cfg, folder: Path, split: str, classes: list[str]):
+        if split == "test":
+            return MaskStatusSource._read_eval(folder)
+        bounds = data_cfg.age_bounds
+        images = folder / "images"
+        if not images.is_dir():
+            raise DataError(f"data.{split}: {images}: folder not found (expected <split>/images/<id>_<gender>_<race>_<age>/)")
+        table = folder / "train.csv"
+        if table.is_file():
+            rows = [(r["path"].strip(), r.get("gender"), r.get("age"), f"{table}: line {i}")
+                    for i, r in enumerate(read_csv_rows(table, ("path",)), start=2)]
+        else:  # the folder names carry everything
+            rows = [(p.name, None, None, str(p)) for p in sorted(images.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        samples, problems = [], []
+        for name, gender, age, where in rows:
+            try:
+                person, folder_gender, folder_age = maskstatus.parse_person(name)
+                gender = (gender or folder_gender).strip()
+                age = int(str(age if age not in (None, "") else folder_age).strip())
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+                continue
+            if not (images / name).is_dir():
+                problems.append(f"{where}: person folder not found: {images / name}")
+                continue
+            # Hidden files (macOS `._mask1.jpg` forks were in the real data) are not images.
+            files = {p.stem: p for p in (images / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")}
+            missing = [k for k in maskstatus.MASK_KINDS if k not in files]
+            if missing:
+                problems.append(f"{images / name}: missing image(s) {', '.join(missing)}")
+            for kind in maskstatus.MASK_KINDS:
+                if kind not in files:
+                    continue
+                try:
+                    label = maskstatus.label_of(kind, gender, age, bounds)
+                except ValueError as e:
+                    problems.append(f"{where}: {e}")
+                    break
+                samples.append(Sample(files[kind], label, person, f"{name}/{files[kind].name}"))
+        return samples, problems
+
+    @staticmethod
+    def _read_eval(folder: Path):
+        table = folder / "info.csv"
+        rows = read_csv_rows(table, ("ImageID",))
+        samples, problems, seen = [], [], set()
+        for line, row in enumerate(rows, start=2):
+            image_id = row["ImageID"].strip()
+            if image_id in seen:
+                problems.append(f"{table}: line {line}: duplicate ImageID {image_id!r}")
+            seen.add(image_id)
+            samples.append(Sample(folder / "images" / image_id, None, None, image_id))
+        return samples, problems
+
+
+class LabelledCsv(SampleSource):
+    """An extra labelled set for classification (`data.extra_train`, e.g. `seglab pseudo`'s
+    output): a CSV with `path` (relative to data.root) and `label` (a class name) columns."""
+
+    def __init__(self, data_cfg, path: Path, labels: LabelSpec):
+        self.labels, self.split, self.name = labels, "train", str(path)
+        self.cache_key = (self.name,)
+        self.samples, self.found = CsvSource.read(data_cfg.model_copy(update={"group_column": None}), path, "train",
+                                                  list(labels.classes), "path", "label")
+        self.has_targets = True

@@ -1,0 +1,357 @@
+"""COCO segmentation files (competition A): read, check, rasterise, and the `coco` source.
+
+Masks are rasterised once per (annotation file content, label spec, paint order) and
+cached (`seglab.data.cache`), so polygons are never re-rasterised epoch after epoch: class
+maps for the multiclass task, C x H x W bit-packed masks for the multilabel one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from seglab.data.bitmasks import BitmaskCache, rasterise_coco_multilabel
+from seglab.data.cache import ArrayCache, default_cache_dir
+from seglab.data.images import read_image
+from seglab.data.labels import LabelSpec, resolve_coco_labels
+from seglab.data.sources import SOURCES
+from seglab.errors import ConfigError, DataError
+from seglab.io import read_json
+
+PAINT_ORDERS = ("area_desc", "annotation_order", "class_index")
+MAX_SIDE = 65535  # larger than any real image; beyond it a size is a typo, not a photo
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class CocoFile:
+    path: Path
+    root: Path
+    images: list[dict]
+    annotations: dict[int, list[dict]]  # image id -> its annotations, in file order
+    categories: list[dict]
+    content_hash: str
+    has_annotations: bool  # test files have no 'annotations' key at all
+
+    def record(self, index: int) -> dict:
+        return self.images[index]
+
+    def where(self, image: dict) -> str:
+        return f"{self.path.name}: image {image.get('id')} ({image.get('file_name')!r})"
+
+
+def _load_json(path: Path) -> tuple[dict, bytes]:
+    doc, data = read_json(path, "annotation file")
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: the top level must be an object with images/annotations/categories")
+    return doc, data
+
+
+def _records(doc: dict, key: str, path: Path, required: bool) -> list[dict]:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise DataError(f"{path}: missing '{key}' list")
+        return []
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise DataError(f"{path}: '{key}' must be a list of objects")
+    return value
+
+
+def read_coco(path: str | Path, root: str | Path) -> CocoFile:
+    """Parse a COCO file; structural problems that make it unusable raise DataError at once."""
+    path = Path(path)
+    doc, data = _load_json(path)
+    images = _records(doc, "images", path, required=True)
+    categories = _records(doc, "categories", path, required=False)
+    anns = _records(doc, "annotations", path, required=False)
+    for i, img in enumerate(images):
+        for key, kind in (("id", int), ("file_name", str), ("height", int), ("width", int)):
+            if not isinstance(img.get(key), kind) or isinstance(img.get(key), bool):
+                raise DataError(f"{path.name}: images[{i}] (id {_short(img.get('id'))}): '{key}' missing or not {kind.__name__}")
+        if not (0 < img["height"] <= MAX_SIDE and 0 < img["width"] <= MAX_SIDE):
+            raise DataError(f"{path.name}: image {img['id']}: implausible size {img['height']}x{img['width']} (height and width must be 1..{MAX_SIDE})")
+    for i, cat in enumerate(categories):
+        if not _is_int(cat.get("id")):
+            raise DataError(f"{path.name}: categories[{i}]: 'id' missing or not an integer")
+    by_image: dict[int, list[dict]] = {}
+    for i, ann in enumerate(anns):
+        if not _is_int(ann.get("image_id")):
+            raise DataError(f"{path.name}: annotations[{i}] (id {_short(ann.get('id'))}): 'image_id' missing or not an integer")
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return CocoFile(path, Path(root), images, by_image, categories, hashlib.sha1(data).hexdigest(), "annotations" in doc)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True, deep: bool = False) -> list[str]:
+    """Every problem found, one line each, naming the file, the record and what is wrong.
+
+    `deep` decodes every image fully (finds truncated or corrupt files of any format;
+    slower). Without it, images are opened for their size and JPEGs checked for an end.
+    """
+    from PIL import Image
+
+    from seglab.data.images import image_decode_problem, truncated_jpeg
+
+    problems: list[str] = []
+    name = coco.path.name
+    if not coco.images:
+        problems.append(f"{name}: empty split (no images)")
+    cat_seen: set[int] = set()
+    for i, cat in enumerate(coco.categories):
+        if cat["id"] in cat_seen:
+            problems.append(f"{name}: categories[{i}]: duplicate category id {cat['id']}")
+        cat_seen.add(cat["id"])
+    seen: dict[int, int] = {}
+    for i, img in enumerate(coco.images):
+        if img["id"] in seen:
+            problems.append(f"{name}: images[{i}]: duplicate image id {img['id']} (also images[{seen[img['id']]}])")
+        seen[img["id"]] = i
+        if not check_files:
+            continue
+        file = coco.root / img["file_name"]
+        if not file.is_file():
+            problems.append(f"{coco.where(img)}: image file not found: {file}")
+            continue
+        try:
+            with Image.open(file) as im:
+                w, h = im.size
+        except Exception as e:  # PIL raises many types for broken files
+            problems.append(f"{coco.where(img)}: unreadable image {file}: {e}")
+            continue
+        if (h, w) != (img["height"], img["width"]):
+            problems.append(f"{coco.where(img)}: image is {h}x{w} but the record says {img['height']}x{img['width']}")
+            continue
+        broken = image_decode_problem(file) if deep else ("JPEG data ends early" if truncated_jpeg(file) else None)
+        if broken:
+            problems.append(f"{coco.where(img)}: truncated or corrupt image {file}: {broken}")
+
+    known_cats = {c["id"] for c in coco.categories}
+    images_by_id = {img["id"]: img for img in coco.images}
+    ann_ids: set = set()
+    for image_id, anns in coco.annotations.items():
+        img = images_by_id.get(image_id)
+        for ann in anns:
+            ann_id = ann.get("id")
+            where = f"{name}: annotation {_short(ann_id)} (image {image_id})"
+            if isinstance(ann_id, (int, str)):
+                if ann_id in ann_ids:
+                    problems.append(f"{where}: duplicate annotation id")
+                ann_ids.add(ann_id)
+            if img is None:
+                problems.append(f"{where}: image id {image_id} is not in 'images'")
+                continue
+            cat = ann.get("category_id")
+            if not _is_int(cat) or cat not in known_cats:
+                problems.append(f"{where}: unknown category id {_short(cat)} (known: {sorted(known_cats)})")
+            elif labels is not None and cat not in labels.source_to_class:
+                problems.append(f"{where}: category id {cat} has no class in the label map")
+            problem = segmentation_problem(ann.get("segmentation"), img["height"], img["width"])
+            if problem:
+                problems.append(f"{where}: {problem}")
+    return problems
+
+
+def segmentation_problem(seg, height: int, width: int) -> str | None:
+    """Why a COCO `segmentation` value cannot be rasterised on a height x width image, or None.
+
+    Everything pycocotools would choke on (or crash in C on: RLE counts that overrun the
+    mask, vertices absurdly far away) is caught here first.
+    """
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list"
+        inside = False
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+                return f"polygon {k} is not a list of numbers"
+            if len(poly) % 2:
+                return f"polygon {k} has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"polygon {k} has {len(poly) // 2} points (needs at least 3)"
+            if not all(isinstance(v, int) or math.isfinite(v) for v in poly):
+                return f"polygon {k} has a non-finite coordinate"
+            xs, ys = poly[0::2], poly[1::2]
+            # Outside is common (annotation tools overshoot); ten image sizes away is a broken value, and
+            # pycocotools would allocate memory for every pixel of the way there.
+            m = 10 * max(height, width) + 1000
+            if min(xs) < -m or max(xs) > width + m or min(ys) < -m or max(ys) > height + m:
+                far = next((x, y) for x, y in zip(xs, ys) if not (-m <= x <= width + m and -m <= y <= height + m))
+                return f"polygon {k} has a vertex far outside the {height}x{width} image: {_short(far)}"
+            if max(xs) >= 0 and min(xs) <= width and max(ys) >= 0 and min(ys) <= height:
+                inside = True
+        if not inside:
+            return f"polygon lies entirely outside the {height}x{width} image"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            return "RLE without a valid 'size' [height, width]"
+        if list(size) != [height, width]:
+            return f"RLE size {size} differs from the image size [{height}, {width}]"
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and v >= 0 for v in counts):
+                return "uncompressed RLE counts must be non-negative integers"
+            if sum(counts) != height * width:
+                return f"RLE counts sum to {sum(counts)}, not height*width = {height * width}"
+        elif isinstance(counts, str) and counts:
+            runs = decode_rle_string(counts)
+            if runs is None:
+                return "compressed RLE 'counts' is not a valid COCO RLE string"
+            if any(v < 0 for v in runs) or sum(runs) != height * width:
+                return f"compressed RLE decodes to runs summing to {sum(runs)}, not height*width = {height * width}"
+        else:
+            return "RLE 'counts' must be a non-empty string or a list of integers"
+        return None
+    return f"segmentation must be a polygon list or an RLE object, got {type(seg).__name__}"
+
+
+def decode_rle_string(text: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString), or None
+    when it is not one. pycocotools does not check: bad runs overrun its buffer in C."""
+    runs: list[int] = []
+    p, n = 0, len(text)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n or k >= 7:  # 7 chars hold 35 bits: more than any run; beyond, C's shifts overflow
+                return None
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def annotation_mask(seg, height: int, width: int) -> np.ndarray:
+    """One annotation as a boolean [H, W] mask (polygons, uncompressed or compressed RLE)."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def paint_sequence(anns: list[dict], masks: list[np.ndarray], classes: list[int], order: str) -> list[int]:
+    """Indices of annotations in the order they are painted; later ones win overlapping pixels."""
+    idx = list(range(len(anns)))
+    if order == "area_desc":
+        # Large first, so small objects lying on large ones stay visible (the common fix).
+        areas = [int(m.sum()) for m in masks]
+        return sorted(idx, key=lambda i: -areas[i])
+    if order == "class_index":  # the higher class index wins
+        return sorted(idx, key=lambda i: classes[i])
+    if order == "annotation_order":
+        return idx
+    raise ValueError(f"unknown paint order {order!r}")
+
+
+def mask_dtype(labels: LabelSpec):
+    return np.uint8 if max(labels.ignore_index, labels.num_classes - 1) <= 255 else np.uint16
+
+
+def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
+    """The class map of image `index`: background 0, one class per pixel by `paint_order`."""
+    img = coco.images[index]
+    h, w = img["height"], img["width"]
+    anns = coco.annotations.get(img["id"], [])
+    mask = np.zeros((h, w), dtype=mask_dtype(labels))
+    masks, classes = [], []
+    for ann in anns:
+        problem = segmentation_problem(ann.get("segmentation"), h, w)
+        if problem:
+            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): {problem}")
+        cat = ann.get("category_id")
+        if not _is_int(cat) or cat not in labels.source_to_class:
+            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): unknown category id {_short(cat)}")
+        masks.append(annotation_mask(ann["segmentation"], h, w))
+        classes.append(labels.source_to_class[cat])
+    for i in paint_sequence(anns, masks, classes, paint_order):
+        mask[masks[i]] = classes[i]
+    return mask
+
+
+@SOURCES.register("coco")
+class CocoSource:
+    """A COCO JSON split; sample ids are the images' `file_name`s, in file order."""
+
+    targets = ("class_map", "binary_masks")
+
+    def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
+        path = data_cfg.split_path(split)
+        if path is None:
+            raise ConfigError(f"data.{split} is not set in the config")
+        self.coco: CocoFile = read_coco(path, data_cfg.root)
+        self.name = str(path)
+        self.labels = labels
+        self.paint_order = data_cfg.paint_order
+        self.has_targets = self.coco.has_annotations
+        if labels is not None:
+            cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
+            self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order)
+            self.cache = ArrayCache(cache_dir, f"masks/{path.stem}", *self.cache_key)
+            self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint())
+
+    @staticmethod
+    def resolve_labels(data_cfg) -> LabelSpec:
+        split = next((s for s in ("train", "val", "test") if getattr(data_cfg, s)), None)
+        if split is None:
+            raise ConfigError("data: give at least one of data.train / data.val / data.test")
+        coco = read_coco(data_cfg.split_path(split), data_cfg.root)
+        if not coco.categories:
+            raise DataError(f"{coco.path}: no 'categories' to build the class list from")
+        return resolve_coco_labels(data_cfg, coco.categories, coco.path.name)
+
+    def __len__(self) -> int:
+        return len(self.coco.images)
+
+    def sample_id(self, i: int) -> str:
+        return self.coco.images[i]["file_name"]
+
+    def group(self, i: int) -> str | None:
+        return None
+
+    def image_path(self, i: int) -> Path:
+        return self.coco.root / self.coco.images[i]["file_name"]
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        img = self.coco.images[i]
+        return img["height"], img["width"]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return read_image(self.image_path(i), self.coco.where(self.coco.images[i]), self.original_size(i))
+
+    def load_target(self, i: int) -> np.ndarray:
+        if self.labels.target == "binary_masks":  # C x H x W booleans, one channel per class
+            return self.bitmask_cache.get(self.sample_id(i), lambda: rasterise_coco_multilabel(self.coco, i, self.labels))
+        return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
+
+    def classes_present(self, i: int) -> set[int]:
+        """The classes of image i's annotations, read without rasterising anything."""
+        anns = self.coco.annotations.get(self.coco.images[i]["id"], [])
+        return {self.labels.source_to_class.get(a.get("category_id"), self.labels.ignore_index) for a in anns}
+
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
+        return validate_coco(self.coco, self.labels, check_files, deep)

@@ -1,0 +1,123 @@
+"""Label-map PNGs: an image folder and a folder of label PNGs (one class index per
+pixel), matched by file stem; optional split list files of stems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seglab.data.cache import file_stamp
+from seglab.data.images import IMAGE_EXTENSIONS, image_decode_problem, read_image, truncated_jpeg
+from seglab.data.labels import LabelSpec, resolve_value_labels
+from seglab.data.sources import SOURCES
+from seglab.data.sources.coco import mask_dtype
+from seglab.errors import DataError
+
+
+@SOURCES.register("labelmap")
+class LabelMapSource:
+    """Images in `image_dir`, one label PNG per image in `mask_dir` with the same stem.
+
+    A split is a text file of stems (one per line) or null for every image found.
+    """
+
+    targets = ("class_map", "binary_masks")
+    unset_split_is_everything = True
+
+    def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
+        root = Path(data_cfg.root)
+        self.image_dir, self.mask_dir = root / data_cfg.image_dir, root / data_cfg.mask_dir
+        if not self.image_dir.is_dir():
+            raise DataError(f"{self.image_dir}: image folder not found (data.image_dir)")
+        images = {p.stem: p for p in sorted(self.image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+        list_path = data_cfg.split_path(split)
+        self.name = str(list_path or self.image_dir)
+        if list_path is None:
+            stems = sorted(images)
+        else:
+            if not list_path.is_file():
+                raise DataError(f"{list_path}: split list not found (data.{split})")
+            stems = [s.strip() for s in list_path.read_text().splitlines() if s.strip() and not s.startswith("#")]
+            stems = [Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems]
+        missing = [s for s in stems if s not in images]
+        if missing:
+            raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
+        self.stems = stems
+        self.images = images
+        self.labels = labels
+        self.has_targets = self.mask_dir.is_dir()
+        if labels is not None:
+            self.lut = self._lookup_table(labels)
+            self.cache_key = (str(self.mask_dir.resolve()), labels.fingerprint())
+
+    @staticmethod
+    def resolve_labels(data_cfg) -> LabelSpec:
+        return resolve_value_labels(data_cfg)
+
+    def _lookup_table(self, labels: LabelSpec) -> np.ndarray:
+        # Unlisted PNG values map to a sentinel so a stray value is reported, not silently trained on.
+        self.invalid = 65535
+        lut = np.full(65536, self.invalid, dtype=np.uint16)
+        for value, cls in labels.source_to_class.items():
+            lut[value] = cls
+        return lut
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def sample_id(self, i: int) -> str:
+        return self.images[self.stems[i]].name
+
+    def image_path(self, i: int) -> Path:
+        return self.images[self.stems[i]]
+
+    def mask_path(self, i: int) -> Path:
+        return self.mask_dir / f"{self.stems[i]}.png"
+
+    def original_size(self, i: int) -> tuple[int, int]:
+        from PIL import Image
+
+        with Image.open(self.image_path(i)) as im:
+            return im.size[1], im.size[0]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return read_image(self.image_path(i), f"{self.name}: {self.stems[i]}")
+
+    def group(self, i: int) -> str | None:
+        return None
+
+    def target_stamp(self, i: int) -> str:
+        return file_stamp(self.mask_path(i))
+
+    def load_target(self, i: int) -> np.ndarray:
+        path = self.mask_path(i)
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise DataError(f"{self.name}: {self.stems[i]}: label file missing or unreadable: {path}")
+        if raw.ndim == 3:
+            raise DataError(f"{path}: label map has {raw.shape[2]} channels; expected one class index per pixel")
+        mask = self.lut[raw]
+        if (mask == self.invalid).any():
+            bad = sorted(set(np.unique(raw[mask == self.invalid]).tolist()))[:5]
+            raise DataError(f"{path}: pixel values {bad} are not in data.mask_value_map / classes")
+        mask = mask.astype(mask_dtype(self.labels))
+        if self.labels.target == "binary_masks":  # one channel per class; ignore has none
+            return np.stack([mask == c for c in range(self.labels.num_classes)])
+        return mask
+
+    def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
+        problems = [] if self.stems else [f"{self.name}: empty split (no images)"]
+        for i, stem in enumerate(self.stems if check_files else []):
+            files = [self.image_path(i)]
+            if self.has_targets:
+                if not self.mask_path(i).is_file():
+                    problems.append(f"{self.name}: {stem}: label file not found: {self.mask_path(i)}")
+                else:
+                    files.append(self.mask_path(i))
+            for file in files:
+                broken = image_decode_problem(file) if deep else ("JPEG data ends early" if truncated_jpeg(file) else None)
+                if broken:
+                    problems.append(f"{self.name}: {stem}: truncated or corrupt image {file}: {broken}")
+        return problems

@@ -1,0 +1,174 @@
+"""Probabilities of one run or an ensemble, batch by batch, and what is made of them:
+dataset-level scores (`evaluate`) and final predictions (`predictions`, for writers and
+pseudo-labels).
+
+Every member predicts the same images, read from one *reference* dataset (the first
+member's config, a k-fold's base config, or `--data`), each at its own input size and
+normalisation, with its own TTA and sliding window; its probabilities are resized to the
+reference batch (segmentation) and averaged with the weights. The decision and the
+post-processing are the first member's (its task, its tuned thresholds). Everything
+streams: one batch of probabilities per member is alive at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from seglab.config import load_config
+from seglab.core.loaders import eval_loader
+from seglab.data import build_dataset, resolve_labels
+from seglab.data.dataset import LabDataset
+from seglab.data.transforms import build_transform
+from seglab.errors import SeglabError
+from seglab.inference.ensemble import Member
+from seglab.inference.tta import tta_probs
+
+AMP = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16": torch.float16, "16-mixed": torch.float16}
+
+
+@dataclass
+class Prediction:
+    id: str
+    image_path: Path
+    probs: torch.Tensor   # [C, H, W] at the image's original size (segmentation) or [C]
+    output: np.ndarray    # the decision after post-processing: class map, C x H x W masks, or a class index
+
+
+@torch.no_grad()
+def member_probs(member: Member, images: torch.Tensor) -> torch.Tensor:
+    """One member's probabilities for uint8 images on its device: AMP as trained (CUDA),
+    tile by tile when its sliding window is on, averaged over its TTA views."""
+    run = member.run
+    module, task, cfg = run.module, run.task, run.cfg
+    dtype = AMP.get(cfg.trainer.precision)
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=x.device.type == "cuda" and dtype is not None):
+            if cfg.sliding_window.enabled:
+                from seglab.inference.sliding import sliding_window_from_config
+
+                return sliding_window_from_config(lambda t: task.probabilities(module(t)), x, cfg.sliding_window).float()
+            return task.probabilities(module(x)).float()
+
+    return tta_probs(plain, images, member.tta)
+
+
+def reference(members: list[Member], data_config: str | Path | None = None):
+    """The config the images (and targets) are read from, and its class list."""
+    if data_config is None:
+        return members[0].run.cfg, members[0].run.labels
+    path = Path(data_config)
+    cfg = load_config(path / "config.yaml" if path.is_dir() else path)
+    labels = resolve_labels(cfg)
+    if list(labels.classes) != list(members[0].run.labels.classes):
+        raise SeglabError(f"{path}: its classes {list(labels.classes)} differ from the runs' {list(members[0].run.labels.classes)}")
+    return cfg, labels
+
+
+def _view_key(cfg) -> str:
+    """What decides how a run reads an image: its resize and eval transforms."""
+    return json.dumps([cfg.data.image_size, [s.model_dump() for s in cfg.augment.eval]])
+
+
+@torch.no_grad()
+def stream(members: list[Member], split: str, data_config=None, with_targets: bool = False,
+           batch_size: int | None = None) -> Iterator[tuple[dict, torch.Tensor, LabDataset]]:
+    """(reference batch, weighted mean probabilities on the first member's device, reference dataset).
+
+    Dense probabilities are at the reference batch's size (its data.image_size, else the
+    images' own)."""
+    ref_cfg, ref_labels = reference(members, data_config)
+    ref = build_dataset(ref_cfg, split, ref_labels, train=False, with_targets=with_targets)
+    loader = lambda dataset: eval_loader(dataset, ref_cfg, batch_size=batch_size)  # noqa: E731
+    # Members that read the images alike share one stream of batches.
+    ref_key = _view_key(ref_cfg)
+    streams = {}
+    for m in members:
+        key = _view_key(m.run.cfg)
+        if key != ref_key and key not in streams:
+            view = LabDataset(ref.source, build_transform(m.run.cfg.augment, m.run.cfg.data.image_size, False), False)
+            streams[key] = iter(loader(view))
+    total_weight = sum(m.weight for m in members)
+    first = members[0].run
+    for ref_batch in loader(ref):
+        size = tuple(ref_batch["image"].shape[-2:])
+        views = {key: next(s) for key, s in streams.items()}
+        views[ref_key] = ref_batch
+        mean = None
+        for m in members:
+            if m.weight == 0:
+                continue
+            p = member_probs(m, views[_view_key(m.run.cfg)]["image"].to(m.run.device)).to(first.device)
+            p = first.task.resize(p, size) * (m.weight / total_weight)
+            mean = p if mean is None else mean.add_(p)
+        yield ref_batch, mean, ref
+
+
+def final_output(run, probs: torch.Tensor) -> np.ndarray:
+    """One image's probabilities [1, C, ...] -> its decision after post-processing (numpy):
+    a class map [H, W], C x H x W booleans, or a class index."""
+    pred = run.task.decide(probs, run.thresholds)[0]
+    if pred.dim() == 2:
+        pred = pred.to(torch.uint8 if run.labels.num_classes <= 256 else torch.int32)
+    return run.task.postprocess(pred.cpu().numpy(), run.cfg, run.labels)
+
+
+def resolution(cfg, original_size: bool) -> str:
+    if original_size:
+        return "original size of each image"
+    return f"{cfg.data.image_size[0]}x{cfg.data.image_size[1]} (data.image_size)" if cfg.data.image_size else "each image's own size"
+
+
+@torch.no_grad()
+def evaluate(members: list[Member], split: str = "val", data_config=None, original_size: bool = False,
+             batch_size: int | None = None) -> tuple[dict, object]:
+    """The dataset-level scores of the (weighted) probabilities on a labelled split, and the
+    metric object: at the dataset's resolution (as validation scores), or with
+    `original_size` against the original targets, scoring exactly what `predict` writes.
+    The decision, tuned thresholds and post-processing apply."""
+    run = members[0].run
+    ref_cfg, labels = reference(members, data_config)
+    metric = run.task.metric(labels, run.device)
+    count = 0
+    for batch, probs, dataset in stream(members, split, data_config, True, batch_size):
+        count += len(batch["id"])
+        if original_size:
+            for j, index in enumerate(batch["index"].tolist()):
+                p = at_original_size(run, probs[j : j + 1], dataset.source, index)
+                pred = torch.as_tensor(final_output(run, p))[None].to(run.device)
+                gt = torch.as_tensor(np.asarray(dataset.source.load_target(index)))[None].to(run.device)
+                metric.update(pred, gt)
+            continue
+        pred = run.task.decide(probs, run.thresholds)
+        if run.cfg.postprocess.morphology:
+            pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels)) for p in pred]).to(run.device)
+        metric.update(pred, batch["target"].to(run.device))
+    scores = metric.compute(list(labels.classes))
+    scores.update(split=split, images=count, resolution=resolution(ref_cfg, original_size),
+                  members=[m.name for m in members], weights=[m.weight for m in members],
+                  tta=[m.tta.model_dump() for m in members][0] if len({json.dumps(m.tta.model_dump()) for m in members}) == 1 else "per member")
+    if run.thresholds is not None:
+        scores["thresholds"] = dict(zip(labels.classes, run.thresholds.tolist()))
+        scores["thresholds_from"] = run.thresholds_source
+    return scores, metric
+
+
+@torch.no_grad()
+def predictions(members: list[Member], split: str = "test", data_config=None, batch_size: int | None = None) -> Iterator[Prediction]:
+    """One Prediction per image, in split order, at the image's original size."""
+    run = members[0].run
+    for batch, probs, dataset in stream(members, split, data_config, False, batch_size):
+        for j, index in enumerate(batch["index"].tolist()):
+            p = at_original_size(run, probs[j : j + 1], dataset.source, index)
+            yield Prediction(batch["id"][j], dataset.source.image_path(index), p[0], final_output(run, p))
+
+
+def at_original_size(run, probs: torch.Tensor, source, index: int) -> torch.Tensor:
+    """Dense probabilities [1, C, h, w] resized to the image's original size (others as they are)."""
+    return run.task.resize(probs, source.original_size(index)) if probs.dim() == 4 else probs

@@ -1,0 +1,76 @@
+"""Test-time augmentation: predict several views of a batch, average in probability space.
+
+A view is a scale and a flip (`tta.flips`, `tta.scales`; `--flips/--scales/--no-tta` on
+every command that predicts). Dense (segmentation) probabilities are flipped back and
+resized to the input size before averaging; per-image ones (classification) are averaged
+as they are. TTA wraps any "images -> probabilities" function and returns the same
+shape. Only one batch's views are alive at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+
+from seglab.config import TTAConfig
+from seglab.errors import ConfigError
+
+ProbFn = Callable[[torch.Tensor], torch.Tensor]
+
+FLIP_DIMS = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
+
+
+def parse_tta(flips: str | None, scales: str | None, base: TTAConfig | None = None, off: bool = False) -> TTAConfig:
+    """A TTAConfig from CLI text (`--flips h,v --scales 0.75,1,1.25`) over a run's own."""
+    if off:
+        return TTAConfig()
+    cfg = (base or TTAConfig()).model_copy()
+    update = {}
+    if flips is not None:
+        update["flips"] = [f.strip() for f in flips.split(",") if f.strip() and f.strip() != "none"]
+    if scales is not None:
+        try:
+            update["scales"] = [float(s) for s in scales.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--scales {scales!r}: expected comma-separated numbers, e.g. 0.75,1,1.25") from None
+    try:
+        return TTAConfig.model_validate({**cfg.model_dump(), **update})
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = "--flips" if first["loc"] and first["loc"][0] == "flips" else "--scales"
+        raise ConfigError(f"{flag}: {first['msg'].removeprefix('Value error, ')} (flips: h, v, hv or none)") from None
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def tta_probs(prob_fn: ProbFn, images: torch.Tensor, tta: TTAConfig | None) -> torch.Tensor:
+    """The mean of `prob_fn` over the TTA views of `images` [B, 3, H, W], as [B, C, H, W].
+
+    Scaled views are bilinear resizes of the image (as float, 0-255); their outputs
+    are resized back to H x W before averaging.
+    """
+    if tta is None or not tta.enabled:
+        return prob_fn(images)
+    size = tuple(images.shape[-2:])
+    total = None
+    views = tta.views()
+    for scale, flip in views:
+        x = images
+        if scale != 1.0:
+            x = _resize(images, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+        if flip:
+            x = torch.flip(x, FLIP_DIMS[flip])
+        p = prob_fn(x)
+        if p.dim() == images.dim():  # dense output: back to the plain view's pixels
+            if flip:
+                p = torch.flip(p, FLIP_DIMS[flip])
+            p = _resize(p, size)
+        total = p if total is None else total.add_(p)
+    return total / len(views)

@@ -1,0 +1,32 @@
+"""Submission writers: one registry, one signature, for every task.
+
+A writer is `writer(predictions, out, context) -> rows written`: `predictions` streams
+`seglab.inference.predict.Prediction`s (id, image path, probabilities, decided output)
+one image at a time, in split order; `context` holds the run's classes and config and
+the split. Every file is written through a temporary file and renamed, so a crash leaves
+no partial file. The task says which formats it can write (`task.writers`).
+
+    segmentation.py    coco_csv (competition A), png
+    rle.py             rle (competition B: image_name,class,rle)
+    classification.py  maskstatus (competition C info.csv), id_label, probs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seglab.registry import Registry
+
+WRITERS = Registry("submission format")
+
+
+@dataclass
+class WriteContext:
+    classes: list[str]
+    cfg: object  # the reference config: data layout, submission.size
+    split: str
+
+
+from seglab.submission import classification, rle, segmentation  # noqa: E402,F401  (register)
+
+__all__ = ["WRITERS", "WriteContext"]

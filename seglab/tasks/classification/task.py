@@ -1,0 +1,160 @@
+"""Image classification: one class per image, softmax, argmax, macro F1 from one
+confusion matrix.
+
+One training step, in order: normalise on the device -> optional mixup/cutmix (timm) ->
+backbone features -> head (with the ArcFace margin for the true class when the head is
+arcface) -> loss; plus, when on, the consistency loss on a weak and a strong view of
+unlabelled images.
+"""
+
+from __future__ import annotations
+
+from seglab.core.task import TASKS, Task
+
+
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    name = "classification"
+    target = "class"
+    scalar_metrics = ("macro_f1", "accuracy", "mean_class_accuracy")
+    per_class_key = "per_class_f1"
+    per_class_log = "val_f1"
+    default_monitor = "macro_f1"
+    loss_targets = "index"
+    allowed_losses = ("ce", "focal")
+    writers = ("id_label", "maskstatus", "probs")
+
+    def defaults(self, cfg):
+        fmt = "maskstatus" if cfg.data.format == "maskstatus" else "id_label"
+        return {"model.arch": "classifier", "eval.monitor": self.default_monitor, "submission.format": fmt}
+
+    def config_problems(self, cfg) -> list[str]:
+        problems = super().config_problems(cfg)
+        if cfg.data.image_size is None:
+            problems.append("data.image_size: classification batches need one input size, e.g. [224, 224]")
+        if cfg.sliding_window.enabled:
+            problems.append("sliding_window.enabled: a classifier sees the whole image; turn it off")
+        if cfg.augment.batch:
+            problems.append("augment.batch: mixes masks (segmentation); classification mixes with classification.mixup_alpha / cutmix_alpha")
+        return problems
+
+    def preflight_problems(self, cfg) -> list[str]:
+        from seglab.errors import SeglabError
+        from seglab.tasks.classification.models import CLASSIFIERS
+        from seglab.tasks.classification.uda import check_views
+
+        problems = check_views(cfg) if cfg.classification.uda.weight > 0 else []
+        try:
+            CLASSIFIERS.get(cfg.model.arch, "model.arch")
+        except SeglabError as e:
+            problems.append(str(e))
+        return problems
+
+    # ------------------------------------------------------------ labels, model, step
+
+    def adapt_labels(self, spec):
+        return spec
+
+    def build_model(self, cfg, labels):
+        from seglab.tasks.classification.models import build_classifier
+
+        return build_classifier(cfg, labels.num_classes)
+
+    def batch_augment(self, cfg, labels):
+        c = cfg.classification
+        if c.mixup_alpha <= 0 and c.cutmix_alpha <= 0:
+            return None
+        from timm.data import Mixup
+
+        return Mixup(mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha, prob=c.mix_prob,
+                     switch_prob=c.mix_switch_prob, mode="batch", num_classes=labels.num_classes)
+
+    def training_loss(self, module, batch):
+        unlabelled = batch.get("unlabelled")
+        labelled = batch.get("labelled", batch)
+        x, target = module.normalise(labelled["image"]), labelled["target"]
+        pairs = [(target, 1.0)]
+        if module.batch_augment is not None:
+            # timm's batch mixing, in place: x <- lam * x + (1 - lam) * x.flip(0) (or a pasted box for
+            # cutmix, lam corrected to the box's area). The loss mixes the same way over both targets,
+            # so class weights, label smoothing, focal and the ArcFace margin all stay per target.
+            lam = float(module.batch_augment._mix_batch(x))
+            pairs = [(target, lam), (target.flip(0), 1.0 - lam)]
+        encoder, head = module.net("encoder"), module.model.head
+        features = encoder(x)
+        loss = sum(w * module.criterion(head(features, t), t) for t, w in pairs if w > 0)
+        if unlabelled is not None:
+            import torch
+
+            from seglab.tasks.classification.uda import consistency_loss
+
+            uda = module.cfg.classification.uda
+            with torch.no_grad():
+                weak = head(encoder(module.normalise(unlabelled["weak"])))
+            strong = head(encoder(module.normalise(unlabelled["strong"])))
+            loss_u, kept = consistency_loss(weak, strong, uda.temperature, uda.threshold)
+            loss = loss + uda.weight * loss_u
+            size = x.shape[0]
+            module.log("train/uda_loss", loss_u, on_step=True, on_epoch=False, batch_size=size)
+            module.log("train/uda_kept", kept, on_step=True, on_epoch=False, batch_size=size)
+        return loss
+
+    def unlabelled_dataset(self, cfg, labels):
+        if cfg.classification.uda.weight <= 0:
+            return None
+        from seglab.tasks.classification.uda import unlabelled_dataset
+
+        return unlabelled_dataset(cfg)
+
+    # ------------------------------------------------------------ decisions, metric
+
+    def probabilities(self, logits):
+        return logits.float().softmax(1)
+
+    def decide(self, probs, thresholds=None):
+        return probs.argmax(1)
+
+    def metric(self, labels, device=None):
+        from seglab.metrics.f1 import ClassificationConfusion
+
+        return ClassificationConfusion(labels.num_classes, labels.facets, device)
+
+    def metric_names(self, labels):
+        return self.scalar_metrics + tuple(f"{facet}_accuracy" for facet in labels.facets)
+
+    def format_table(self, scores, title=""):
+        from seglab.metrics.f1 import format_table
+
+        return format_table(scores, title)
+
+    def history_extra(self, metric) -> dict:
+        return {"confusion_matrix": metric.mat.cpu().tolist()}
+
+    def visualizer(self, cfg, labels, run_dir):
+        from seglab.visualization.gallery import ClassificationVisualizer
+
+        return ClassificationVisualizer(run_dir, labels.classes, cfg.logging.viz_every_n_epochs, cfg.logging.viz_worst_k)
+
+    def write_pseudo_labels(self, predictions, out, ref_cfg, labels, threshold, min_confident, thresholds=None) -> dict:
+        """`path,label,confidence` for images whose top probability reaches `threshold`; paths
+        relative to data.root when they lie under it (what `data.extra_train` reads back)."""
+        from pathlib import Path
+
+        from seglab.inference.pseudo import relative_file_name
+        from seglab.io import atomic_open
+
+        out = Path(out)
+        path = out if out.suffix == ".csv" else out / "pseudo.csv"
+        seen = kept = 0
+        with atomic_open(path, "w", newline="") as f:
+            f.write("path,label,confidence\n")
+            for _, image_path, probs in predictions:
+                seen += 1
+                confidence, top = (float(v) for v in probs.max(0))
+                if confidence < threshold:
+                    continue
+                name = relative_file_name(image_path, Path(ref_cfg.data.root)).replace('"', '""')
+                f.write(f'"{name}","{labels.classes[int(top)]}",{confidence:.4f}\n')
+                kept += 1
+        return {"threshold": threshold, "images_seen": seen, "images_kept": kept, "images_dropped": seen - kept,
+                "path": str(path.resolve())}

@@ -1,0 +1,73 @@
+"""Multi-label segmentation (competition B): C x H x W boolean masks (classes overlap),
+sigmoid, a threshold per class, the competition's Dice per image and class."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from seglab.core.task import TASKS
+from seglab.errors import ConfigError
+from seglab.tasks.segmentation import SegmentationTask, is_background
+
+
+@TASKS.register("multilabel")
+class MultilabelTask(SegmentationTask):
+    name = "multilabel"
+    target = "binary_masks"
+    scalar_metrics = ("dice",)
+    per_class_key = "per_class_dice"
+    per_class_log = "val_dice"
+    default_monitor = "dice"
+    loss_targets = "binary"
+    writers = ("rle", "png")
+
+    def defaults(self, cfg):
+        return {**super().defaults(cfg), "loss": [{"name": "bce_dice"}]}
+
+    def adapt_labels(self, spec):
+        """One channel per class; a multi-class Background has none (it is "no channel on").
+
+        Source labels mapped to Background or to ignore are dropped (mapped to
+        ignore_index, which the multi-label rasterisers skip): multi-label masks have
+        no ignore value.
+        """
+        from seglab.data.labels import LabelSpec
+
+        if spec.target == self.target:
+            return spec
+        keep = [i for i, c in enumerate(spec.classes) if not is_background(c)]
+        if not keep:
+            raise ConfigError("data.classes: the multilabel task needs at least one class besides Background")
+        new_index = {old: new for new, old in enumerate(keep)}
+        mapping = {src: new_index.get(c, spec.ignore_index) for src, c in spec.source_to_class.items()}
+        return replace(LabelSpec(tuple(spec.classes[i] for i in keep), spec.ignore_index, mapping, self.target), facets=spec.facets)
+
+    def probabilities(self, logits):
+        return logits.float().sigmoid()
+
+    def thresholds(self, cfg, labels):
+        from seglab.inference.postprocess import threshold_vector
+
+        return threshold_vector(cfg.postprocess, labels.classes)
+
+    def decide(self, probs, thresholds=None):
+        """Boolean masks [B, C, H, W]: probability strictly above the class's threshold."""
+        if thresholds is None:
+            return probs > 0.5
+        return probs > thresholds.to(probs.device, probs.dtype).view(1, -1, *([1] * (probs.dim() - 2)))
+
+    def metric(self, labels, device=None):
+        from seglab.metrics.dice import DiceScore
+
+        return DiceScore(labels.num_classes, device=device)
+
+    def format_table(self, scores, title=""):
+        from seglab.metrics.dice import format_dice_table
+
+        return format_dice_table(scores, title)
+
+    def confident_target(self, probs, threshold, labels, thresholds=None):
+        """C x H x W masks (the run's decision) and the share of decisions whose probability is
+        at least `threshold` or at most 1 - `threshold` (multi-label masks have no ignore value)."""
+        confident = (probs >= threshold) | (probs <= 1 - threshold)
+        return self.decide(probs[None], thresholds)[0].cpu().numpy(), float(confident.float().mean())
