@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from seglab.data.synth import make_coco_dataset
+from seglab.data.synth.coco import make_coco_dataset
 
 
 def write_coco(root: Path, name: str, images: list[dict], annotations: list[dict] | None, categories: list[dict],

@@ -11,7 +11,7 @@ import lightning as L
 
 from seglab.config import load_config
 from seglab.data import build_dataset, resolve_labels
-from seglab.training import SegmentationData, SegmentationModule
+from seglab.training import SegmentationData, LabModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def main(data_root: str, out: str, devices: int) -> None:
     ])
     labels = resolve_labels(cfg)
     L.seed_everything(0, verbose=False)
-    module = SegmentationModule(cfg, labels)  # same seed, so the same weights on every rank
+    module = LabModule(cfg, labels)  # same seed, so the same weights on every rank
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,

@@ -32,11 +32,12 @@ from seglab.config import load_config
 from seglab.data import collect_problems
 from seglab.data.coco import read_coco, validate_coco
 from seglab.data.labels import LabelSpec
-from seglab.data.sources import CocoSource, LabelMapSource
-from seglab.data.synth import make_coco_dataset
+from seglab.data.sources.coco import CocoSource
+from seglab.data.sources.labelmap import LabelMapSource
+from seglab.data.synth.coco import make_coco_dataset
 from seglab.errors import CheckpointError, DataError, DataValidationError, SeglabError
 from seglab.inference import evaluate
-from seglab.submission import read_coco_csv, write_coco_csv
+from seglab.submission.segmentation import read_coco_csv, write_coco_csv
 from seglab.training import AtomicCheckpointIO, train
 from tests.conftest import write_coco
 
@@ -454,7 +455,7 @@ def test_out_of_memory_suggests_what_to_change(step, stage, batch_key, tiny_data
     def oom(self, batch, batch_idx):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(training.SegmentationModule, step, oom)
+    monkeypatch.setattr(training.LabModule, step, oom)
     with pytest.raises(SeglabError) as e:
         train(tiny_config(tiny_data), tmp_path / "r")
     msg = str(e.value)

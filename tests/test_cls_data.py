@@ -9,7 +9,7 @@ import pytest
 
 from seglab.classification.data import (build_dataset, load_split, resolve_labels, validate_data,
                                         weighted_sampler)
-from seglab.classification.synth import make_maskstatus_dataset
+from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.config import config_from_dict
 from seglab.errors import DataError
 

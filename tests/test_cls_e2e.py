@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from seglab.classification.inference import evaluate, ensemble_predictions, predict, run_predictions
-from seglab.classification.synth import make_maskstatus_dataset
+from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.classification.training import train
 from seglab.cli import main
 from seglab.config import load_config

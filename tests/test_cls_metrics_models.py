@@ -11,7 +11,7 @@ from seglab.classification.metrics import classification_scores, format_table
 from seglab.classification.models import ArcFaceHead, arcface_logits, classifier, timm_backbone
 from seglab.classification.uda import consistency_loss
 from seglab.errors import ConfigError
-from seglab.metrics import ConfusionMatrix
+from seglab.metrics.confusion import SegmentationConfusion as ConfusionMatrix
 from seglab.optim import OptimConfig, build_optimizer
 
 

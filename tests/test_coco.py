@@ -11,7 +11,7 @@ from seglab.config import DataConfig
 from seglab.data.coco import rasterise, read_coco, validate_coco
 from seglab.data.inspect import inspect_coco
 from seglab.data.labels import LabelSpec, resolve_coco_labels
-from seglab.data.sources import CocoSource
+from seglab.data.sources.coco import CocoSource
 from seglab.errors import ConfigError, DataError
 from tests.conftest import write_coco
 

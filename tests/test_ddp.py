@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from seglab.data.synth import make_coco_dataset
+from seglab.data.synth.coco import make_coco_dataset
 
 HERE = Path(__file__).resolve().parent
 

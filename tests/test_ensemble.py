@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from seglab.cli import main
 from seglab.data import build_dataset
-from seglab.ensemble import Member, evaluate_members, iter_ensemble_predictions, parse_member, resolve_members
+from seglab.inference.ensemble import Member, evaluate_members, iter_ensemble_predictions, parse_member, resolve_members
 from seglab.errors import ConfigError, SeglabError
 from seglab.inference import evaluate, iter_predictions, load_run, predict_probs
-from seglab.submission import read_coco_csv
+from seglab.submission.segmentation import read_coco_csv
 from tests.workflow_helpers import constructed_run, tiny_config
 
 

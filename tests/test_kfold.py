@@ -14,7 +14,7 @@ from seglab.data import build_dataset
 from seglab.errors import SeglabError
 from seglab.inference import load_run, predict_probs
 from seglab.kfold import run_kfold
-from seglab.metrics import ConfusionMatrix
+from seglab.metrics.confusion import SegmentationConfusion as ConfusionMatrix
 from tests.workflow_helpers import tiny_config
 
 

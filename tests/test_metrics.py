@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.metrics import ConfusionMatrix, format_table, segmentation_scores
+from seglab.metrics.confusion import SegmentationConfusion as ConfusionMatrix, format_table, segmentation_scores
 
 
 def test_confusion_matrix_counts_by_hand():

@@ -13,9 +13,9 @@ from seglab.cli import main
 from seglab.config import config_from_dict
 from seglab.data import build_dataset, open_source, resolve_labels, validate_data
 from seglab.data.bitmasks import pack, unpack
-from seglab.data.polygons import PolygonSource
+from seglab.data.sources.polygons import PolygonSource
 from seglab.data.splits import group_folds, read_table, write_folds
-from seglab.data.synth_polygons import make_polygon_dataset
+from seglab.data.synth.polygons import make_polygon_dataset
 from seglab.errors import ConfigError, DataError
 
 from .conftest import write_coco

@@ -10,10 +10,10 @@ import torch
 
 from seglab.cli import main
 from seglab.config import load_config
-from seglab.data.synth_polygons import CLASSES, make_polygon_dataset
+from seglab.data.synth.polygons import CLASSES, make_polygon_dataset
 from seglab.inference import evaluate, iter_predictions
-from seglab.rle import read_rle_csv
-from seglab.training import train
+from seglab.submission.rle import read_rle_csv
+from seglab.core.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError
 from seglab.inference import final_prediction, predict_probs
 from seglab.models.registry import MODELS
-from seglab.sliding import blend_weights, sliding_window, tile_starts
+from seglab.inference.sliding import blend_weights, sliding_window, tile_starts
 from seglab.tasks import get_task
-from seglab.training import SegmentationModule, check_checkpoint_meta
+from seglab.core.module import LabModule, check_checkpoint_meta
 
 
 class PixelModel(nn.Module):
@@ -76,7 +76,7 @@ def module_for(task: str, sliding: bool, **post):
     cfg = config_from_dict(raw)
     labels = LabelSpec(("a", "b", "c"), 255, {}, task) if task == "multilabel" else LabelSpec(("Background", "a", "b"), 255, {}, task)
     torch.manual_seed(0)
-    return SegmentationModule(cfg, labels).eval()
+    return LabModule(cfg, labels).eval()
 
 
 @pytest.mark.parametrize("task", ["multiclass", "multilabel"])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.dice import DICE_EPS, DiceScore, dice_per_image
-from seglab.postprocess import PostprocessConfig, clean_mask, fill_holes, largest_component, postprocess, threshold_vector
+from seglab.metrics.dice import DICE_EPS, DiceScore, dice_per_image
+from seglab.inference.postprocess import PostprocessConfig, clean_mask, fill_holes, largest_component, postprocess, threshold_vector
 from seglab.tasks import get_task
-from seglab.thresholds import ThresholdSearch
+from seglab.inference.thresholds import ThresholdSearch
 
 EPS = DICE_EPS
 

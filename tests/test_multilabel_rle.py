@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from seglab.cli import main
 from seglab.errors import DataError
-from seglab.rle import decode_rle, encode_rle, iter_rle_csv, read_rle_csv, write_rle_csv
+from seglab.submission.rle import decode_rle, encode_rle, iter_rle_csv, read_rle_csv, write_rle_csv
 from seglab.submission import WRITERS
 
 

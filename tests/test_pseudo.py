@@ -12,11 +12,11 @@ from seglab.config import config_from_dict
 from seglab.data import build_dataset, check_data, resolve_labels
 from seglab.data.extra import extra_labels
 from seglab.data.coco import read_coco
-from seglab.data.sources import CocoSource
-from seglab.ensemble import Member, iter_member_probs
+from seglab.data.sources.coco import CocoSource
+from seglab.inference.ensemble import Member, iter_member_probs
 from seglab.errors import DataError
-from seglab.pseudo import class_map_annotations, confident_class_map, write_pseudo_labels
-from seglab.training import train
+from seglab.inference.pseudo import class_map_annotations, confident_class_map, write_pseudo_labels
+from seglab.core.training import train
 from tests.workflow_helpers import constructed_run, tiny_config
 
 

@@ -11,7 +11,7 @@ from seglab.cli import main
 from seglab.config import load_config
 from seglab.data.batch_augment import BatchAugmentations, build_batch_augment
 from seglab.data.sampling import WeightedEpochSampler
-from seglab.training import train
+from seglab.core.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = "augment.batch=[{name: cutmix, p: 0.5}, {name: copy_paste, p: 1.0, classes: [star, ring], hflip_p: 0.5, translate: 0.2}]"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from seglab.report import write_report
-from seglab.visualization import save_png
+from seglab.visualization.figures import save_png
 
 CLASSES = ["Background", "cat", "dog"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from seglab.data.synth import make_coco_dataset
+from seglab.data.synth.coco import make_coco_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL_AT_STEP = 6  # epoch 1, second of its four batches

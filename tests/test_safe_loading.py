@@ -71,8 +71,8 @@ def test_checkpoint_with_code_is_refused_not_run(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_with_code(tmp_path):
-    from seglab.data.synth import make_coco_dataset
-    from seglab.training import train
+    from seglab.data.synth.coco import make_coco_dataset
+    from seglab.core.training import train
 
     make_coco_dataset(tmp_path / "data", n_train=2, n_val=1, n_test=1, size=32, seed=0)
     marker = tmp_path / "code-ran"

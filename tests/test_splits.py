@@ -7,10 +7,10 @@ import pytest
 
 from seglab.config import config_from_dict
 from seglab.data import resolve_labels
-from seglab.data.sources import CocoSource
+from seglab.data.sources.coco import CocoSource
 from seglab.errors import ConfigError, DataError
 from seglab.kfold import make_split_files
-from seglab.splits import class_presence, group_keys, make_folds
+from seglab.data.splits import class_presence, group_keys, make_folds
 from tests.conftest import write_coco
 
 CATS = [{"id": 1, "name": "common"}, {"id": 2, "name": "medium"}, {"id": 3, "name": "rare"}, {"id": 4, "name": "rarer"}]

@@ -11,8 +11,8 @@ from seglab.cli import main
 from seglab.config import load_config
 from seglab.errors import SeglabError
 from seglab.inference import evaluate, iter_predictions
-from seglab.submission import read_coco_csv
-from seglab.training import train
+from seglab.submission.segmentation import read_coco_csv
+from seglab.core.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from seglab.config import Config
 from seglab.data import resolve_labels
 from seglab.errors import ConfigError
 from seglab.inference import evaluate, predict_probs
-from seglab.training import SegmentationModule
+from seglab.core.module import LabModule
 from seglab.tta import TTAConfig, parse_tta, tta_probs
 from tests.workflow_helpers import constructed_run, tiny_config
 
@@ -30,7 +30,7 @@ def symmetric_conv_net(num_classes: int) -> nn.Module:
 @pytest.fixture
 def equivariant_module(synth_root):
     cfg = tiny_config(synth_root)
-    module = SegmentationModule(cfg, resolve_labels(cfg))
+    module = LabModule(cfg, resolve_labels(cfg))
     module.model = symmetric_conv_net(module.labels.num_classes)
     return module.eval()
 

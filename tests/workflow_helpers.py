@@ -1,6 +1,6 @@
-"""Shared by the k-fold / TTA / ensemble / pseudo-label tests: tiny configs and
-*constructed* runs (a run folder whose checkpoint holds a freshly built model, no
-training), so equalities can be checked in seconds."""
+"""Shared by the workflow tests: tiny configs and *constructed* runs (a run folder whose
+checkpoint holds a freshly built model, no training), so equalities can be checked in
+seconds."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from seglab.config import load_config, to_yaml
+from seglab.core.module import LabModule
 from seglab.data import resolve_labels
 from seglab.io import write_json, write_text
-from seglab.training import SegmentationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def constructed_run(run_dir: Path, cfg, seed: int = 0) -> Path:
     """A run folder (config.yaml, labels.json, checkpoints/best.ckpt) holding an untrained model."""
     labels = resolve_labels(cfg)
     torch.manual_seed(seed)
-    module = SegmentationModule(cfg, labels)
+    module = LabModule(cfg, labels)
     write_text(run_dir / "config.yaml", to_yaml(cfg))
     write_json(run_dir / "labels.json", labels.to_json())
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
