@@ -43,7 +43,7 @@ clean:
 
 # The README's config reference is generated from the schema (a test checks it is current).
 readme-config: $(STAMP)
-	$(BIN)/python -m seglab.config --update-readme README.md
+	$(BIN)/python -m seglab.config.reference --update-readme README.md
 
 # Competition-B example: multi-label polygons, thresholds tuned on val, an RLE submission.
 .PHONY: demo-multilabel

@@ -6,7 +6,7 @@ Rows, for each model (UNet-ResNet34 and FCN-8s by default):
   plain loop fp32        the same loop in fp32 without channels_last
   naive course-style     fp32 loop fed by a course-style Dataset: float32 images and
                          pycocotools annToMask for every annotation, every epoch
-  seglab train           `seglab.training.train` end to end: real JPEGs and COCO masks
+  seglab train           `seglab.core.training.train` end to end: real JPEGs and COCO masks
                          from disk, augmentation, optimiser step, logging; on a GPU with
                          trainer.precision=bf16, channels_last and compile
 `ratio` is img/s over the ceiling row of the same model. Peak GPU memory per row.
@@ -121,7 +121,7 @@ class StepTimer:
 
 
 def seglab_train(model_key, device, size, batch, steps, warmup, workers, classes_unused) -> dict:
-    import seglab.training as training
+    import seglab.core.training as training
     from seglab.config import load_config
 
     arch, encoder = MODELS[model_key]

@@ -19,13 +19,14 @@ class DataError(SeglabError):
 
 
 class DataValidationError(DataError):
-    """Several data problems found at once; `problems` holds one line per problem."""
+    """Several problems (config, data, output folder) found at once before any work starts;
+    `problems` holds one line per problem."""
 
     def __init__(self, problems: list[str], max_shown: int = 20):
         self.problems = list(problems)
         shown = self.problems[:max_shown]
         more = len(self.problems) - len(shown)
-        lines = [f"{len(self.problems)} data problem(s) found:"] + [f"  - {p}" for p in shown]
+        lines = [f"{len(self.problems)} problem(s) found:"] + [f"  - {p}" for p in shown]
         if more:
             lines.append(f"  ... and {more} more (run `seglab data validate CONFIG` for the full list)")
         super().__init__("\n".join(lines))

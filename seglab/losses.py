@@ -330,25 +330,38 @@ def _params_of(builder: Callable) -> list[str]:
     return [p for p in inspect.signature(builder).parameters if p not in _BUILDER_ARGS]
 
 
-def validate_loss_specs(specs, targets: str, where: str = "loss") -> None:
-    """Check names, parameter names, weights and target support; needs no data (the preflight runs it)."""
+def loss_problems(specs, targets: str, where: str = "loss") -> list[str]:
+    """Every problem of the loss terms: names, parameter names, weights, target support
+    (needs no data: the preflight lists them all before training)."""
     if targets not in TARGETS:
-        raise ConfigError(f"{where}: unknown target kind {targets!r} (known: {', '.join(TARGETS)})")
+        return [f"{where}: unknown target kind {targets!r} (known: {', '.join(TARGETS)})"]
     if not specs:
-        raise ConfigError(f"{where}: at least one loss is needed")
+        return [f"{where}: at least one loss is needed"]
+    problems = []
     for i, spec in enumerate(specs):
         at = f"{where}[{i}]"
-        builder = LOSSES.get(spec.name, where=f"{at}.name")
+        try:
+            builder = LOSSES.get(spec.name, where=f"{at}.name")
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
         accepted = _params_of(builder)
         for key in spec.params:
             if key not in accepted:
                 close = difflib.get_close_matches(key, accepted, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f" (accepted: {', '.join(accepted) or 'none'})"
-                raise ConfigError(f"{at}.{key}: unknown parameter for loss {builder.loss_name!r}{hint}")
+                problems.append(f"{at}.{key}: unknown parameter for loss {builder.loss_name!r}{hint}")
         if not spec.weight > 0 or not math.isfinite(spec.weight):
-            raise ConfigError(f"{at}.weight: must be > 0, got {spec.weight}")
+            problems.append(f"{at}.weight: must be > 0, got {spec.weight}")
         if targets not in builder.targets:
-            raise ConfigError(f"{at}: {_unsupported(builder.loss_name, targets, builder.targets)}")
+            problems.append(f"{at}: {_unsupported(builder.loss_name, targets, builder.targets)}")
+    return problems
+
+
+def validate_loss_specs(specs, targets: str, where: str = "loss") -> None:
+    problems = loss_problems(specs, targets, where)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 class CombinedLoss(nn.Module):

@@ -104,7 +104,7 @@ def runs_table(root) -> str:
         rel = run.relative_to(root).as_posix() if run != root else "."
         what = f"{monitor} (OOF)" if metrics.get("source") == "out-of-fold" else (monitor or "-")
         rows.append((rel, str(config.get("task", "-")), _model_name(config), what,
-                     _number(metrics.get(monitor)) if monitor else "-", _number(metrics.get("epoch")),
+                     _number(metrics.get(monitored_key(metrics))) if monitor else "-", _number(metrics.get("epoch")),
                      created.strftime("%Y-%m-%d %H:%M")))
     if len(rows) == 1:
         return f"no runs under {root}"
@@ -115,8 +115,15 @@ def runs_table(root) -> str:
 def scalar_scores(metrics: Mapping) -> list[str]:
     """The numeric entries of a metrics.json, monitored one first."""
     keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_SCORES]
-    monitor = metrics.get("monitor")
+    monitor = monitored_key(metrics)
     return sorted(keys, key=lambda k: k != monitor)
+
+
+def monitored_key(metrics: Mapping) -> str | None:
+    """The metrics.json entry holding the monitored score: its "monitor", except that a run
+    monitoring the loss (eval.monitor: loss) records it as val_loss."""
+    monitor = metrics.get("monitor")
+    return "val_loss" if monitor == "loss" and "loss" not in metrics else monitor
 
 
 def per_class_scores(metrics: Mapping) -> dict[str, Mapping]:

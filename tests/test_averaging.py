@@ -6,7 +6,8 @@ from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from seglab.averaging import EMA_RAW_KEY, AveragingConfig, EMACallback, build_averaging_callbacks
+from seglab.averaging import EMA_RAW_KEY, EMACallback, build_averaging_callbacks
+from seglab.config.schema import AveragingConfig
 from seglab.errors import ConfigError
 
 W0, LR, DECAY, STEPS_PER_EPOCH = 1.0, 0.1, 0.9, 4

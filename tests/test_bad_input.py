@@ -26,19 +26,22 @@ import pytest
 import torch
 
 import seglab.io
-from seglab import training
+import seglab.losses
 from seglab.cli import main
-from seglab.config import load_config
+from seglab.config import config_from_dict, load_config
+from seglab.core import training
+from seglab.core.checkpoints import AtomicCheckpointIO
+from seglab.core.run import load_run
+from seglab.core.training import train
 from seglab.data import collect_problems
-from seglab.data.coco import read_coco, validate_coco
 from seglab.data.labels import LabelSpec
-from seglab.data.sources.coco import CocoSource
+from seglab.data.sources.coco import CocoSource, read_coco, validate_coco
 from seglab.data.sources.labelmap import LabelMapSource
 from seglab.data.synth.coco import make_coco_dataset
 from seglab.errors import CheckpointError, DataError, DataValidationError, SeglabError
-from seglab.inference import evaluate
+from seglab.inference.predict import Prediction
+from seglab.submission import WriteContext
 from seglab.submission.segmentation import read_coco_csv, write_coco_csv
-from seglab.training import AtomicCheckpointIO, train
 from tests.conftest import write_coco
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +205,7 @@ def labelmap(tmp_path, mask_values: np.ndarray | None):
     if problems:
         raise DataValidationError(problems)
     source = LabelMapSource(cfg.data, "train", labels)
-    source.load_mask(0)
+    source.load_target(0)
 
 
 @dataclass
@@ -333,7 +336,7 @@ def test_checkpoint_from_another_class_count_or_model(tiny_run, tmp_path):
     fewer = dict(ckpt, seglab=dict(ckpt["seglab"], classes=["Background", "disc", "square"]))
     torch.save(fewer, tmp_path / "fewer.ckpt")
     with pytest.raises(CheckpointError) as e:
-        evaluate(tiny_run, "val", str(tmp_path / "fewer.ckpt"))
+        main_raising(["evaluate", str(tiny_run), "--checkpoint", str(tmp_path / "fewer.ckpt"), "--device", "cpu"])
     assert f"{tmp_path / 'fewer.ckpt'}: trained for 3 classes" in str(e.value) and "the config has 7" in str(e.value)
 
     other = dict(ckpt, seglab=dict(ckpt["seglab"], arch="Unet", encoder="resnet34"))
@@ -345,8 +348,9 @@ def test_checkpoint_from_another_class_count_or_model(tiny_run, tmp_path):
     bare = {"state_dict": dict(ckpt["state_dict"], **{head: torch.zeros((3,) + tuple(ckpt["state_dict"][head].shape[1:]))})}
     torch.save(bare, tmp_path / "bare.ckpt")
     with pytest.raises(CheckpointError) as e:
-        evaluate(tiny_run, "val", str(tmp_path / "bare.ckpt"))
+        load_run(tiny_run, str(tmp_path / "bare.ckpt"), device="cpu")  # what evaluate, predict and ensemble load through
     assert f"bare.ckpt: {head}: shape (3," in str(e.value) and "in the model (another model or class count?)" in str(e.value)
+    assert main(["evaluate", str(tiny_run), "--checkpoint", str(tmp_path / "bare.ckpt"), "--device", "cpu"]) == 2
 
 
 def main_raising(argv):
@@ -375,20 +379,25 @@ def test_resume_with_another_model_or_classes(tiny_run, tmp_path, capsys):
 # ------------------------------------------------------------- submission
 
 
+def prediction(image_id: str, output: np.ndarray) -> Prediction:
+    return Prediction(image_id, Path(image_id), torch.zeros(1), output)
+
+
 def test_submission_rows_are_checked_against_the_test_split(tmp_path):
     ids = ["a/1.jpg", "a/2.jpg", "b/3.jpg"]
-    preds = [(i, np.zeros((8, 8), np.uint8)) for i in ids]
+    preds = [prediction(i, np.zeros((8, 8), np.uint8)) for i in ids]
+    ctx = WriteContext(["Background", "paper"], config_from_dict({"submission": {"size": [4, 4]}}), "test")
     cases = [
         (preds[:2], r"sub.csv: 2 rows, the test split has 3 images; missing e.g. \['b/3.jpg'\]"),
-        (preds + [("c/4.jpg", preds[0][1])], r"sub.csv: 4 rows, the test split has 3 images; not in the test split e.g. \['c/4.jpg'\]"),
+        (preds + [prediction("c/4.jpg", preds[0].output)], r"sub.csv: 4 rows, the test split has 3 images; not in the test split e.g. \['c/4.jpg'\]"),
         ([preds[1], preds[0], preds[2]], r"sub.csv: line 2: image 'a/2.jpg' is out of order \(expected 'a/1.jpg'\)"),
-        ([preds[0], preds[1], ("z.jpg", preds[0][1])], r"sub.csv: line 4: image 'z.jpg' is not in the test split"),
+        ([preds[0], preds[1], prediction("z.jpg", preds[0].output)], r"sub.csv: line 4: image 'z.jpg' is not in the test split"),
     ]
     for rows, message in cases:
-        write_coco_csv(rows, tmp_path / "sub.csv", (4, 4))
+        assert write_coco_csv(rows, tmp_path / "sub.csv", ctx) == len(rows)
         with pytest.raises(DataError, match=message):
             read_coco_csv(tmp_path / "sub.csv", (4, 4), expected_ids=ids)
-    write_coco_csv(preds, tmp_path / "sub.csv", (4, 4))
+    write_coco_csv(preds, tmp_path / "sub.csv", ctx)
     assert list(read_coco_csv(tmp_path / "sub.csv", (4, 4), expected_ids=ids)) == ids
     text = (tmp_path / "sub.csv").read_text().splitlines()
     (tmp_path / "sub.csv").write_text("\n".join(text[:2] + [text[2] + " 0"] + text[3:] + [text[1]]) + "\n")
@@ -416,8 +425,8 @@ class NaNOnCall(torch.nn.Module):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    build = training.build_loss
-    monkeypatch.setattr(training, "build_loss", lambda *a, **k: NaNOnCall(build(*a, **k), 3))
+    build = seglab.losses.build_loss  # what the task's build_loss calls
+    monkeypatch.setattr(seglab.losses, "build_loss", lambda *a, **k: NaNOnCall(build(*a, **k), 3))
     saved = []
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", record_saves(AtomicCheckpointIO.save_checkpoint, saved))
     run = tmp_path / "r"

@@ -7,10 +7,16 @@ import cv2
 import numpy as np
 import pytest
 
-from seglab.classification.data import (build_dataset, load_split, resolve_labels, validate_data,
-                                        weighted_sampler)
-from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.config import config_from_dict
+from seglab.data import (
+    build_dataset,
+    check_data,
+    open_source,
+    resolve_labels,
+    validate_data,
+)
+from seglab.data.sources.maskstatus import label_of
+from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.errors import DataError
 
 
@@ -26,25 +32,39 @@ def cls_config(root, **data):
         "format": "maskstatus", "root": str(root), "train": "train", "test": "eval", "image_size": [32, 32], **data}})
 
 
-def persons(split):
-    return {s.group for s in split.samples}
+def load_split(cfg, split, labels):
+    return open_source(cfg, split, labels)
+
+
+def ids(source):
+    return [source.sample_id(i) for i in range(len(source))]
+
+
+def persons(source):
+    return {source.group(i) for i in range(len(source))}
+
+
+def targets(source):
+    return [source.load_target(i) for i in range(len(source))]
 
 
 @pytest.mark.parametrize("n_splits", [3, 5])
 def test_person_level_folds_never_leak_a_person(mask_root, n_splits):
     all_persons, val_union = None, []
     for fold in range(n_splits):
-        cfg = cls_config(mask_root, classification={"n_splits": n_splits, "fold": fold})
+        cfg = config_from_dict({"task": "classification", "kfold": {"folds": n_splits}, "data": {
+            "format": "maskstatus", "root": str(mask_root), "train": "train", "test": "eval", "image_size": [32, 32],
+            "fold": fold}})
         labels = resolve_labels(cfg)
         train, val = load_split(cfg, "train", labels), load_split(cfg, "val", labels)
         assert not persons(train) & persons(val), "a person is on both sides"
-        assert len(train.samples) + len(val.samples) == 15 * 7
+        assert len(train) + len(val) == 15 * 7
         all_persons = all_persons or persons(train) | persons(val)
         assert persons(train) | persons(val) == all_persons
         val_union.append(persons(val))
         # all seven images of a person stay together
         for group in persons(val):
-            assert sum(s.group == group for s in val.samples) == 7
+            assert sum(val.group(i) == group for i in range(len(val))) == 7
     assert set().union(*val_union) == all_persons and sum(map(len, val_union)) == len(all_persons)
 
 
@@ -52,14 +72,12 @@ def test_maskstatus_reader_labels_from_folders_and_skips_hidden_files(mask_root)
     cfg = cls_config(mask_root, val="train")  # read the whole train folder as one split
     labels = resolve_labels(cfg)
     split = load_split(cfg, "val", labels)
-    assert not split.problems and len(split.samples) == 15 * 7
+    assert split.problems() == [] and len(split.samples) == 15 * 7
     assert not any(s.path.name.startswith(".") for s in split.samples)
     assert any(s.path.suffix == ".png" for s in split.samples)
     for s in split.samples:
         folder, file = s.id.split("/")
         _, gender, _, age = folder.split("_")
-        from seglab.classification.maskstatus import label_of
-
         assert s.label == label_of(Path(file).stem, gender, int(age))
     test = load_split(cfg, "test", labels)
     with open(mask_root / "eval" / "info.csv") as f:
@@ -69,7 +87,7 @@ def test_maskstatus_reader_labels_from_folders_and_skips_hidden_files(mask_root)
 
 def test_age_bounds_knob_changes_the_labels(mask_root):
     base = cls_config(mask_root, val="train")
-    moved = cls_config(mask_root, val="train", classification={"age_bounds": [30, 40]})
+    moved = cls_config(mask_root, val="train", age_bounds=[30, 40])
     a = load_split(base, "val", resolve_labels(base))
     b = load_split(moved, "val", resolve_labels(moved))
     ages = [int(s.id.split("/")[0].split("_")[-1]) for s in a.samples]
@@ -112,7 +130,7 @@ def test_imagefolder_layout(tmp_path):
     assert sorted((s.id, s.label) for s in train.samples)[:2] == [("cat/0.jpg", 0), ("cat/1.jpg", 0)]
     assert [s.id for s in load_split(cfg, "test", labels).samples] == ["b.jpg", "sub/a.png"]
     item = build_dataset(cfg, "val", labels)[3]
-    assert item["image"].shape == (3, 16, 16) and item["label"].item() == 1
+    assert item["image"].shape == (3, 16, 16) and item["target"].item() == 1
     assert validate_data(cfg, labels) == []
 
 
@@ -128,13 +146,14 @@ def test_csv_layout_with_groups_names_and_indices(tmp_path):
     (tmp_path / "test.csv").write_text("file\nimg/0.jpg\nimg/5.jpg\n")
     cfg = config_from_dict({"task": "classification", "data": {
         "format": "csv", "root": str(tmp_path), "train": "train.csv", "test": "test.csv", "image_size": [16, 16],
-        "classification": {"path_column": "file", "label_column": "cls", "group_column": "person", "n_splits": 3}}})
+        "path_column": "file", "label_column": "cls", "group_column": "person", "fold": 0}, "kfold": {"folds": 3}})
     labels = resolve_labels(cfg)
     assert labels.classes == ("a", "b", "c")
     train, val = load_split(cfg, "train", labels), load_split(cfg, "val", labels)
     assert not persons(train) & persons(val)
-    assert {s.id: s.label for s in train.samples + val.samples}["img/0.jpg"] == 1
-    assert [s.id for s in load_split(cfg, "test", labels).samples] == ["img/0.jpg", "img/5.jpg"]
+    assert len(train) + len(val) == 12 and len(persons(train) | persons(val)) == 6
+    assert dict(zip(ids(train) + ids(val), targets(train) + targets(val)))["img/0.jpg"] == 1
+    assert ids(load_split(cfg, "test", labels)) == ["img/0.jpg", "img/5.jpg"]
     (tmp_path / "train.csv").write_text("file,cls,person\nimg/0.jpg,zebra,p0\nimg/1.jpg,2,p0\n")
     problems = validate_data(cfg, labels, ("train",), check_files=False)
     assert any("line 2: label 'zebra' is not a class" in p for p in problems)
@@ -145,27 +164,30 @@ def test_pseudo_labels_join_the_training_side_only(mask_root, tmp_path):
     pseudo = tmp_path / "pseudo.csv"
     pseudo.write_text("path,label,confidence\n" + "".join(
         f"{p.relative_to(mask_root).as_posix()},{lab},0.99\n" for p, lab in zip(eval_images, ["not_worn/female/<30", "3", "wear/male/<30"])))
-    cfg = cls_config(mask_root, classification={"pseudo_labels": str(pseudo)})
-    plain = cls_config(mask_root)
+    cfg = cls_config(mask_root, extra_train=[str(pseudo)], fold=0)
+    plain = cls_config(mask_root, fold=0)
     labels = resolve_labels(cfg)
     train, base = load_split(cfg, "train", labels), load_split(plain, "train", labels)
-    assert len(train.samples) == len(base.samples) + 3
-    assert [s.label for s in train.samples[-3:]] == [15, 3, 0]
-    assert [s.id for s in load_split(cfg, "val", labels).samples] == [s.id for s in load_split(plain, "val", labels).samples]
+    assert len(train) == len(base) + 3
+    assert targets(train)[-3:] == [15, 3, 0]
+    assert ids(train)[-3:] == [p.relative_to(mask_root).as_posix() for p in eval_images]
+    assert ids(load_split(cfg, "val", labels)) == ids(load_split(plain, "val", labels))
     pseudo.write_text("path,label\neval/images/x.jpg,nope\n")
-    with pytest.raises(DataError, match="data problem"):
-        from seglab.classification.data import check_data
-
+    with pytest.raises(DataError, match="problem"):
         check_data(cfg, labels, ("train",))
 
 
-def test_weighted_sampler_draws_classes_evenly(mask_root):
-    cfg = cls_config(mask_root)
+def test_class_balanced_sampler_draws_classes_evenly(mask_root):
+    from seglab.data.sampling import build_train_sampler
+
+    cfg = cls_config(mask_root, sampler={"name": "class_balanced", "power": 1})
     labels = resolve_labels(cfg)
-    split = load_split(cfg, "train", labels)
-    sampler = weighted_sampler(split, 18, seed=0)
-    counts = np.bincount(split.labels(), minlength=18)
+    dataset = build_dataset(cfg, "train", labels, train=True)
+    sampler = build_train_sampler(dataset, cfg.data.sampler, seed=0)
+    y = np.array(targets(dataset.source))
+    counts = np.bincount(y, minlength=18)
+    assert len(set(counts[counts > 0].tolist())) > 1   # the classes are not balanced to start with
     weights = sampler.weights.numpy()
-    per_class = [weights[split.labels() == c].sum() for c in range(18) if counts[c]]
+    per_class = [weights[y == c].sum() for c in range(18) if counts[c]]
     assert np.allclose(per_class, per_class[0])
-    assert len(list(iter(sampler))) == len(split.samples)
+    assert len(list(iter(sampler))) == len(dataset)

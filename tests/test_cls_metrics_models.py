@@ -7,12 +7,11 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from seglab.classification.metrics import classification_scores, format_table
-from seglab.classification.models import ArcFaceHead, arcface_logits, classifier, timm_backbone
-from seglab.classification.uda import consistency_loss
 from seglab.errors import ConfigError
-from seglab.metrics.confusion import SegmentationConfusion as ConfusionMatrix
+from seglab.metrics.f1 import ClassificationConfusion, classification_scores, format_table
 from seglab.optim import OptimConfig, build_optimizer
+from seglab.tasks.classification.models import ArcFaceHead, arcface_logits, classifier, timm_backbone
+from seglab.tasks.classification.uda import consistency_loss
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -22,7 +21,7 @@ def test_macro_f1_matches_sklearn(seed):
     # Classes 3 and 7 never occur, class 5 is only predicted, class 9 only true.
     true = rng.choice([c for c in range(n) if c not in (3, 7, 5)], 200)
     pred = np.where(rng.random(200) < 0.6, true, rng.choice([c for c in range(n) if c not in (3, 7, 9)], 200))
-    cm = ConfusionMatrix(n)
+    cm = ClassificationConfusion(n)
     for chunk in np.array_split(np.arange(200), 7):  # accumulated over batches, computed once
         cm.update(torch.as_tensor(pred[chunk]), torch.as_tensor(true[chunk]))
     scores = classification_scores(cm.mat, [f"c{i}" for i in range(n)])
@@ -33,6 +32,24 @@ def test_macro_f1_matches_sklearn(seed):
     assert [scores["per_class_f1"][f"c{c}"] for c in present] == pytest.approx(list(per_class), abs=1e-12)
     assert scores["per_class_f1"]["c3"] is None and scores["per_class_f1"]["c5"] == 0.0
     assert "macro F1" in format_table(scores)
+    assert cm.compute([f"c{i}" for i in range(n)]) == scores  # no facets: the plain scores
+
+
+def test_facet_accuracies_count_a_prediction_right_on_each_part_of_the_class():
+    from seglab.data.sources.maskstatus import FACETS, decode
+
+    rng = np.random.default_rng(7)
+    true = rng.integers(0, 18, 300)
+    pred = np.where(rng.random(300) < 0.5, true, rng.integers(0, 18, 300))
+    cm = ClassificationConfusion(18, FACETS)
+    cm.update(torch.as_tensor(pred), torch.as_tensor(true))
+    scores = cm.compute()
+    for i, facet in enumerate(("mask", "gender", "age")):
+        right = [decode(int(t))[i] == decode(int(p))[i] for t, p in zip(true, pred)]
+        assert scores[f"{facet}_accuracy"] == pytest.approx(np.mean(right), abs=1e-12)
+    assert scores["accuracy"] == pytest.approx(accuracy_score(true, pred), abs=1e-12)
+    assert scores["mask_accuracy"] > scores["accuracy"]  # a wrong class can still be right on its mask kind
+    assert "mask accuracy" in format_table(scores)
 
 
 def test_arcface_logits_hand_computed():
@@ -78,7 +95,7 @@ def test_timm_classifier_parts_cover_every_parameter_and_take_encoder_lr():
 
 def test_local_backbone_weights_load_and_unknown_models_are_named(tmp_path):
     from seglab.config import config_from_dict
-    from seglab.classification.models import build_classifier
+    from seglab.tasks.classification.models import build_classifier
 
     donor = timm_backbone("test_resnet")
     torch.save(donor.state_dict(), tmp_path / "w.pth")

@@ -1,17 +1,15 @@
 import json
 from pathlib import Path
 
-import torch
-
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from seglab.config import DataConfig
-from seglab.data.coco import rasterise, read_coco, validate_coco
 from seglab.data.inspect import inspect_coco
 from seglab.data.labels import LabelSpec, resolve_coco_labels
-from seglab.data.sources.coco import CocoSource
+from seglab.data.sources.coco import CocoSource, rasterise, read_coco, validate_coco
 from seglab.errors import ConfigError, DataError
 from tests.conftest import write_coco
 
@@ -126,19 +124,19 @@ def test_mask_cache_is_reused_and_keyed_by_content(tmp_path):
                       [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": square(0, 0, 4, 4)}], CATS)
     cfg = DataConfig(root=str(tmp_path), train="train.json", cache_dir=str(tmp_path / "cache"))
     source = CocoSource(cfg, "train", LABELS)
-    first = source.load_mask(0)
+    first = source.load_target(0)
     cached = source.cache.path(source.sample_id(0))
     assert cached.exists()
     # a cache hit must not rasterise again
     source.coco.annotations.clear()
-    assert np.array_equal(source.load_mask(0), first)
+    assert np.array_equal(source.load_target(0), first)
     # another annotation file content gives another cache folder
     doc = json.loads(path.read_text())
     doc["annotations"][0]["segmentation"] = square(4, 4, 8, 8)
     path.write_text(json.dumps(doc))
     other = CocoSource(cfg, "train", LABELS)
     assert other.cache.dir != source.cache.dir
-    assert not np.array_equal(other.load_mask(0), first)
+    assert not np.array_equal(other.load_target(0), first)
 
 
 # ----------------------------------------------------------------- bad input
@@ -231,6 +229,6 @@ def test_resized_image_cache_gives_the_same_items(synth_root, tmp_path):
     again = [ds[i] for i in range(3)]  # served from the cache now
     assert ds.resized_cache is not None and any(ds.resized_cache.dir.iterdir())
     for a, b, c in zip(plain, first, again):
-        assert a["image"].shape == (3, 48, 40) and a["mask"].shape == (48, 40)
+        assert a["image"].shape == (3, 48, 40) and a["target"].shape == (48, 40)
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["image"], c["image"])
-        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["mask"], c["mask"])
+        assert torch.equal(a["target"], b["target"]) and torch.equal(a["target"], c["target"])

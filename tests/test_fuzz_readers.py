@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from seglab.config import DataConfig
-from seglab.data.coco import PAINT_ORDERS, rasterise, read_coco, validate_coco
 from seglab.data.inspect import inspect_coco
-from seglab.data.labels import resolve_coco_labels
+from seglab.data.labels import LabelSpec, resolve_coco_labels
+from seglab.data.sources.coco import PAINT_ORDERS, rasterise, read_coco, validate_coco
 from seglab.errors import SeglabError
 
 SIZE = 16
@@ -71,9 +71,45 @@ def use_coco(path: Path, root: Path) -> list[str]:
     return problems
 
 
+POLYGON_CLASSES = ["a", "b", "c"]
+
+
+def valid_polygon_json() -> dict:
+    """One image's labels: overlapping polygons, int and float vertices, one overshooting the image."""
+    return {"annotations": [
+        {"label": "a", "points": [[1, 1], [12, 2], [6, 14]]},
+        {"label": "b", "points": [[3.5, 2.0], [11.0, 2.5], [11.0, 9.0], [3.0, 9.0]]},
+        {"label": "c", "points": [[-4, -4], [20, 0], [8, 22]]},
+    ]}
+
+
+def use_polygon_json(path: Path, root: Path) -> list[str]:
+    """Everything the pipeline does with one polygon-JSON label file (data.format=polygons): the
+    file is the label of image `<root>/poly_images/<stem>.png`; its problems."""
+    from seglab.data.sources.polygons import PolygonSource, resolve_polygon_labels
+
+    image = root / "poly_images" / f"{path.stem}.png"
+    if not image.is_file():
+        image.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image), np.full((SIZE, SIZE), 90, np.uint8))
+    (root / f"{path.stem}.txt").write_text(f"{image.name}\n")
+    data = DataConfig(format="polygons", root=str(root), image_dir="poly_images", json_dir=".", train=f"{path.stem}.txt",
+                      classes=POLYGON_CLASSES)
+    labels = resolve_polygon_labels(data)
+    source = PolygonSource(data, "train", labels)
+    assert source.json_path(0) == root / path.name
+    problems = source.problems()
+    if not problems:
+        for target in ("binary_masks", "class_map"):  # multilabel and multiclass read the same file
+            source.labels = LabelSpec(labels.classes, labels.ignore_index, labels.source_to_class, target)
+            mask = source.load_target(0)  # validation passed: this must not fail
+            assert mask.shape[-2:] == (SIZE, SIZE)
+    return problems
+
+
 READERS = {
     "coco": (valid_coco, use_coco),
-    # "polygons": (valid_polygon_json, use_polygon_json),  # TODO(polygons): when data.format=polygons lands
+    "polygons": (valid_polygon_json, use_polygon_json),
 }
 
 
@@ -185,3 +221,18 @@ def test_segmentations_that_used_to_escape_validation(segmentation, image_root):
     path = image_root / "regression.json"
     path.write_text(json.dumps(doc))
     assert "annotation 10 (image 1)" in " ".join(use_coco(path, image_root))
+
+
+@pytest.mark.parametrize("annotation, message", [
+    ({"label": ["a"], "points": [[1, 1], [6, 1], [6, 6]]}, "unknown label ['a']"),  # was a TypeError (unhashable)
+    ({"label": "a", "points": [[1, 1], [6, 1], [10**400, 6]]}, "vertex far outside"),  # was an OverflowError
+    ({"label": "a", "points": [[1, 1], [6, 1], [1e15, 6]]}, "vertex far outside"),  # wrapped around in the int32 cast
+    ({"label": "a", "points": [[1, 1], [6, 1], [2**40, 6]]}, "vertex far outside"),
+])
+def test_polygon_labels_that_used_to_escape_validation(annotation, message, image_root):
+    doc = valid_polygon_json()
+    doc["annotations"][0] = annotation
+    path = image_root / "poly-regression.json"
+    path.write_text(json.dumps(doc))
+    problems = use_polygon_json(path, image_root)
+    assert len(problems) == 1 and "poly-regression.json: annotations[0]" in problems[0] and message in problems[0], problems

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
+from seglab.config import LossSpec
 from seglab.errors import ConfigError
 from seglab.losses import (
     LOSSES,
-    LossSpec,
+    TARGETS,
     auto_class_weights,
     boundary_band,
     build_loss,
@@ -18,8 +19,9 @@ from seglab.losses import (
 IGN = 255
 
 
-def make(name, task="multiclass", num_classes=2, **params):
-    return LOSSES.get(name)(task, num_classes, IGN, **params)
+def make(name, targets="index", num_classes=2, **params):
+    """A loss for class-index targets ("index": multiclass, classification) or 0/1 channels ("binary": multilabel)."""
+    return LOSSES.get(name)(targets, num_classes, IGN, **params)
 
 
 def nll(zs, y):
@@ -120,18 +122,18 @@ def dice_by_hand_multilabel():
 
 
 def test_bce_and_pos_weight():
-    assert make("bce", "multilabel")(ML_LOGITS, ML_TARGET).item() == pytest.approx(bce_by_hand(), rel=1e-6)
-    loss = make("bce", "multilabel", pos_weight=[2.0, 0.5])(ML_LOGITS, ML_TARGET.bool())
+    assert make("bce", "binary")(ML_LOGITS, ML_TARGET).item() == pytest.approx(bce_by_hand(), rel=1e-6)
+    loss = make("bce", "binary", pos_weight=[2.0, 0.5])(ML_LOGITS, ML_TARGET.bool())
     assert loss.item() == pytest.approx(bce_by_hand((2.0, 0.5)), rel=1e-6)
 
 
 def test_focal_multilabel_gamma0_is_bce():
-    assert make("focal", "multilabel", gamma=0)(ML_LOGITS, ML_TARGET).item() == pytest.approx(bce_by_hand(), rel=1e-6)
+    assert make("focal", "binary", gamma=0)(ML_LOGITS, ML_TARGET).item() == pytest.approx(bce_by_hand(), rel=1e-6)
 
 
 def test_dice_multilabel_and_bce_dice():
-    assert make("dice", "multilabel")(ML_LOGITS, ML_TARGET).item() == pytest.approx(dice_by_hand_multilabel(), rel=1e-5)
-    loss = make("bce_dice", "multilabel", bce_weight=0.3, dice_weight=2.0)(ML_LOGITS, ML_TARGET)
+    assert make("dice", "binary")(ML_LOGITS, ML_TARGET).item() == pytest.approx(dice_by_hand_multilabel(), rel=1e-5)
+    loss = make("bce_dice", "binary", bce_weight=0.3, dice_weight=2.0)(ML_LOGITS, ML_TARGET)
     assert loss.item() == pytest.approx(0.3 * bce_by_hand() + 2.0 * dice_by_hand_multilabel(), rel=1e-5)
 
 
@@ -155,7 +157,7 @@ def test_iou_losses_near_zero_when_perfect_and_larger_when_wrong(name):
     assert loss(perfect, target).item() < 1e-4
     assert loss(wrong, target).item() > 0.5
     ml_target = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]]])
-    ml_loss = make(name, "multilabel")
+    ml_loss = make(name, "binary")
     assert ml_loss(20.0 * (2 * ml_target - 1), ml_target).item() < 1e-4
     # smp scores a class with no true pixels as 0 for jaccard, so the wrong case is 1/2 there
     assert ml_loss(-20.0 * (2 * ml_target - 1), ml_target).item() >= 0.5 - 1e-6
@@ -230,11 +232,11 @@ def test_auto_class_weights_inverse_sqrt_frequency():
 def test_auto_class_weights_in_build_loss():
     specs = [LossSpec(name="ce", class_weights="auto")]
     with pytest.raises(ConfigError, match="auto"):
-        build_loss(specs, "multiclass", 2, IGN)
+        build_loss(specs, "index", 2, IGN)
     freqs = torch.tensor([0.8, 0.2])
     w = auto_class_weights(freqs).tolist()
     expected = sum(w[y] * nll(z, y) for z, y in PIXELS) / sum(w[y] for _, y in PIXELS)
-    loss = build_loss(specs, "multiclass", 2, IGN, class_frequencies=freqs)
+    loss = build_loss(specs, "index", 2, IGN, class_frequencies=freqs)
     assert loss(LOGITS, TARGET).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -244,7 +246,7 @@ def test_combined_weights_and_components():
         LossSpec(name="dice", weight=0.5),
         LossSpec(name="ce", weight=2.0, label_smoothing=0.1),
     ]
-    combined = build_loss(specs, "multiclass", 2, IGN)
+    combined = build_loss(specs, "index", 2, IGN)
     total = combined(LOGITS, TARGET)
     parts = combined.last_components
     assert list(parts) == ["ce", "dice", "ce_2"]
@@ -260,29 +262,34 @@ def test_loss_spec_extra_keys_are_params():
 
 def test_validate_unknown_name_suggests_closest():
     with pytest.raises(ConfigError, match=r"loss\[0\]\.name: unknown loss 'dcie'; did you mean 'dice'"):
-        validate_loss_specs([LossSpec(name="dcie")], "multiclass")
+        validate_loss_specs([LossSpec(name="dcie")], "index")
 
 
 def test_validate_unknown_param_suggests_closest():
     specs = [LossSpec(name="ce"), LossSpec(name="focal", gama=2)]
     with pytest.raises(ConfigError) as err:
-        validate_loss_specs(specs, "multiclass")
+        validate_loss_specs(specs, "index")
     assert str(err.value) == "loss[1].gama: unknown parameter for loss 'focal'; did you mean 'gamma'?"
 
 
-def test_validate_weight_and_task():
+def test_validate_weight_and_targets():
     with pytest.raises(ConfigError, match=r"loss\[0\]\.weight"):
-        validate_loss_specs([LossSpec(name="ce", weight=0)], "multiclass")
-    with pytest.raises(ConfigError, match="'bce' does not support task 'multiclass'"):
-        validate_loss_specs([LossSpec(name="bce")], "multiclass")
-    with pytest.raises(ConfigError, match="'ce' does not support task 'multilabel'"):
-        make("ce", "multilabel")
-    validate_loss_specs([LossSpec(name="bce_dice", dice_weight=2), LossSpec(name="lovasz")], "multilabel")
+        validate_loss_specs([LossSpec(name="ce", weight=0)], "index")
+    with pytest.raises(ConfigError) as e:
+        validate_loss_specs([LossSpec(name="ce"), LossSpec(name="bce")], "index")
+    assert str(e.value) == ("loss[1]: loss 'bce' does not take class-index targets (multiclass, classification) "
+                            "(it takes binary masks (multilabel))")
+    with pytest.raises(ConfigError, match=r"^loss 'ce' does not take binary masks \(multilabel\)"):
+        make("ce", "binary")
+    with pytest.raises(ConfigError, match="unknown target kind 'multiclass'"):
+        validate_loss_specs([LossSpec(name="ce")], "multiclass")  # the old task names are not target kinds
+    validate_loss_specs([LossSpec(name="bce_dice", dice_weight=2), LossSpec(name="lovasz")], "binary")
+    validate_loss_specs([LossSpec(name="focal"), LossSpec(name="dice")], "index")
 
 
 def test_bad_param_values_are_config_errors_at_build():
     with pytest.raises(ConfigError, match=r"loss\[0\]: .*class_weights needs 2"):
-        build_loss([LossSpec(name="ce", class_weights=[1.0, 2.0, 3.0])], "multiclass", 2, IGN)
+        build_loss([LossSpec(name="ce", class_weights=[1.0, 2.0, 3.0])], "index", 2, IGN)
     with pytest.raises(ConfigError, match="per-class"):
         make("focal", alpha=0.25)
 
@@ -292,9 +299,11 @@ def test_every_loss_runs_in_bf16_autocast_and_backprops():
     mc_target = torch.randint(0, 3, (2, 8, 8), generator=g)
     mc_target[:, 0] = IGN
     ml_target = torch.randint(0, 2, (2, 3, 8, 8), generator=g).bool()
+    covered = set()
     for name in LOSSES:
-        for task in LOSSES.get(name).tasks:
-            target = mc_target if task == "multiclass" else ml_target
+        for task in LOSSES.get(name).targets:
+            covered.add(task)
+            target = mc_target if task == "index" else ml_target
             logits = torch.randn(2, 3, 8, 8, generator=g).bfloat16().requires_grad_()
             loss = LOSSES.get(name)(task, 3, IGN)
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -304,3 +313,4 @@ def test_every_loss_runs_in_bf16_autocast_and_backprops():
             assert value.dtype == torch.float32, (name, task)
             assert value.item() == pytest.approx(reference.item(), rel=1e-5), (name, task)
             assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0, (name, task)
+    assert covered == set(TARGETS)

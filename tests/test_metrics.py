@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -94,6 +95,28 @@ def test_works_under_deterministic_mode():
         torch.use_deterministic_algorithms(False)
 
 
+def test_state_round_trips_and_summed_states_equal_one_matrix_over_all_parts():
+    """k-fold OOF and shards: summing saved states is the matrix over the union of the data."""
+    rng = np.random.default_rng(2)
+    t = torch.from_numpy(rng.integers(0, 3, (3, 10, 10)))
+    p = torch.from_numpy(rng.integers(0, 3, (3, 10, 10)))
+    t[0, 0, :4] = 255
+    whole = ConfusionMatrix(3, ignore_index=255)
+    whole.update(p, t)
+    summed = ConfusionMatrix(3, ignore_index=255)
+    for i in range(3):
+        part = ConfusionMatrix(3, ignore_index=255)
+        part.update(p[i], t[i])
+        state = json.loads(json.dumps(part.state()))  # what kfold_state.json keeps
+        assert state == {"confusion_matrix": part.mat.tolist()}
+        summed.add_state(state)
+    assert summed.mat.tolist() == whole.mat.tolist()
+    assert int(summed.mat.sum()) == 3 * 100 - 4
+    assert summed.compute(["a", "b", "c"]) == whole.compute(["a", "b", "c"])
+    summed.add_state(whole.state())  # adding is adding: twice the counts, the same scores
+    assert summed.mat.tolist() == (2 * whole.mat).tolist()
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         ConfusionMatrix(2).update(torch.zeros(2, 2), torch.zeros(2, 3))
@@ -107,7 +130,7 @@ def test_table_mentions_every_class_and_marks_absent():
 
 
 def test_best_is_judged_on_the_logged_float32_value():
-    from seglab.training import improves
+    from seglab.core.module import improves
 
     # differs from 0.5 below float32 precision: ModelCheckpoint sees no improvement, so neither may we
     assert not improves(0.5 + 1e-12, 0.5, "max")

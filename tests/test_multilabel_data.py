@@ -14,7 +14,7 @@ from seglab.config import config_from_dict
 from seglab.data import build_dataset, open_source, resolve_labels, validate_data
 from seglab.data.bitmasks import pack, unpack
 from seglab.data.sources.polygons import PolygonSource
-from seglab.data.splits import group_folds, read_table, write_folds
+from seglab.data.splits import make_folds, read_folds, read_table
 from seglab.data.synth.polygons import make_polygon_dataset
 from seglab.errors import ConfigError, DataError
 
@@ -56,12 +56,12 @@ def cfg_for(root, *, task="multilabel", classes=("a", "b", "c"), **data):
 def test_overlapping_polygons_give_overlapping_channels(bones):
     cfg = cfg_for(bones)
     labels = resolve_labels(cfg)
-    assert labels.classes == ("a", "b", "c") and labels.task == "multilabel"
+    assert labels.classes == ("a", "b", "c") and labels.target == "binary_masks"
     ds = build_dataset(cfg, "train", labels)
     assert [ds.source.sample_id(i) for i in range(len(ds))] == ["ID001/img1_L.png", "ID001/img1_R.png"]
     item = ds[0]
     assert item["image"].shape == (3, 20, 24)  # grayscale replicated to 3 channels
-    mask = item["mask"].numpy()
+    mask = item["target"].numpy()
     assert mask.shape == (3, 20, 24) and mask.dtype == bool
     assert mask[0, 2:13, 2:13].all() and mask[0].sum() == 121
     assert mask[1, 8:15, 8:15].all() and mask[1].sum() == 49
@@ -73,11 +73,11 @@ def test_same_polygons_as_multiclass_paint_small_on_top(bones):
     cfg = cfg_for(bones, task="multiclass")
     labels = resolve_labels(cfg)
     assert labels.classes == ("Background", "a", "b", "c")
-    mask = build_dataset(cfg, "train", labels)[0]["mask"].numpy()
+    mask = build_dataset(cfg, "train", labels)[0]["target"].numpy()
     assert mask.shape == (20, 24)
     assert mask[10, 10] == 2 and mask[3, 3] == 1 and mask[0, 0] == 0   # area_desc: small 'b' on top
     cfg = cfg_for(bones, task="multiclass", paint_order="class_index", remap={"b": "ignore"})
-    mask = build_dataset(cfg, "train", resolve_labels(cfg))[0]["mask"].numpy()
+    mask = build_dataset(cfg, "train", resolve_labels(cfg))[0]["target"].numpy()
     assert mask[10, 10] == 255 and mask[3, 3] == 1
 
 
@@ -88,15 +88,15 @@ def test_masks_are_cached_compactly_and_never_rasterised_twice(bones, monkeypatc
     real = PolygonSource.rasterise
     monkeypatch.setattr(PolygonSource, "rasterise", lambda self, *a: calls.append(1) or real(self, *a))
     source = open_source(cfg, "train", labels)
-    first = source.load_mask(0)
-    again = open_source(cfg, "train", labels).load_mask(0)   # a new source (a new epoch / worker)
+    first = source.load_target(0)
+    again = open_source(cfg, "train", labels).load_target(0)   # a new source (a new epoch / worker)
     assert len(calls) == 1 and (first == again).all()
     files = list(source.cache.dir.glob("*.npz"))
     assert len(files) == 1 and (unpack(files[0]) == first).all()
     # editing the label file changes the key: re-rasterised, new content
     path = source.json_path(0)
     path.write_text(json.dumps({"annotations": [{"label": "c", "points": square(0, 0, 5, 5)}]}))
-    changed = open_source(cfg, "train", labels).load_mask(0)
+    changed = open_source(cfg, "train", labels).load_target(0)
     assert len(calls) == 2 and changed[2].sum() == 36 and not changed[0].any()
 
 
@@ -115,7 +115,7 @@ def test_split_forms_list_of_ids_image_paths_and_folders(bones):
     labels = resolve_labels(cfg)
     assert [open_source(cfg, "val", labels).sample_id(i) for i in range(1)] == ["ID002/img2_L.png"]
     test = open_source(cfg, "test", labels)
-    assert test.sample_id(0) == "ID009/t.png" and not test.has_masks
+    assert test.sample_id(0) == "ID009/t.png" and not test.has_targets
     cfg_all = cfg_for(bones, train=".")
     assert len(open_source(cfg_all, "train", labels)) == 3
     (bones / "bad.txt").write_text("ID001\nID404\n")
@@ -157,7 +157,7 @@ def test_coco_as_multilabel_one_channel_per_category(tmp_path):
     cfg = config_from_dict(raw)
     labels = resolve_labels(cfg)
     assert labels.classes == ("cat", "dog")      # Background has no channel; junk merged into it
-    mask = build_dataset(cfg, "train", labels)[0]["mask"].numpy()
+    mask = build_dataset(cfg, "train", labels)[0]["target"].numpy()
     assert mask.shape == (2, 10, 10)
     assert mask[0, 4, 4] and mask[1, 4, 4]       # overlap: both classes
     assert mask[0, 1, 1] and not mask[1, 1, 1]
@@ -167,52 +167,84 @@ def test_coco_as_multilabel_one_channel_per_category(tmp_path):
 def test_group_folds_never_split_a_person():
     rng = np.random.default_rng(0)
     groups = [f"ID{g:03d}" for g in rng.integers(0, 23, 120)]
-    for strata in (None, [("M" if int(g[2:]) % 2 else "F") for g in groups]):
-        fold = group_folds(groups, 5, seed=3, strata=strata)
-        assert set(fold) == set(range(5))
+    sex = np.array([[int(g[2:]) % 2 == 0, int(g[2:]) % 2 == 1] for g in groups], dtype=np.int64)  # one-hot stratum per image
+    for strategy, key in (("group", np.zeros((len(groups), 1), np.int64)), ("stratified_group", sex)):
+        fold = make_folds(key, 5, strategy, seed=3, groups=groups)
+        assert set(fold.tolist()) == set(range(5))
         for g in set(groups):
-            assert len({f for f, h in zip(fold, groups) if h == g}) == 1
+            assert len({f for f, h in zip(fold, groups) if h == g}) == 1, (strategy, g)
+    with pytest.raises(DataError, match="3 groups cannot make 5 folds"):
+        make_folds(np.zeros((6, 1), np.int64), 5, "group", seed=0, groups=["a", "b", "c"] * 2)
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")
-def test_data_split_cli_writes_usable_fold_files(tmp_path, capsys):
+def test_data_split_cli_writes_a_usable_folds_csv(tmp_path, capsys):
     paths = make_polygon_dataset(tmp_path / "d", n_train_ids=8, n_val_ids=2, n_test_ids=1, size=32, seed=0)
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"task": "multilabel", "data": {
         "format": "polygons", "root": str(paths["root"]), "image_dir": "DCM", "json_dir": "outputs_json",
         "train": ".", "classes": ["disc", "square", "triangle", "bar", "star"]}}))
     out = tmp_path / "folds"
-    assert main(["data", "split", str(config), "--folds", "5", "--out", str(out), "--metadata", str(paths["metadata"]),
-                 "--stratify", "sex,age", "--bins", "2"]) == 0
-    assert "20 images, 10 groups -> 5 folds" in capsys.readouterr().out
-    rows = [line.split(",") for line in (out / "folds.csv").read_text().splitlines()[1:]]
+    assert main(["data", "split", str(config), f"kfold.metadata={paths['metadata']}", "kfold.stratify=[sex,age]",
+                 "kfold.bins=2", "--folds", "5", "--out", str(out)]) == 0
+    assert "20 samples, 10 groups -> 5 folds" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["folds.csv"]   # one file: no per-fold lists any more
+    lines = (out / "folds.csv").read_text().splitlines()
+    assert lines[0] == "sample_id,group,fold,stratum"
+    rows = [line.split(",") for line in lines[1:]]
     assert len(rows) == 20
     fold_of_group: dict = {}
     for sample, group, fold, stratum in rows:
-        assert sample.startswith(group + "/") and stratum.startswith("sex=")
+        assert sample.startswith(group + "/") and stratum.startswith("sex=") and "|age" in stratum
         assert fold_of_group.setdefault(group, fold) == fold
+    assert {fold for *_, fold, _ in rows} == {str(k) for k in range(5)}
+    # the file is what data.folds + data.fold read: fold 0 is validation, the rest training
     for k in range(5):
-        train = (out / f"fold{k}_train.txt").read_text().split()
-        val = (out / f"fold{k}_val.txt").read_text().split()
-        assert len(train) + len(val) == 20 and not {s.split("/")[0] for s in train} & {s.split("/")[0] for s in val}
-    cfg = cfg_for(paths["root"], classes=("disc", "square", "triangle", "bar", "star"),
-                  train=str(out / "fold0_train.txt"), val=str(out / "fold0_val.txt"))
-    assert len(open_source(cfg, "val", resolve_labels(cfg))) == len((out / "fold0_val.txt").read_text().split())
+        cfg = cfg_for(paths["root"], classes=("disc", "square", "triangle", "bar", "star"), train=".", val=None,
+                      folds=str(out / "folds.csv"), fold=k)
+        labels = resolve_labels(cfg)
+        train, val = open_source(cfg, "train", labels), open_source(cfg, "val", labels)
+        train_ids = {train.sample_id(i) for i in range(len(train))}
+        val_ids = {val.sample_id(i) for i in range(len(val))}
+        assert val_ids == {sample for sample, _, fold, _ in rows if fold == str(k)}
+        assert len(train_ids) + len(val_ids) == 20 and not train_ids & val_ids
+        assert not {s.split("/")[0] for s in train_ids} & {s.split("/")[0] for s in val_ids}
 
 
-def test_coco_folds_are_coco_subsets(tmp_path):
+def test_coco_fold_keeps_groups_and_folds_csv_round_trips(tmp_path):
     cats = [{"id": 1, "name": "x"}]
     images = [{"id": i, "file_name": f"p{i // 2}/{i}.jpg", "height": 8, "width": 8} for i in range(8)]
     anns = [{"id": i, "image_id": i, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]} for i in range(8)]
     write_coco(tmp_path, "train.json", images, anns, cats)
-    cfg = config_from_dict({"data": {"root": str(tmp_path), "train": "train.json"}})
-    summary = write_folds(open_source(cfg, "train", None), "coco", tmp_path / "f", folds=2)
-    assert summary["groups"] == 4
-    a = json.loads((tmp_path / "f" / "fold0_val.json").read_text())
-    b = json.loads((tmp_path / "f" / "fold0_train.json").read_text())
-    assert len(a["images"]) + len(b["images"]) == 8 and a["categories"] == cats
-    assert {ann["image_id"] for ann in a["annotations"]} == {img["id"] for img in a["images"]}
-    assert not {img["file_name"].split("/")[0] for img in a["images"]} & {img["file_name"].split("/")[0] for img in b["images"]}
+    raw = {"data": {"root": str(tmp_path), "train": "train.json", "fold": 0, "num_workers": 0},
+           "kfold": {"folds": 2, "group_regex": "^(p\\d+)/"}}
+    cfg = config_from_dict(raw)
+    labels = resolve_labels(cfg)
+    train, val = open_source(cfg, "train", labels), open_source(cfg, "val", labels)
+    train_ids = [train.sample_id(i) for i in range(len(train))]
+    val_ids = [val.sample_id(i) for i in range(len(val))]
+    assert len(train_ids) + len(val_ids) == 8 and val_ids and train_ids
+    assert not {s.split("/")[0] for s in train_ids} & {s.split("/")[0] for s in val_ids}
+    item = build_dataset(cfg, "val", labels)[0]   # a fold of COCO is a COCO source with its masks
+    assert item["id"] == val_ids[0] and item["target"].shape == (8, 8) and int(item["target"].max()) == 1
+    # the same folds written to folds.csv and read back (data.folds) give the same split
+    out = tmp_path / "f"
+    assert main(["data", "split", str(_write_config(tmp_path, raw)), "--out", str(out)]) == 0
+    ids = [img["file_name"] for img in images]
+    fold = read_folds(out / "folds.csv", ids)
+    assert [s for s, f in zip(ids, fold) if f == 0] == val_ids
+    from_file = config_from_dict({**raw, "data": {**raw["data"], "folds": str(out / "folds.csv")}})
+    val2 = open_source(from_file, "val", labels)
+    assert [val2.sample_id(i) for i in range(len(val2))] == val_ids
+    with pytest.raises(DataError, match="no fold for 1 sample"):
+        read_folds(out / "folds.csv", ids + ["p9/99.jpg"])
+
+
+def _write_config(tmp_path, raw: dict) -> Path:
+    path = tmp_path / "split.yaml"
+    raw = {**raw, "data": {k: v for k, v in raw["data"].items() if k != "fold"}}
+    path.write_text(json.dumps(raw))
+    return path
 
 
 def test_xlsx_metadata_and_numeric_id_matching(tmp_path):

@@ -1,5 +1,6 @@
 """The competition-B metric, the threshold search, thresholds and post-processing."""
 
+import json
 import math
 
 import numpy as np
@@ -58,6 +59,31 @@ def test_batches_do_not_change_the_score():
     assert math.isnan(DiceScore(3).compute()["dice"])
 
 
+def test_summed_states_equal_one_score_over_all_images():
+    """k-fold OOF: the per-class Dice sums and image counts of held-out parts add up."""
+    rng = np.random.default_rng(3)
+    pred = torch.from_numpy(rng.random((5, 2, 6, 6)) > 0.5)
+    gt = torch.from_numpy(rng.random((5, 2, 6, 6)) > 0.6)
+    gt[4, 0] = False
+    whole = DiceScore(2)
+    whole.update(pred, gt)
+    summed = DiceScore(2)
+    for part in (slice(0, 2), slice(2, 5)):
+        one = DiceScore(2)
+        one.update(pred[part], gt[part])
+        summed.add_state(json.loads(json.dumps(one.state())))  # as kfold_state.json keeps it
+    assert summed.state()["images"] == 5
+    assert summed.state()["dice_sums"] == pytest.approx(whole.state()["dice_sums"], abs=1e-12)
+    a, b = summed.compute(["x", "y"]), whole.compute(["x", "y"])
+    assert a["dice"] == pytest.approx(b["dice"], abs=1e-12) and a["images"] == b["images"] == 5
+    # the image-weighted mean of the parts' scores (they hold 2 and 3 images)
+    first = DiceScore(2)
+    first.update(pred[:2], gt[:2])
+    second = DiceScore(2)
+    second.update(pred[2:], gt[2:])
+    assert b["dice"] == pytest.approx((2 * first.compute()["dice"] + 3 * second.compute()["dice"]) / 5, abs=1e-12)
+
+
 def test_threshold_search_equals_brute_force():
     rng = np.random.default_rng(1)
     probs = torch.from_numpy(rng.random((4, 3, 10, 10))).float()
@@ -91,12 +117,12 @@ def test_thresholds_change_predictions_as_defined():
     cfg = PostprocessConfig(threshold={"b": 0.1})
     thr = threshold_vector(cfg, ["a", "b"])
     assert thr.tolist() == pytest.approx([0.5, 0.1])
-    pred = task.predict(probs, thr)[0, :, 0].tolist()
+    pred = task.decide(probs, thr)[0, :, 0].tolist()
     assert pred == [[False, False, True, True], [True, True, True, True]]  # strictly above
     with pytest.raises(Exception, match="unknown classes"):
         threshold_vector(PostprocessConfig(threshold={"c": 0.3}), ["a", "b"])
     # multiclass ignores thresholds: argmax
-    assert get_task("multiclass").predict(torch.tensor([[[[0.2]], [[0.8]]]]), thr).item() == 1
+    assert get_task("multiclass").decide(torch.tensor([[[[0.2]], [[0.8]]]]), thr).item() == 1
 
 
 def test_fill_holes_and_largest_component():

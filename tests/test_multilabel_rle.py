@@ -1,15 +1,19 @@
 """Competition-B submission format: RLE encode/decode and the image_name,class,rle CSV."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from seglab.cli import main
 from seglab.errors import DataError
+from seglab.inference.predict import Prediction
+from seglab.submission import WRITERS, WriteContext
 from seglab.submission.rle import decode_rle, encode_rle, iter_rle_csv, read_rle_csv, write_rle_csv
-from seglab.submission import WRITERS
 
 
 def test_hand_worked_rle():
@@ -55,13 +59,18 @@ def test_malformed_rle_is_an_error(rle, message):
         decode_rle(rle, (2, 3))
 
 
+def _predictions(pairs):
+    """Writer input: Predictions (the writer reads the id and the decided output)."""
+    return iter(Prediction(sample_id, Path(sample_id), torch.zeros(0), output) for sample_id, output in pairs)
+
+
 def test_writer_rows_per_image_and_class_and_reader(tmp_path):
     classes = ["finger-1", "Radius", "Ulna"]
     rng = np.random.default_rng(0)
     preds = [("ID001/a_L.png", rng.random((3, 5, 7)) > 0.5), ("ID001/a_R.png", rng.random((3, 5, 7)) > 0.7)]
     out = tmp_path / "sub.csv"
     assert WRITERS.get("rle") is write_rle_csv
-    assert write_rle_csv(iter(preds), out, classes=classes) == 2
+    assert write_rle_csv(_predictions(preds), out, WriteContext(classes, None, "test")) == 2
     lines = out.read_text().splitlines()
     assert lines[0] == "image_name,class,rle"
     assert [line.split(",")[:2] for line in lines[1:]] == [[n, c] for n in ("a_L.png", "a_R.png") for c in classes]
@@ -73,7 +82,7 @@ def test_writer_rows_per_image_and_class_and_reader(tmp_path):
 def test_class_map_predictions_skip_background(tmp_path):
     class_map = np.array([[0, 1], [2, 2]], np.uint8)
     out = tmp_path / "sub.csv"
-    write_rle_csv(iter([("x.png", class_map)]), out, classes=["Background", "a", "b"])
+    write_rle_csv(_predictions([("x.png", class_map)]), out, WriteContext(["Background", "a", "b"], None, "test"))
     assert out.read_text().splitlines()[1:] == ["x.png,a,2 1", "x.png,b,3 2"]
 
 

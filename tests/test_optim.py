@@ -5,9 +5,11 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from seglab.config import OptimConfig, ScheduleConfig
+from seglab.config.schema import OPTIMIZER_NAMES, SCHEDULE_NAMES
 from seglab.errors import ConfigError
 from seglab.optim import (
-    OPTIMIZERS, SCHEDULES, OptimConfig, ScheduleConfig, build_optimizer, build_param_groups, build_scheduler,
+    OPTIMIZERS, SCHEDULES, build_optimizer, build_param_groups, build_scheduler,
     check_optimizer_covers, freeze_parts, keep_frozen_norms_in_eval,
 )
 
@@ -260,6 +262,13 @@ def test_none_schedule_and_schedule_errors():
     with pytest.raises(ValidationError, match="unknown schedule 'cosin'"):
         ScheduleConfig(name="cosin")
     assert set(SCHEDULES.names()) == {"none", "cosine", "cosine_restarts", "poly", "step", "multistep", "plateau", "onecycle"}
+
+
+def test_config_load_checks_names_against_the_registries():
+    # The torch-free schema checks optimiser and schedule names at load with its own lists:
+    # they must name exactly what the registries build.
+    assert set(OPTIMIZER_NAMES) == set(OPTIMIZERS.names())
+    assert set(SCHEDULE_NAMES) == set(SCHEDULES.names())
 
 
 def test_scheduler_on_a_lookahead_optimizer_moves_the_shared_groups():

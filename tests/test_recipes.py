@@ -29,10 +29,10 @@ def test_training_applies_batch_augmentations_and_the_sampler(synth_root, tmp_pa
 
     monkeypatch.setattr(BatchAugmentations, "__call__", spy)
     samplers = []
-    import seglab.training as training
+    import seglab.core.loaders as loaders
 
-    original_loader = training.make_loader
-    monkeypatch.setattr(training, "make_loader", lambda *a, **k: samplers.append(original_loader(*a, **k)) or samplers[-1])
+    original_loader = loaders.train_loader
+    monkeypatch.setattr(loaders, "train_loader", lambda *a, **k: samplers.append(original_loader(*a, **k)) or samplers[-1])
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={synth_root}", "data.batch_size=4", "model.encoder=resnet18", "trainer.max_epochs=1",
         "trainer.progress_bar=false", "logging.viz_every_n_epochs=0", "logging.loggers=[]", "schedule.warmup_epochs=0",
@@ -85,3 +85,4 @@ def test_bad_batch_class_names_stop_training_before_it_starts(synth_root, tmp_pa
     code = main(["train", str(ROOT / "configs" / "demo.yaml"), f"data.root={synth_root}", bad, "--out", str(tmp_path / "r")])
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoints").exists()

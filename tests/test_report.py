@@ -8,6 +8,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
+from seglab.errors import SeglabError
 from seglab.report import write_report
 from seglab.visualization.figures import save_png
 
@@ -38,13 +39,13 @@ def make_run(root: Path) -> Path:
     run = root / "exp<1>"
     run.mkdir()
     (run / "config.yaml").write_text(
-        "model:\n  arch: unet\n  encoder: resnet34\nnote: '<script>alert(1)</script> & co'\n")
+        "task: multiclass\nmodel:\n  arch: unet\n  encoder: resnet34\nnote: '<script>alert(1)</script> & co'\n")
     (run / "labels.json").write_text(json.dumps(
-        {"task": "multiclass", "classes": CLASSES, "ignore_index": 255}))
+        {"target": "class_map", "classes": CLASSES, "ignore_index": 255}))
     per_class = {"Background": 0.9, "cat": None, "dog": 0.4}
     (run / "metrics.json").write_text(json.dumps(
-        {"epoch": 1, "step": 20, "mIoU": 0.65, "pixel_accuracy": 0.9, "mean_class_accuracy": 0.7,
-         "fwIoU": 0.85, "per_class_iou": per_class}))
+        {"epoch": 1, "step": 20, "monitor": "mIoU", "mIoU": 0.65, "pixel_accuracy": 0.9, "mean_class_accuracy": 0.7,
+         "fwIoU": 0.85, "per_class_iou": per_class, "val_loss": 0.6}))
     lines = [json.dumps({"epoch": e, "step": 10 * (e + 1), "train_loss": 1.0 / (e + 1),
                          "val_loss": 1.2 / (e + 1), "lr": 1e-3, "mIoU": 0.5 + 0.15 * e,
                          "per_class_iou": per_class,
@@ -75,6 +76,103 @@ def test_report_references_only_existing_files_and_escapes(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
     assert "exp&lt;1&gt;" in page and "<link" not in page
     assert "0.6500" in page and "absent" in page
+    best = best_table(page)
+    assert best["monitored metric"] == "mIoU" and best["mIoU"] == "0.6500" and list(best)[3] == "mIoU"
+    assert "task: multiclass" in page
+
+
+class Tables(HTMLParser):
+    """Every <table> of a page as rows of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def tables(page: str) -> list[list[list[str]]]:
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def best_table(page: str) -> dict[str, str]:
+    return {row[0]: row[1] for row in tables(page)[0]}
+
+
+# A multilabel (Dice) and a classification (macro F1) run, as their trainers write them.
+DICE = {
+    "config": "task: multilabel\nmodel: {arch: Unet, encoder: resnet34}\n",
+    "labels": {"classes": ["finger-1", "Radius"], "ignore_index": 255, "target": "binary_masks"},
+    "metrics": {"epoch": 1, "step": 8, "monitor": "dice", "dice": 0.8125, "images": 6,
+                "per_class_dice": {"finger-1": 0.9, "Radius": 0.725}, "val_loss": 0.25},
+    "history": [{"epoch": e, "step": 4 * (e + 1), "train_loss": 0.5, "val_loss": 0.3, "lr": 1e-3, "dice": 0.75 + 0.0625 * e,
+                 "per_class_dice": {"finger-1": 0.9, "Radius": 0.725}, "images": 6} for e in range(2)],
+}
+F1 = {
+    "config": "task: classification\nmodel: {arch: classifier, encoder: resnet18}\n",
+    "labels": {"classes": ["cat", "dog"], "ignore_index": 255, "target": "class"},
+    "metrics": {"epoch": 2, "step": 12, "monitor": "macro_f1", "macro_f1": 0.4375, "accuracy": 0.625, "mean_class_accuracy": 0.5,
+                "per_class_f1": {"cat": 0.75, "dog": 0.125}, "per_class_precision": {"cat": 0.6, "dog": 1.0},
+                "per_class_recall": {"cat": 1.0, "dog": 0.0625}, "support": {"cat": 3, "dog": 16}, "val_loss": 0.9},
+    "history": [{"epoch": e, "step": 4 * (e + 1), "train_loss": 1.0, "val_loss": 0.9, "lr": 1e-3, "macro_f1": 0.25 + 0.09375 * e,
+                 "accuracy": 0.625, "per_class_f1": {"cat": 0.75, "dog": 0.125}, "confusion_matrix": [[3, 0], [15 - e, 1 + e]]}
+                for e in range(3)],
+}
+
+
+@pytest.mark.parametrize("run, monitor, value, per_class_header, cm", [
+    (DICE, "dice", "0.8125", ["class", "dice"], False),
+    (F1, "macro_f1", "0.4375", ["class", "f1", "precision", "recall"], True),
+], ids=["dice", "macro_f1"])
+def test_report_shows_each_tasks_own_metric(tmp_path, run, monitor, value, per_class_header, cm):
+    folder = tmp_path / monitor
+    folder.mkdir()
+    (folder / "config.yaml").write_text(run["config"])
+    (folder / "labels.json").write_text(json.dumps(run["labels"]))
+    (folder / "metrics.json").write_text(json.dumps(run["metrics"]))
+    (folder / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in run["history"]))
+    index = write_report(folder)
+    page = index.read_text(encoding="utf-8")
+    best = best_table(page)
+    assert best["monitored metric"] == monitor
+    assert list(best)[3] == monitor and best[monitor] == value  # after monitor, epoch, step: the monitored score
+    assert best["epoch"] == str(run["metrics"]["epoch"])
+    assert "mIoU" not in page and "images" not in best
+    per_class = tables(page)[1]
+    assert per_class[0] == per_class_header
+    assert [row[0] for row in per_class[1:]] == run["labels"]["classes"]
+    what = per_class_header[1]
+    assert (index.parent / f"per_class_{what}.png").is_file() and (index.parent / "learning_curves.png").is_file()
+    assert (index.parent / "confusion_matrix.png").is_file() == cm  # only classification keeps a confusion matrix
+    assert ("confusion matrix: not available" in page) != cm
+    for ref in links(index).src:
+        assert (index.parent / unquote(ref)).is_file(), ref
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(F1["metrics"]))  # metrics alone do not make a run
+    with pytest.raises(SeglabError, match=r"not a run folder \(no config.yaml\)"):
+        write_report(tmp_path)
+    with pytest.raises(SeglabError, match="not a run folder"):
+        write_report(tmp_path / "missing")
+    assert not (tmp_path / "report").exists()
 
 
 def test_report_with_missing_pieces_says_not_available(tmp_path):

@@ -1,9 +1,13 @@
 """Exact resume: a run killed with SIGKILL mid-epoch and resumed with `--resume` ends
-with the same weights and metrics as an uninterrupted run with the same seed.
+with the same weights, optimiser state, best checkpoint, metrics and history as an
+uninterrupted run with the same seed.
 
-Three real `python -m seglab train` processes on CPU: an uninterrupted run, a run that
-is SIGKILLed right after its 6th checkpoint (mid-epoch: 4 steps per epoch), and its
-resume. The model has dropout, so the saved random state matters too.
+Three real `python -m seglab train` processes on CPU per task: an uninterrupted run, a run
+that is SIGKILLed right after its 6th checkpoint (mid-epoch: 4 steps per epoch), and its
+resume. Segmentation: a DeepLab with dropout, so the saved random state matters too.
+Classification goes through the same loaders and ExactResume; its run also has dropout,
+mixup/cutmix (drawn from the global NumPy state) and a UDA loader of unlabelled images
+beside the labelled one, whose positions must come back too.
 """
 
 import json
@@ -16,18 +20,38 @@ from pathlib import Path
 
 import torch
 
+import pytest
+
 from seglab.data.synth.coco import make_coco_dataset
+from seglab.data.synth.maskstatus import make_maskstatus_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL_AT_STEP = 6  # epoch 1, second of its four batches
 STEPS_PER_EPOCH = 4
 
-OVERRIDES = [
-    "data.batch_size=2", "data.num_workers=0", "model.arch=deeplabv1", "model.params={width: 0.0625}",
-    "trainer.max_epochs=3", "trainer.deterministic=true", "trainer.checkpoint_every_n_steps=1",
+COMMON = [
+    "data.num_workers=0", "trainer.max_epochs=3", "trainer.deterministic=true", "trainer.checkpoint_every_n_steps=1",
     "trainer.progress_bar=false", "logging.viz_every_n_epochs=0", "logging.loggers=[]",
     "schedule.warmup_epochs=1", "optim.lr=0.01",
 ]
+
+
+def segmentation_data(root: Path) -> list[str]:
+    make_coco_dataset(root, n_train=8, n_val=2, n_test=1, size=32, seed=0)  # 8 images, batches of 2
+    return [str(ROOT / "configs" / "demo.yaml"), f"data.root={root}", "data.batch_size=2", "model.arch=deeplabv1",
+            "model.params={width: 0.0625}"]
+
+
+def classification_data(root: Path) -> list[str]:
+    # 5 persons x 7 images; fold 0 of 5 (one person) validates, 28 images train in batches of 7
+    make_maskstatus_dataset(root, n_train=5, n_eval=1, size=32, seed=0)
+    return [str(ROOT / "configs" / "demo_cls.yaml"), f"data.root={root}", "data.image_size=[32, 32]", "data.batch_size=7",
+            "kfold.folds=5", "data.fold=0", "model.encoder=test_resnet", "classification.drop_rate=0.3",
+            "classification.mixup_alpha=0.4", "classification.cutmix_alpha=1.0",
+            "classification.uda.weight=1.0", "classification.uda.threshold=0.0", "classification.uda.batch_size=3"]
+
+
+DATA = {"multiclass": segmentation_data, "classification": classification_data}
 
 # The run to be killed: identical to `python -m seglab`, except that it stops dead
 # (sleeps) right after writing its KILL_AT_STEP-th checkpoint, so the test's SIGKILL
@@ -35,7 +59,7 @@ OVERRIDES = [
 HANGING_RUN = f"""
 import sys, time
 from seglab import cli
-from seglab.training import ExactResume
+from seglab.core.checkpoints import ExactResume
 
 save = ExactResume.on_train_batch_end
 
@@ -66,10 +90,9 @@ def tensors(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    data = tmp_path / "data"
-    make_coco_dataset(data, n_train=8, n_val=2, n_test=1, size=32, seed=0)
-    config = [str(ROOT / "configs" / "demo.yaml"), f"data.root={data}", f"data.cache_dir={tmp_path / 'cache'}", *OVERRIDES]
+@pytest.mark.parametrize("task", list(DATA))
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(task, tmp_path):
+    config = [*DATA[task](tmp_path / "data"), f"data.cache_dir={tmp_path / 'cache'}", *COMMON]
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     finish(seglab("train", *config, "--out", str(full)))

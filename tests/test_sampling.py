@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.data.resumable import SeededShuffle
-
 from seglab.config import config_from_dict
+from seglab.core.loaders import eval_loader, train_loader
 from seglab.data.labels import LabelSpec
-from seglab.data.sampling import WeightedEpochSampler, class_balanced_weights, class_presence
-from seglab.training import make_loader
+from seglab.data.presence import class_presence
+from seglab.data.resumable import SeededShuffle
+from seglab.data.sampling import WeightedEpochSampler, class_balanced_weights
 
 
 class MaskSource:
@@ -22,7 +22,7 @@ class MaskSource:
     def __len__(self):
         return len(self.masks)
 
-    def load_mask(self, i):
+    def load_target(self, i):
         return self.masks[i]
 
 
@@ -34,9 +34,9 @@ class MaskDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, key):
-        # training loaders send (index, augmentation seed), as SegmentationDataset accepts
+        # training loaders send (index, augmentation seed), as LabDataset accepts
         i = key[0] if isinstance(key, tuple) else key
-        return {"index": i, "mask": torch.from_numpy(self.source.masks[i].astype(np.int64))}
+        return {"index": i, "target": torch.from_numpy(self.source.masks[i].astype(np.int64))}
 
 
 def rare_dataset(n=20):
@@ -55,7 +55,7 @@ def rare_dataset(n=20):
 
 def test_presence_and_weights():
     ds = rare_dataset()
-    presence = class_presence(ds, 3, 255)
+    presence = torch.from_numpy(class_presence(ds.source, ds.source.labels))
     assert presence.shape == (20, 3) and presence[:, :2].all()
     assert presence[:, 2].nonzero().flatten().tolist() == [7]
     w = class_balanced_weights(presence, 0.5)
@@ -66,7 +66,8 @@ def test_presence_and_weights():
 def test_presence_of_multilabel_masks():
     m = np.zeros((3, 4, 4), bool)
     m[0, 0, 0] = m[2, 1, 1] = True
-    presence = class_presence(MaskDataset([m, np.zeros((3, 4, 4), bool)], ("a", "b", "c")), 3, None)
+    source = MaskDataset([m, np.zeros((3, 4, 4), bool)], ("a", "b", "c")).source
+    presence = torch.from_numpy(class_presence(source, source.labels))
     assert presence.tolist() == [[True, False, True], [False, False, False]]
     assert class_balanced_weights(presence, 1.0).tolist() == [2.0, 1.0]  # an image with no labels weighs 1
 
@@ -74,7 +75,7 @@ def test_presence_of_multilabel_masks():
 @pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
 def test_rare_image_is_drawn_at_the_expected_rate(power):
     ds = rare_dataset()
-    weights = class_balanced_weights(class_presence(ds, 3, 255), power)
+    weights = class_balanced_weights(torch.from_numpy(class_presence(ds.source, ds.source.labels)), power)
     sampler = WeightedEpochSampler(weights, len(ds), seed=0)
     drawn = []
     for epoch in range(200):
@@ -111,15 +112,17 @@ def test_epochs_differ_are_reproducible_and_shard_across_processes():
     assert interleaved[:50] == full
 
 
-def test_make_loader_uses_the_configured_sampler():
+def test_train_loader_uses_the_configured_sampler():
     ds = rare_dataset()
     cfg = config_from_dict({"data": {"batch_size": 4, "num_workers": 0, "sampler": {"name": "class_balanced", "power": 1.0, "num_samples": 40}}})
     # the training loader wraps the configured order in the resumable sampler (exact resume)
-    loader = make_loader(ds, cfg, train=True)
+    loader = train_loader(ds, cfg)
     assert isinstance(loader.sampler.sampler, WeightedEpochSampler) and len(loader.sampler) == 40
     assert sum(len(b["index"]) for b in loader) == 40
-    ddp = make_loader(ds, cfg, train=True, rank=1, world_size=2)
+    ddp = train_loader(ds, cfg, rank=1, world_size=2)
     assert isinstance(ddp.sampler.sampler, WeightedEpochSampler) and len(ddp.sampler) == 20
-    assert not isinstance(getattr(make_loader(ds, cfg, train=False).sampler, "sampler", None), WeightedEpochSampler)
+    evaluation = eval_loader(ds, cfg)
+    assert not isinstance(getattr(evaluation.sampler, "sampler", None), WeightedEpochSampler)
+    assert [i for b in evaluation for i in b["index"].tolist()] == list(range(20))  # every image once, in order
     plain = config_from_dict({"data": {"batch_size": 4, "num_workers": 0}})
-    assert isinstance(make_loader(ds, plain, train=True).sampler.sampler, SeededShuffle)
+    assert isinstance(train_loader(ds, plain).sampler.sampler, SeededShuffle)

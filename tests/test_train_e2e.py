@@ -10,9 +10,10 @@ import torch
 from seglab.cli import main
 from seglab.config import load_config
 from seglab.errors import SeglabError
-from seglab.inference import evaluate, iter_predictions
-from seglab.submission.segmentation import read_coco_csv
 from seglab.core.training import train
+from seglab.inference.ensemble import resolve_members
+from seglab.inference.predict import evaluate
+from seglab.submission.segmentation import read_coco_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,15 +22,22 @@ def tiny_config(synth_root, *extra):
     return load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={synth_root}", "data.batch_size=4", "model.encoder=resnet18",
         "trainer.max_epochs=2", "trainer.progress_bar=false", "logging.viz_every_n_epochs=1",
-        "optim.lr=0.003", "schedule.warmup_epochs=0", *extra,
+        "logging.loggers=[]", "optim.lr=0.003", "schedule.warmup_epochs=0", *extra,
     ])
+
+
+def evaluate_run(run: Path, split: str = "val", **kwargs) -> dict:
+    """`seglab evaluate RUN` as a function: the run as an ensemble of one, on the CPU."""
+    members, _ = resolve_members([str(run)], device="cpu")
+    scores, _ = evaluate(members, split, **kwargs)
+    return scores
 
 
 @pytest.fixture(scope="module")
 def trained_run(synth_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "r"
     torch.manual_seed(0)
-    best = train(tiny_config(synth_root), run)
+    best = train(tiny_config(synth_root, "logging.loggers=[tensorboard]"), run)
     return run, best
 
 
@@ -49,15 +57,23 @@ def test_train_writes_the_run_folder_contract(trained_run):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     labels = json.loads((run / "labels.json").read_text())
     assert labels["source_to_class"] == {str(i): i + 1 for i in range(6)}
+    # validation pictures every epoch (logging.viz_every_n_epochs=1)
+    for epoch in ("epoch_000", "epoch_001"):
+        assert list((run / "viz" / epoch).glob("*.png")), f"no validation pictures for {epoch}"
 
 
 def test_evaluate_reproduces_the_best_validation(trained_run):
     run, best = trained_run
-    scores = evaluate(run, "val")
+    scores = evaluate_run(run, "val")
     assert scores["mIoU"] == pytest.approx(best["mIoU"], abs=1e-6)
-    assert scores["per_class_iou"] == pytest.approx(best["per_class_iou"], abs=1e-6) or all(
-        (a is None) == (b is None) for a, b in zip(scores["per_class_iou"].values(), best["per_class_iou"].values())
-    )
+    assert scores["images"] == 6 and scores["split"] == "val"
+    assert list(scores["per_class_iou"]) == list(best["per_class_iou"])
+    for name, value in best["per_class_iou"].items():  # null in metrics.json: a class absent from both
+        got = scores["per_class_iou"][name]
+        if value is None:
+            assert got is None or np.isnan(got), name
+        else:
+            assert got == pytest.approx(value, abs=1e-6), name
 
 
 def test_predict_csv_shape_and_order(trained_run, synth_root, tmp_path, capsys):
@@ -122,10 +138,10 @@ def test_missing_image_stops_before_training(synth_root, tmp_path):
 
 def test_overrides_may_follow_options(tmp_path, monkeypatch):
     """The README's form `seglab train CFG --out RUN key=value` reaches the config."""
-    import seglab.training
+    import seglab.core.training
 
     seen = {}
-    monkeypatch.setattr(seglab.training, "train", lambda cfg, run_dir, resume=False: seen.update(cfg=cfg, run=run_dir) or {})
+    monkeypatch.setattr(seglab.core.training, "train", lambda cfg, run_dir, resume=False: seen.update(cfg=cfg, run=run_dir) or {})
     cfg = ROOT / "configs" / "demo.yaml"
     assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "optim.lr=0.5", "data.batch_size=2"]) == 0
     assert seen["cfg"].optim.lr == 0.5 and seen["cfg"].data.batch_size == 2
@@ -137,5 +153,5 @@ def test_overrides_may_follow_options(tmp_path, monkeypatch):
 def test_a_run_with_auto_class_weights_loads_for_inference(synth_root, tmp_path):
     run = tmp_path / "auto"
     train(tiny_config(synth_root, "trainer.max_epochs=1", "loss=[{name: ce, class_weights: auto}]", "logging.viz_every_n_epochs=0"), run)
-    scores = evaluate(run, "val")
+    scores = evaluate_run(run, "val")
     assert 0.0 <= scores["mIoU"] <= 1.0

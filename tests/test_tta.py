@@ -4,15 +4,19 @@ import json
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from seglab.cli import main
-from seglab.config import Config
+from seglab.config import Config, TTAConfig
+from seglab.core.module import LabModule
+from seglab.core.run import Run, load_run
+from seglab.core.task import get_task
 from seglab.data import resolve_labels
 from seglab.errors import ConfigError
-from seglab.inference import evaluate, predict_probs
-from seglab.core.module import LabModule
-from seglab.tta import TTAConfig, parse_tta, tta_probs
+from seglab.inference.ensemble import Member
+from seglab.inference.predict import evaluate, member_probs, predictions
+from seglab.inference.tta import parse_tta, tta_probs
 from tests.workflow_helpers import constructed_run, tiny_config
 
 
@@ -28,18 +32,23 @@ def symmetric_conv_net(num_classes: int) -> nn.Module:
 
 
 @pytest.fixture
-def equivariant_module(synth_root):
+def equivariant_run(synth_root, tmp_path):
+    """A loaded run (no folder needed) whose model is flip-equivariant."""
     cfg = tiny_config(synth_root)
-    module = LabModule(cfg, resolve_labels(cfg))
-    module.model = symmetric_conv_net(module.labels.num_classes)
-    return module.eval()
+    labels = resolve_labels(cfg)
+    module = LabModule(cfg, labels)
+    module.model = symmetric_conv_net(labels.num_classes)
+    return Run(tmp_path, "best", cfg, labels, get_task(cfg.task), module.eval())
 
 
-def test_flip_tta_of_a_flip_equivariant_model_equals_the_plain_prediction(equivariant_module):
+def test_flip_tta_of_a_flip_equivariant_model_equals_the_plain_prediction(equivariant_run):
     images = torch.randint(0, 256, (2, 3, 24, 32), dtype=torch.uint8)
+    plain = member_probs(Member(equivariant_run), images)
+    tta = member_probs(Member(equivariant_run, tta=TTAConfig(flips=["h", "v", "hv"])), images)
     with torch.no_grad():
-        plain = predict_probs(equivariant_module, images)
-        tta = tta_probs(lambda x: predict_probs(equivariant_module, x), images, TTAConfig(flips=["h", "v", "hv"]))
+        assert torch.allclose(plain, equivariant_run.module(images).softmax(1), atol=1e-6)  # the run's own TTA is none
+        # the views really differ: the model is not invariant, only equivariant
+        assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)
     assert tta.shape == plain.shape
     torch.testing.assert_close(tta, plain, atol=1e-6, rtol=1e-5)
 
@@ -85,40 +94,50 @@ def test_tta_config_and_cli_text():
     assert parse_tta(None, "1.5", TTAConfig(flips=["h"])).flips == ["h"]
     assert parse_tta("none", None, TTAConfig(flips=["h"])).flips == []
     assert parse_tta("h", "2", off=True) == TTAConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="--flips"):
         parse_tta("x", None)
+    with pytest.raises(ConfigError, match="--scales"):
+        parse_tta(None, "1,x")
     for bad in ({"tta": {"flips": ["d"]}}, {"tta": {"scales": [0]}}, {"tta": {"scales": []}}, {"tta": {"flips": ["h", "h"]}}):
-        with pytest.raises(Exception):
+        with pytest.raises(ValidationError, match="tta"):
             Config.model_validate(bad)
+
+
+def _evaluate(run_dir, tta=None) -> dict:
+    return evaluate([Member(load_run(run_dir, device="cpu"), tta=tta)], "val")[0]
 
 
 def test_evaluate_uses_the_run_tta_section_and_the_cli_flags(synth_root, tmp_path, capsys):
     plain = constructed_run(tmp_path / "plain", tiny_config(synth_root))
     with_tta = constructed_run(tmp_path / "tta", tiny_config(synth_root, "tta.flips=[h]"))  # same seed, same weights
-    a = evaluate(plain)
-    b = evaluate(with_tta)
-    c = evaluate(plain, tta=TTAConfig(flips=["h"]))
+    a = _evaluate(plain)
+    b = _evaluate(with_tta)
+    c = _evaluate(plain, tta=TTAConfig(flips=["h"]))
+    assert a["tta"] == TTAConfig().model_dump() and b["tta"] == c["tta"] == TTAConfig(flips=["h"]).model_dump()
     assert b["mIoU"] == pytest.approx(c["mIoU"], abs=1e-12)
     assert b["per_class_iou"] == c["per_class_iou"]
-    assert evaluate(with_tta, tta=TTAConfig())["mIoU"] == pytest.approx(a["mIoU"], abs=1e-12)
+    assert _evaluate(with_tta, tta=TTAConfig())["mIoU"] == pytest.approx(a["mIoU"], abs=1e-12)
     capsys.readouterr()
-    assert main(["evaluate", str(plain), "--flips", "h"]) == 0
+    assert main(["evaluate", str(plain), "--flips", "h", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(c["mIoU"], abs=1e-12)
-    assert main(["evaluate", str(with_tta), "--no-tta"]) == 0
+    assert main(["evaluate", str(with_tta), "--no-tta", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["mIoU"] == pytest.approx(a["mIoU"], abs=1e-12)
-    from seglab.inference import iter_predictions
 
     out = tmp_path / "sub.csv"
-    assert main(["predict", str(plain), "--out", str(out), "--flips", "h", "--scales", "1,0.5"]) == 0
+    assert main(["predict", str(plain), "--out", str(out), "--flips", "h", "--scales", "1,0.5", "--device", "cpu"]) == 0
     assert len(out.read_text().splitlines()) == 1 + 4
-    expected = list(iter_predictions(plain, "test", tta=TTAConfig(flips=["h"], scales=[1.0, 0.5])))
+    tta = TTAConfig(flips=["h"], scales=[1.0, 0.5])
+    expected = list(predictions([Member(load_run(plain, device="cpu"), tta=tta)], "test"))
+    untta = list(predictions([Member(load_run(plain, device="cpu"))], "test"))
+    assert any(not torch.equal(p.probs, q.probs) for p, q in zip(expected, untta))  # the flags changed what was predicted
     import cv2
 
     rows = out.read_text().splitlines()[1:]
-    for row, (sample_id, pred) in zip(rows, expected):
+    assert len(expected) == len(rows) == 4
+    for row, p in zip(rows, expected):
         name, values = row.split(",")
-        small = cv2.resize(pred, (128, 128), interpolation=cv2.INTER_NEAREST)
-        assert name == sample_id and values == " ".join(map(str, small.ravel().tolist()))
+        small = cv2.resize(p.output, (128, 128), interpolation=cv2.INTER_NEAREST)
+        assert name == p.id and values == " ".join(map(str, small.ravel().tolist()))
 
 
 def test_bad_tta_value_in_config_names_the_key(tmp_path):

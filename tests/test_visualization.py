@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from seglab import visualization as viz
+from seglab.visualization import class_maps
+from seglab.visualization import figures as viz
 
 NAMES = ["Background", "cat", "dog", "bird"]
 
@@ -105,14 +106,14 @@ def test_summary_figures_render():
 def test_per_image_class_iou_counts():
     gt = torch.tensor([[[0, 0], [1, 255]], [[2, 2], [2, 2]]])
     pred = torch.tensor([[[0, 1], [1, 2]], [[2, 2], [0, 0]]])
-    inter, union = viz.per_image_class_iou(gt, pred, 3, 255)
+    inter, union = class_maps.per_image_class_iou(gt, pred, 3, 255)
     assert inter.tolist() == [[1, 1, 0], [0, 0, 2]]
     # Image 0: class 2 predicted only on an ignored pixel, so its union is 0 (absent).
     assert union.tolist() == [[2, 2, 0], [2, 0, 4]]
 
 
 def test_worst_images_keeps_k_lowest_among_images_with_the_class():
-    worst = viz.WorstImages(num_classes=3, k=2)
+    worst = class_maps.WorstImages(num_classes=3, k=2)
     # class 1 IoUs: a=.9, b=.2, c=absent, d=.5, e=.2 (tie with b: b seen first wins)
     inter = torch.tensor([[9, 9, 0], [9, 2, 0], [9, 0, 0], [9, 5, 1], [9, 2, 0]])
     union = torch.tensor([[10, 10, 0], [10, 10, 0], [10, 0, 0], [10, 10, 4], [10, 10, 0]])
@@ -154,7 +155,7 @@ def run_validation(cb, trainer, module, batches):
     cb.on_validation_epoch_start(trainer, module)
     for i, (ids, gt, pred) in enumerate(batches):
         image = torch.full((len(ids), 3) + gt.shape[1:], 128, dtype=torch.uint8)
-        batch = {"image": image, "mask": gt, "id": ids}
+        batch = {"image": image, "target": gt, "id": ids}
         cb.on_validation_batch_end(trainer, module, {"pred": pred}, batch, i)
         assert len(cb._crops) <= len(NAMES) * cb.worst_k
     cb.on_validation_epoch_end(trainer, module)
@@ -175,7 +176,7 @@ def test_callback_writes_expected_files_and_logs(tmp_path):
     trainer = SimpleNamespace(loggers=[tb, wb], current_epoch=0, global_step=10,
                               sanity_checking=True, is_global_zero=True)
     module = SimpleNamespace()
-    cb = viz.ValidationVisualizer(tmp_path, NAMES, 255, every_n_epochs=2, num_samples=3, worst_k=1)
+    cb = class_maps.ValidationVisualizer(tmp_path, NAMES, 255, every_n_epochs=2, num_samples=3, worst_k=1)
     run_validation(cb, trainer, module, make_batches([0, 1]))
     assert not (tmp_path / "viz").exists() and not tb.calls   # sanity check skipped
     trainer.sanity_checking = False
@@ -210,7 +211,7 @@ def test_callback_writes_expected_files_and_logs(tmp_path):
 def test_callback_only_rank_zero_writes(tmp_path):
     trainer = SimpleNamespace(loggers=[], current_epoch=0, global_step=1,
                               sanity_checking=False, is_global_zero=False)
-    cb = viz.ValidationVisualizer(tmp_path, NAMES, 255)
+    cb = class_maps.ValidationVisualizer(tmp_path, NAMES, 255)
     run_validation(cb, trainer, SimpleNamespace(), make_batches([0]))
     assert not (tmp_path / "viz").exists()
 
@@ -222,3 +223,18 @@ def test_draw_ground_truth_unique_names_and_limit(tmp_path):
     paths = viz.draw_ground_truth(iter(samples), tmp_path, NAMES, 255, limit=2)
     assert [p.name for p in paths] == ["gt_a_b.jpg.png", "gt_a_b.jpg_2.png"]
     assert all(p.is_file() for p in paths)
+
+
+def test_multiclass_task_builds_the_callback_from_the_logging_config(tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    from seglab.config import config_from_dict
+    from seglab.core.task import get_task
+    from seglab.data.labels import LabelSpec
+
+    cfg = config_from_dict({"logging": {"viz_every_n_epochs": 3, "viz_samples": 2, "viz_worst_k": 5}})
+    labels = LabelSpec(tuple(NAMES), 7, {})
+    cb = get_task("multiclass").visualizer(cfg, labels, tmp_path)
+    assert isinstance(cb, class_maps.ValidationVisualizer) and isinstance(cb, Callback)
+    assert (cb.class_names, cb.ignore_index, cb.every_n_epochs, cb.num_samples, cb.worst_k) == (NAMES, 7, 3, 2, 5)
+    assert cb.run_dir == tmp_path and tuple(cb.mean) == tuple(cfg.augment.mean)

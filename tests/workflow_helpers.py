@@ -11,6 +11,9 @@ import torch
 from seglab.config import load_config, to_yaml
 from seglab.core.module import LabModule
 from seglab.data import resolve_labels
+from seglab.data.synth.coco import make_coco_dataset
+from seglab.data.synth.maskstatus import make_maskstatus_dataset
+from seglab.data.synth.polygons import make_polygon_dataset
 from seglab.io import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +38,23 @@ def constructed_run(run_dir: Path, cfg, seed: int = 0) -> Path:
     meta = {"classes": list(labels.classes), "task": cfg.task, "arch": cfg.model.arch, "encoder": cfg.model.encoder}
     torch.save({"state_dict": module.state_dict(), "seglab": meta}, run_dir / "checkpoints" / "best.ckpt")
     return run_dir
+
+
+TASKS = ("multiclass", "multilabel", "classification")
+
+
+def task_data(task: str, root: Path) -> tuple[Path, list[str]]:
+    """The task's tiny data set, written under root, and (config, overrides) that train on it:
+    multiclass on COCO shapes, multilabel on hand-bone-layout polygons, classification on
+    mask-status faces."""
+    if task == "multiclass":
+        make_coco_dataset(root, n_train=8, n_val=3, n_test=2, size=32, seed=0)
+        return ROOT / "configs" / "demo.yaml", [f"data.root={root}", "data.batch_size=2", "model.encoder=resnet18",
+                                                "logging.viz_every_n_epochs=2"]
+    if task == "multilabel":
+        make_polygon_dataset(root, n_train_ids=4, n_val_ids=2, n_test_ids=1, size=32, seed=0)
+        return ROOT / "configs" / "demo_multilabel.yaml", [f"data.root={root / 'train'}", "data.batch_size=2",
+                                                          "model.encoder=resnet18", "logging.viz_every_n_epochs=0"]
+    make_maskstatus_dataset(root, n_train=8, n_eval=2, size=32, seed=0)
+    return ROOT / "configs" / "demo_cls.yaml", [f"data.root={root}", "data.image_size=[32, 32]", "data.batch_size=8",
+                                                "kfold.folds=2", "logging.viz_every_n_epochs=2"]

@@ -88,26 +88,17 @@ def preflight(cfg, run_dir: Path | None, splits):
 
 
 def config_problems(cfg) -> list[str]:
-    """The config checks that need the training stack: loss names and parameters,
-    albumentations transforms, batch augmentations, the model name, the task's own."""
-    from seglab.data.batch_augment import validate_batch_specs
-    from seglab.data.transforms import validate_transform_specs
-    from seglab.losses import validate_loss_specs
+    """The config checks that need the training stack, every bad entry on its own line: loss
+    names and parameters, albumentations transforms, batch augmentations, the task's own
+    (model name, ...)."""
+    from seglab.data.batch_augment import batch_problems
+    from seglab.data.transforms import transform_problems
+    from seglab.losses import loss_problems
 
     task = get_task(cfg.task)
-    checks = [
-        lambda: validate_loss_specs(cfg.loss, task.loss_targets),
-        lambda: validate_transform_specs(cfg.augment.train, "augment.train"),
-        lambda: validate_transform_specs(cfg.augment.eval, "augment.eval"),
-        lambda: validate_batch_specs(cfg.augment.batch, "augment.batch"),
-    ]
-    problems = []
-    for check in checks:
-        try:
-            check()
-        except SeglabError as e:
-            problems.append(str(e))
-    return problems + task.preflight_problems(cfg)
+    return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
+            + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
+            + task.preflight_problems(cfg))
 
 
 def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:

@@ -115,7 +115,17 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
             problems.extend(e.problems)
         except SeglabError as e:
             problems.append(str(e))
+            if split in ("train", "val") and cfg.data.fold is not None:
+                problems.extend(_pool_problems(cfg, labels, check_files, deep))
     return list(dict.fromkeys(problems))  # a fold shares its pool's file: listed once
+
+
+def _pool_problems(cfg, labels: LabelSpec | None, check_files: bool, deep: bool) -> list[str]:
+    """The training pool's own problems when its folds could not be made (bad rows are often why)."""
+    try:
+        return SOURCES.get(cfg.data.format, "data.format")(cfg.data, "train", labels).problems(check_files, deep)
+    except SeglabError:
+        return []  # the pool itself does not open: that error is already listed
 
 
 def collect_problems(cfg, splits=SPLITS, deep: bool = False) -> tuple[LabelSpec | None, list[str]]:

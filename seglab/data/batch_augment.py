@@ -236,10 +236,21 @@ def _make(spec, where: str, class_names: Sequence[str] | None, ignore_index: int
         raise ConfigError(f"{where} ({spec.name}): {e}") from None
 
 
-def validate_batch_specs(specs, where: str = "augment.batch") -> None:
-    """At config load: names and parameters (class names are checked when the classes are known)."""
+def batch_problems(specs, where: str = "augment.batch") -> list[str]:
+    """Names and parameters, one line per bad entry (class names are checked when the classes are known)."""
+    problems = []
     for i, spec in enumerate(specs):
-        _make(spec, f"{where}[{i}]", None, 255)
+        try:
+            _make(spec, f"{where}[{i}]", None, 255)
+        except ConfigError as e:
+            problems.append(str(e))
+    return problems
+
+
+def validate_batch_specs(specs, where: str = "augment.batch") -> None:
+    problems = batch_problems(specs, where)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def build_batch_augment(specs, class_names: Sequence[str], ignore_index: int,

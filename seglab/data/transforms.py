@@ -107,9 +107,21 @@ def make_transform(spec, where: str):
         raise ConfigError(f"{where} ({spec.name}): {first}") from None
 
 
-def validate_transform_specs(specs, where: str) -> None:
+def transform_problems(specs, where: str) -> list[str]:
+    """One line per transform that cannot be built (unknown name or parameter)."""
+    problems = []
     for i, spec in enumerate(specs):
-        make_transform(spec, f"{where}[{i}]")
+        try:
+            make_transform(spec, f"{where}[{i}]")
+        except ConfigError as e:
+            problems.append(str(e))
+    return problems
+
+
+def validate_transform_specs(specs, where: str) -> None:
+    problems = transform_problems(specs, where)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def build_transform(augment_cfg, image_size: tuple[int, int] | None, train: bool) -> A.Compose:

@@ -26,7 +26,7 @@ from seglab.data import build_dataset, resolve_labels
 from seglab.data.dataset import LabDataset
 from seglab.data.transforms import build_transform
 from seglab.errors import SeglabError
-from seglab.inference.ensemble import Member
+from seglab.inference.ensemble import Member, check_compatible
 from seglab.inference.tta import tta_probs
 
 AMP = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16": torch.float16, "16-mixed": torch.float16}
@@ -83,6 +83,7 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
 
     Dense probabilities are at the reference batch's size (its data.image_size, else the
     images' own)."""
+    check_compatible(members)  # members built by hand, too: never average mismatched class lists
     ref_cfg, ref_labels = reference(members, data_config)
     ref = build_dataset(ref_cfg, split, ref_labels, train=False, with_targets=with_targets)
     loader = lambda dataset: eval_loader(dataset, ref_cfg, batch_size=batch_size)  # noqa: E731

@@ -75,9 +75,13 @@ def polygon_problem(points, height: int, width: int) -> str | None:
         return "'points' must be a list of [x, y] number pairs"
     if len(points) < 3:
         return f"polygon has {len(points)} points (needs at least 3)"
-    if not all(math.isfinite(v) for p in points for v in p):
+    if not all(isinstance(v, int) or math.isfinite(v) for p in points for v in p):
         return "polygon has a non-finite coordinate"
     xs, ys = [p[0] for p in points], [p[1] for p in points]
+    # As for COCO: ten image sizes away is a broken value (and would wrap around when cast to int32 to draw).
+    m = 10 * max(height, width) + 1000
+    if min(xs) < -m or max(xs) > width + m or min(ys) < -m or max(ys) > height + m:
+        return f"polygon has a vertex far outside the {height}x{width} image"
     if max(xs) < 0 or min(xs) > width or max(ys) < 0 or min(ys) > height:
         return f"polygon lies entirely outside the {height}x{width} image"
     return None
@@ -192,7 +196,7 @@ class PolygonSource:
         out = []
         for k, ann in enumerate(anns):
             label = ann.get("label")
-            if label not in self.class_of_name:
+            if not isinstance(label, str) or label not in self.class_of_name:
                 raise DataError(f"{where}: annotations[{k}]: unknown label {label!r} (not in data.classes)")
             problem = polygon_problem(ann.get("points"), h, w)
             if problem:
@@ -243,7 +247,7 @@ class PolygonSource:
                 continue
             for k, ann in enumerate(anns):
                 label = ann.get("label")
-                if label not in self.class_of_name:
+                if not isinstance(label, str) or label not in self.class_of_name:
                     problems.append(f"{self.json_path(i)}: annotations[{k}]: unknown label {label!r} (not in data.classes)")
                     continue
                 problem = polygon_problem(ann.get("points"), h, w)
