@@ -225,7 +225,7 @@ def cmd_data_validate(args) -> None:
 
 
 def cmd_data_split(args) -> None:
-    from seglab.core.task import get_task
+    from seglab.task import get_task
     from seglab.data import resolve_labels
     from seglab.data.sources import SOURCES
     from seglab.data.splits import assign_folds

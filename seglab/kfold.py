@@ -27,7 +27,7 @@ import numpy as np
 
 from seglab.config import Config, load_config, to_yaml
 from seglab.core.module import finite
-from seglab.core.task import get_task
+from seglab.task import get_task
 from seglab.errors import SeglabError
 from seglab.io import check_writable, write_json, write_text
 

@@ -41,7 +41,7 @@ def test_no_module_outside_the_task_package_compares_a_task_name():
 
 def test_schema_names_match_the_registries():
     from seglab.config import schema
-    from seglab.core.task import TASKS
+    from seglab.task import TASKS
     from seglab.data.sources import SOURCES
     from seglab.optim import OPTIMIZERS, SCHEDULES
     import seglab.tasks  # noqa: F401
@@ -53,7 +53,7 @@ def test_schema_names_match_the_registries():
 
 
 def test_every_task_answers_the_questions_the_engine_cannot():
-    from seglab.core.task import Task, get_task
+    from seglab.task import Task, get_task
 
     must = ("adapt_labels", "build_model", "training_loss", "probabilities", "decide", "metric", "format_table")
     for name in ("multiclass", "multilabel", "classification"):

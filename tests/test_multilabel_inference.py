@@ -15,7 +15,7 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import final_output, member_probs
-from seglab.inference.sliding import blend_weights, sliding_window, tile_starts
+from seglab.core.sliding import blend_weights, sliding_window, tile_starts
 from seglab.models.registry import MODELS
 from seglab.tasks import get_task
 

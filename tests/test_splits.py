@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from seglab.config import config_from_dict
-from seglab.core.task import get_task
+from seglab.task import get_task
 from seglab.data import open_source, resolve_labels
 from seglab.data.presence import class_presence
 from seglab.data.sources.coco import CocoSource

@@ -11,7 +11,7 @@ from seglab.cli import main
 from seglab.config import Config, TTAConfig
 from seglab.core.module import LabModule
 from seglab.core.run import Run, load_run
-from seglab.core.task import get_task
+from seglab.task import get_task
 from seglab.data import resolve_labels
 from seglab.errors import ConfigError
 from seglab.inference.ensemble import Member

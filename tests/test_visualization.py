@@ -229,7 +229,7 @@ def test_multiclass_task_builds_the_callback_from_the_logging_config(tmp_path):
     from lightning.pytorch.callbacks import Callback
 
     from seglab.config import config_from_dict
-    from seglab.core.task import get_task
+    from seglab.task import get_task
     from seglab.data.labels import LabelSpec
 
     cfg = config_from_dict({"logging": {"viz_every_n_epochs": 3, "viz_samples": 2, "viz_worst_k": 5}})

@@ -507,9 +507,9 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _task_defaults_and_checks(self):
-        # The task's module is torch-free at import: it declares its defaults and the
-        # checks that need no data; everything else is the preflight's.
-        from seglab.tasks import get_task
+        # Tasks are torch-free at import: each declares its defaults and the checks that need
+        # no data; everything else is the preflight's.
+        from seglab.task import get_task
 
         task = get_task(self.task)
         for dotted, value in task.defaults(self).items():

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from seglab.core.checkpoints import check_checkpoint_meta, check_state_dict_fits
-from seglab.core.task import get_task
+from seglab.task import get_task
 from seglab.errors import SeglabError
 from seglab.io import append_jsonl, read_jsonl, write_json, write_text
 
@@ -71,7 +71,7 @@ class LabModule(L.LightningModule):
         """Logits of a validation batch: tile by tile when sliding_window.in_validation asks."""
         window = self.cfg.sliding_window
         if window.enabled and window.in_validation:
-            from seglab.inference.sliding import sliding_window_from_config
+            from seglab.core.sliding import sliding_window_from_config
 
             return sliding_window_from_config(self, images, window)
         return self(images)

@@ -12,7 +12,7 @@ import torch
 from seglab.config import Config, load_config
 from seglab.core.checkpoints import check_checkpoint_meta, check_state_dict_fits, load_checkpoint_file
 from seglab.core.module import LabModule
-from seglab.core.task import Task, get_task
+from seglab.task import Task, get_task
 from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
 

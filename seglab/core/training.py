@@ -19,7 +19,7 @@ from seglab.config import to_yaml
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
 from seglab.core.module import LabModule
-from seglab.core.task import get_task
+from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError
 from seglab.io import check_writable, write_json, write_text

@@ -22,7 +22,7 @@ SPLITS = ("train", "val", "test")
 
 def resolve_labels(cfg) -> LabelSpec:
     """The layout's natural class list, then the task's view of it (Background or not)."""
-    from seglab.core.task import get_task
+    from seglab.task import get_task
 
     task = get_task(cfg.task)
     source = SOURCES.get(cfg.data.format, "data.format")
@@ -51,7 +51,7 @@ def open_source(cfg, split: str, labels: LabelSpec | None):
 
 
 def fold_source(cfg, split: str, labels: LabelSpec | None):
-    from seglab.core.task import get_task
+    from seglab.task import get_task
     from seglab.data.sources.combined import SubsetSource
     from seglab.data.splits import assign_folds, read_folds
 

@@ -1,4 +1,4 @@
-"""Multi-label masks (C x H x W booleans): compact on-disk cache and COCO rasterisation.
+"""Multi-label masks (C x H x W booleans): a compact on-disk cache.
 
 A 29 x 2048 x 2048 mask is 121 MB as bytes; bit-packed (np.packbits) and compressed
 in an .npz it is a few hundred KB, and decoding it is much cheaper than rasterising
@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from seglab.data.cache import atomic_write_bytes
-from seglab.data.labels import LabelSpec
 
 BITMASK_CACHE_VERSION = "1"
 
@@ -61,24 +60,3 @@ class BitmaskCache:
         except OSError:
             pass  # a read-only or full cache only costs speed, never correctness
         return mask
-
-
-def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray:
-    """One channel per class: the union of that class's annotations (C x H x W booleans)."""
-    from seglab.data.sources.coco import annotation_mask, segmentation_problem
-    from seglab.errors import DataError
-
-    img = coco.images[index]
-    h, w = img["height"], img["width"]
-    mask = np.zeros((labels.num_classes, h, w), dtype=bool)
-    for ann in coco.annotations.get(img["id"], []):
-        problem = segmentation_problem(ann.get("segmentation"), h, w)
-        if problem:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): {problem}")
-        cat = ann.get("category_id")
-        if cat not in labels.source_to_class:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {cat!r}")
-        cls = labels.source_to_class[cat]
-        if cls < labels.num_classes:  # Background / ignore: no channel in a multi-label mask
-            mask[cls] |= annotation_mask(ann["segmentation"], h, w)
-    return mask

@@ -21,6 +21,17 @@ def images_under(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
 
 
+def image_size(path: Path, where: str) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception as e:  # PIL raises many types for broken files
+        raise DataError(f"{where}: unreadable image {path}: {e}") from None
+
+
 def read_image(path: Path, where: str, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
     """RGB uint8 [H, W, 3]; grayscale is replicated to three channels."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -51,7 +51,7 @@ def member_probs(member: Member, images: torch.Tensor) -> torch.Tensor:
     def plain(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=x.device.type == "cuda" and dtype is not None):
             if cfg.sliding_window.enabled:
-                from seglab.inference.sliding import sliding_window_from_config
+                from seglab.core.sliding import sliding_window_from_config
 
                 return sliding_window_from_config(lambda t: task.probabilities(module(t)), x, cfg.sliding_window).float()
             return task.probabilities(module(x)).float()

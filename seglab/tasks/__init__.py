@@ -1,4 +1,4 @@
-"""The tasks: one module (or package) each, registered in `seglab.core.task.TASKS`.
+"""The tasks: one module (or package) each, registered in `seglab.task.TASKS`.
 
     segmentation.py    what the two segmentation tasks share
     multiclass.py      one class per pixel (competition A)
@@ -6,7 +6,7 @@
     classification/    one class per image (competition C)
 """
 
-from seglab.core.task import TASKS, Task, get_task
+from seglab.task import TASKS, Task, get_task
 from seglab.tasks import multiclass, multilabel  # noqa: F401  (register)
 from seglab.tasks.classification import task as _classification  # noqa: F401  (registers)
 

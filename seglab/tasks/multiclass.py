@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from seglab.core.task import TASKS
+from seglab.task import TASKS
 from seglab.errors import ConfigError
 from seglab.tasks.segmentation import BACKGROUND, SegmentationTask, is_background
 

@@ -15,7 +15,7 @@ Any mask format feeds either task: `adapt_labels` turns the class list a source 
 
 from __future__ import annotations
 
-from seglab.core.task import Task
+from seglab.task import Task
 
 BACKGROUND = "Background"
 
@@ -64,6 +64,12 @@ class SegmentationTask(Task):
         from seglab.inference.postprocess import postprocess
 
         return postprocess(prediction, cfg.postprocess, labels.classes)
+
+    def stratification_key(self, source, labels):
+        """Which classes each sample holds (k-fold keeps rare classes in every fold)."""
+        from seglab.data.presence import class_presence
+
+        return class_presence(source, labels)
 
     def write_pseudo_labels(self, predictions, out, ref_cfg, labels, threshold, min_confident, thresholds=None) -> dict:
         from seglab.inference.pseudo import write_coco_pseudo_labels

@@ -18,7 +18,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from seglab.data.images import IMAGE_EXTENSIONS, image_decode_problem, images_under, read_image, truncated_jpeg
+from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, images_under, read_image, truncated_jpeg
 from seglab.data.labels import LabelSpec
 from seglab.data.sources import SOURCES, maskstatus
 from seglab.errors import ConfigError, DataError
@@ -103,13 +103,7 @@ class SampleSource:
         return self.samples[i].path
 
     def original_size(self, i: int) -> tuple[int, int]:
-        from PIL import Image
-
-        try:
-            with Image.open(self.image_path(i)) as im:
-                return im.size[1], im.size[0]
-        except Exception as e:  # PIL raises many types for broken files
-            raise DataError(f"{self.name}: {self.sample_id(i)}: unreadable image {self.image_path(i)}: {e}") from None
+        return image_size(self.image_path(i), f"{self.name}: {self.sample_id(i)}")
 
     def load_image(self, i: int):
         return read_image(self.image_path(i), f"{self.name}: {self.sample_id(i)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from seglab.data.bitmasks import BitmaskCache, rasterise_coco_multilabel
+from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir
 from seglab.data.images import read_image
 from seglab.data.labels import LabelSpec, resolve_coco_labels
@@ -290,6 +290,24 @@ def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -
         classes.append(labels.source_to_class[cat])
     for i in paint_sequence(anns, masks, classes, paint_order):
         mask[masks[i]] = classes[i]
+    return mask
+
+
+def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray:
+    """One channel per class: the union of that class's annotations (C x H x W booleans)."""
+    img = coco.images[index]
+    h, w = img["height"], img["width"]
+    mask = np.zeros((labels.num_classes, h, w), dtype=bool)
+    for ann in coco.annotations.get(img["id"], []):
+        problem = segmentation_problem(ann.get("segmentation"), h, w)
+        if problem:
+            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): {problem}")
+        cat = ann.get("category_id")
+        if cat not in labels.source_to_class:
+            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {cat!r}")
+        cls = labels.source_to_class[cat]
+        if cls < labels.num_classes:  # Background / ignore: no channel in a multi-label mask
+            mask[cls] |= annotation_mask(ann["segmentation"], h, w)
     return mask
 
 

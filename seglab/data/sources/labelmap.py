@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from seglab.data.cache import file_stamp
-from seglab.data.images import IMAGE_EXTENSIONS, image_decode_problem, read_image, truncated_jpeg
+from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image, truncated_jpeg
 from seglab.data.labels import LabelSpec, resolve_value_labels
 from seglab.data.sources import SOURCES
 from seglab.data.sources.coco import mask_dtype
@@ -77,10 +77,7 @@ class LabelMapSource:
         return self.mask_dir / f"{self.stems[i]}.png"
 
     def original_size(self, i: int) -> tuple[int, int]:
-        from PIL import Image
-
-        with Image.open(self.image_path(i)) as im:
-            return im.size[1], im.size[0]
+        return image_size(self.image_path(i), f"{self.name}: {self.stems[i]}")
 
     def load_image(self, i: int) -> np.ndarray:
         return read_image(self.image_path(i), f"{self.name}: {self.stems[i]}")

@@ -31,7 +31,7 @@ import numpy as np
 
 from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir, file_stamp
-from seglab.data.images import IMAGE_EXTENSIONS, image_decode_problem, read_image
+from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
 from seglab.data.sources import SOURCES
 from seglab.data.sources.coco import mask_dtype, paint_sequence
@@ -167,13 +167,7 @@ class PolygonSource:
         return (self.json_root / self.ids[i]).with_suffix(".json")
 
     def original_size(self, i: int) -> tuple[int, int]:
-        from PIL import Image
-
-        try:
-            with Image.open(self.image_path(i)) as im:
-                return im.size[1], im.size[0]
-        except Exception as e:  # PIL raises many types for broken files
-            raise DataError(f"{self.name}: {self.ids[i]}: unreadable image {self.image_path(i)}: {e}") from None
+        return image_size(self.image_path(i), f"{self.name}: {self.ids[i]}")
 
     def load_image(self, i: int) -> np.ndarray:
         return read_image(self.image_path(i), f"{self.name}: {self.ids[i]}")

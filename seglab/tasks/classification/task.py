@@ -9,7 +9,7 @@ unlabelled images.
 
 from __future__ import annotations
 
-from seglab.core.task import TASKS, Task
+from seglab.task import TASKS, Task
 
 
 @TASKS.register("classification")
@@ -134,6 +134,12 @@ class ClassificationTask(Task):
         from seglab.visualization.gallery import ClassificationVisualizer
 
         return ClassificationVisualizer(run_dir, labels.classes, cfg.logging.viz_every_n_epochs, cfg.logging.viz_worst_k)
+
+    def stratification_key(self, source, labels):
+        """Which classes each sample holds (k-fold keeps rare classes in every fold)."""
+        from seglab.data.presence import class_presence
+
+        return class_presence(source, labels)
 
     def write_pseudo_labels(self, predictions, out, ref_cfg, labels, threshold, min_confident, thresholds=None) -> dict:
         """`path,label,confidence` for images whose top probability reaches `threshold`; paths

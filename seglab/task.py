@@ -1,4 +1,4 @@
-"""The task protocol: the questions the engine asks and never answers itself.
+"""The task protocol: the questions the engine (`seglab/core/`) asks and never answers itself.
 
 Training, resume, evaluation, prediction, TTA, ensembles, k-fold, pseudo-labels, the
 report and the run list are written once, against this class. A task (multiclass,
@@ -139,11 +139,8 @@ class Task:
     # ------------------------------------------------------------ workflows
 
     def stratification_key(self, source, labels):
-        """[N, K] 0/1 per sample: what k-fold keeps balanced across folds (by default, which
-        classes each sample holds)."""
-        from seglab.data.presence import class_presence
-
-        return class_presence(source, labels)
+        """[N, K] 0/1 per sample: what k-fold keeps balanced across folds."""
+        raise NotImplementedError
 
     def write_pseudo_labels(self, predictions, out, ref_cfg, labels, threshold: float, min_confident: float,
                             thresholds=None) -> dict:
@@ -154,7 +151,5 @@ class Task:
 
 
 def get_task(name: str) -> Task:
-    """The task object for a config's `task` value."""
-    import seglab.tasks  # noqa: F401  (registers the tasks)
-
+    """The task object for a config's `task` value (the tasks register when `seglab` is imported)."""
     return TASKS.get(name, "task")()
