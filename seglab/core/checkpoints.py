@@ -123,7 +123,7 @@ class ExactResume(Checkpoint):
 
     def _save(self, trainer) -> None:
         self._saved_step = trainer.global_step
-        trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # the full state: resume needs it
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step

@@ -151,9 +151,10 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
             pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels)) for p in pred]).to(run.device)
         metric.update(pred, batch["target"].to(run.device))
     scores = metric.compute(list(labels.classes))
+    views = [m.tta.model_dump() for m in members]
     scores.update(split=split, images=count, resolution=resolution(ref_cfg, original_size),
                   members=[m.name for m in members], weights=[m.weight for m in members],
-                  tta=[m.tta.model_dump() for m in members][0] if len({json.dumps(m.tta.model_dump()) for m in members}) == 1 else "per member")
+                  tta=views[0] if all(v == views[0] for v in views) else views)
     if run.thresholds is not None:
         scores["thresholds"] = dict(zip(labels.classes, run.thresholds.tolist()))
         scores["thresholds_from"] = run.thresholds_source
