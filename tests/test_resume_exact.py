@@ -11,21 +11,15 @@ beside the labelled one, whose positions must come back too.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import torch
-
 import pytest
+import torch
 
 from seglab.data.synth.coco import make_coco_dataset
 from seglab.data.synth.maskstatus import make_maskstatus_dataset
+from tests.workflow_helpers import ROOT, finish, seglab_process, tensors, train_and_kill
 
-ROOT = Path(__file__).resolve().parents[1]
 KILL_AT_STEP = 6  # epoch 1, second of its four batches
 STEPS_PER_EPOCH = 4
 
@@ -53,65 +47,20 @@ def classification_data(root: Path) -> list[str]:
 
 DATA = {"multiclass": segmentation_data, "classification": classification_data}
 
-# The run to be killed: identical to `python -m seglab`, except that it stops dead
-# (sleeps) right after writing its KILL_AT_STEP-th checkpoint, so the test's SIGKILL
-# always lands at the same point mid-epoch.
-HANGING_RUN = f"""
-import sys, time
-from seglab import cli
-from seglab.core.checkpoints import ExactResume
-
-save = ExactResume.on_train_batch_end
-
-def save_then_hang(self, trainer, *args):
-    save(self, trainer, *args)
-    if trainer.global_step == {KILL_AT_STEP} and self._saved_step == {KILL_AT_STEP}:
-        print("checkpoint written, hanging", flush=True)
-        time.sleep(600)
-
-ExactResume.on_train_batch_end = save_then_hang
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-def seglab(*args, script: str | None = None, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "seglab", *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-def tensors(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 @pytest.mark.parametrize("task", list(DATA))
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(task, tmp_path):
     config = [*DATA[task](tmp_path / "data"), f"data.cache_dir={tmp_path / 'cache'}", *COMMON]
 
     full, killed = tmp_path / "full", tmp_path / "killed"
-    finish(seglab("train", *config, "--out", str(full)))
-
-    proc = seglab("train", *config, "--out", str(killed), script=HANGING_RUN)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait for the hang marker, then kill hard
-        if "checkpoint written, hanging" in line or time.time() > deadline:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    finish(seglab_process("train", *config, "--out", str(full)))
+    train_and_kill(config, killed, KILL_AT_STEP)
     last = killed / "checkpoints" / "last.ckpt"
     at_kill = tensors(last)
     assert at_kill["global_step"] == KILL_AT_STEP and KILL_AT_STEP % STEPS_PER_EPOCH != 0  # mid-epoch
     # A kill during a checkpoint write leaves a temporary file beside it: resume must not care.
     (last.parent / ".last.ckpt.abc123.tmp").write_bytes(b"half a checkpoint")
 
-    finish(seglab("train", "--resume", str(killed)))
+    finish(seglab_process("train", "--resume", str(killed)))
 
     a, b = tensors(full / "checkpoints" / "last.ckpt"), tensors(killed / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 3 * STEPS_PER_EPOCH

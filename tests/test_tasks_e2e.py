@@ -12,13 +12,7 @@ import contextlib
 import csv
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,24 +25,10 @@ from seglab.data import build_dataset, resolve_labels
 from seglab.data.sources import SOURCES
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import evaluate
-from tests.workflow_helpers import ROOT, TASKS, task_data
+from tests.workflow_helpers import TASKS, finish, seglab_process, task_data, tensors, train_and_kill
 
 COMMON = ["trainer.max_epochs=2", "trainer.deterministic=true", "trainer.checkpoint_every_n_steps=1",
           "trainer.progress_bar=false", "logging.loggers=[]", "schedule.warmup_epochs=0", "data.num_workers=0"]
-
-
-def seglab(*args: str, script: str | None = None) -> subprocess.Popen:
-    """`python -m seglab ...` in a fresh process with one thread: runs compared bit for bit
-    must compute alike."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "seglab", *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    return out
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -57,26 +37,6 @@ def cli(*args: str) -> tuple[int, str]:
     with contextlib.redirect_stdout(out):
         code = main([str(a) for a in args])
     return code, out.getvalue()
-
-
-# The run to be killed: identical to `python -m seglab`, except that it stops dead right
-# after writing its KILL_AT_STEP-th checkpoint, so the SIGKILL lands at the same point.
-HANGING_RUN = """
-import sys, time
-from seglab import cli
-from seglab.core.checkpoints import ExactResume
-
-save = ExactResume.on_train_batch_end
-
-def save_then_hang(self, trainer, *args):
-    save(self, trainer, *args)
-    if trainer.global_step == KILL_AT_STEP and self._saved_step == KILL_AT_STEP:
-        print("checkpoint written, hanging", flush=True)
-        time.sleep(600)
-
-ExactResume.on_train_batch_end = save_then_hang
-sys.exit(cli.main(sys.argv[1:]))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +50,11 @@ def trained(tmp_path_factory):
             config, overrides = task_data(task, base / "data")
             overrides += COMMON + [f"data.cache_dir={base / 'cache'}"]
             run = base / "run"
-            finish(seglab("train", str(config), *overrides, "--out", str(run)))
+            finish(seglab_process("train", str(config), *overrides, "--out", str(run)))
             made[task] = (config, overrides, run)
         return made[task]
 
     return get
-
-
-def tensors(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def scores_of(out: str) -> dict:
@@ -111,19 +67,11 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(task, traine
     steps_per_epoch = tensors(full / "checkpoints" / "last.ckpt")["global_step"] // 2
     kill_at = steps_per_epoch + 1  # the second epoch's first step
     killed = tmp_path / "killed"
-    script = HANGING_RUN.replace("KILL_AT_STEP", str(kill_at))
-    proc = seglab("train", str(config), *overrides, "--out", str(killed), script=script)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # wait for the hang marker, then kill hard
-        if "checkpoint written, hanging" in line or time.time() > deadline:
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    train_and_kill([str(config), *overrides], killed, kill_at)
     at_kill = tensors(killed / "checkpoints" / "last.ckpt")
     assert steps_per_epoch >= 2 and at_kill["global_step"] == kill_at  # mid-epoch
 
-    finish(seglab("train", "--resume", str(killed)))
+    finish(seglab_process("train", "--resume", str(killed)))
     a, b = tensors(full / "checkpoints" / "last.ckpt"), tensors(killed / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 2 * steps_per_epoch
     assert a["state_dict"].keys() == b["state_dict"].keys()

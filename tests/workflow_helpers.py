@@ -4,6 +4,11 @@ seconds."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -58,3 +63,55 @@ def task_data(task: str, root: Path) -> tuple[Path, list[str]]:
     make_maskstatus_dataset(root, n_train=8, n_eval=2, size=32, seed=0)
     return ROOT / "configs" / "demo_cls.yaml", [f"data.root={root}", "data.image_size=[32, 32]", "data.batch_size=8",
                                                 "kfold.folds=2", "logging.viz_every_n_epochs=2"]
+
+
+# ------------------------------------------------------------------ real processes, killed for real
+
+# A run identical to `python -m seglab`, except that it stops dead (sleeps) right after
+# writing its KILL_AT_STEP-th checkpoint, so the test's SIGKILL always lands at that point.
+HANGING_RUN = """
+import sys, time
+from seglab import cli
+from seglab.core.checkpoints import ExactResume
+
+save = ExactResume.on_train_batch_end
+
+def save_then_hang(self, trainer, *args):
+    save(self, trainer, *args)
+    if trainer.global_step == KILL_AT_STEP and self._saved_step == KILL_AT_STEP:
+        print("checkpoint written, hanging", flush=True)
+        time.sleep(600)
+
+ExactResume.on_train_batch_end = save_then_hang
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def seglab_process(*args: str, script: str | None = None) -> subprocess.Popen:
+    """`python -m seglab ...` in a fresh process with one thread: runs compared bit for bit
+    must compute alike."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "seglab", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def train_and_kill(config_args: list[str], out: Path, kill_at: int) -> None:
+    """`seglab train CONFIG_ARGS --out OUT`, SIGKILLed right after its `kill_at`-th checkpoint."""
+    proc = seglab_process("train", *config_args, "--out", str(out), script=HANGING_RUN.replace("KILL_AT_STEP", str(kill_at)))
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait for the hang marker, then kill hard
+        if "checkpoint written, hanging" in line or time.time() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def tensors(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
