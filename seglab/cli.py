@@ -287,8 +287,8 @@ def cmd_viz_aug(args) -> None:
     from seglab.visualization.figures import draw_augmented
 
     cfg = _config(args)
-    labels, samples = augmented_samples(cfg, args.n, args.seed)
-    paths = draw_augmented(samples, args.out, list(labels.classes), labels.ignore_index)
+    names, samples = augmented_samples(cfg, args.n, args.seed)
+    paths = draw_augmented(samples, args.out, names, cfg.data.ignore_index)
     print(f"wrote {len(paths)} augmented samples (augment.train, then augment.batch on them as one batch) to {args.out}")
 
 

@@ -238,3 +238,13 @@ def test_multilabel_tuned_thresholds_are_what_evaluate_then_scores(trained, tmp_
         assert scores["dice"] == pytest.approx(record["dice_after"], abs=1e-9)
         for name, value in record["per_class_dice_after"].items():
             assert scores["per_class_dice"][name] == pytest.approx(value, abs=1e-9)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_viz_aug_draws_the_training_samples_of_every_task(task, tmp_path):
+    config, overrides = task_data(task, tmp_path / "data")
+    code, printed = cli("viz", "aug", config, *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--n", "2", "--out", tmp_path / "aug")
+    pngs = sorted((tmp_path / "aug").glob("aug_*.png"))
+    assert code == 0 and len(pngs) == 2
+    if task == "classification":  # the image's class is named in the panel's file name
+        assert all(any(band in p.name for band in ("30", "60")) for p in pngs)

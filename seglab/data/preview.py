@@ -14,13 +14,14 @@ import torch
 
 from seglab.data import build_dataset, resolve_labels
 from seglab.data.batch_augment import build_batch_augment
-from seglab.data.labels import LabelSpec
 from seglab.data.sampling import build_train_sampler
 from seglab.errors import ConfigError
 
 
-def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[LabelSpec, Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
-    """The labels and n samples: (id, image, mask, augmented image, augmented mask), HxWx3 uint8 images."""
+def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[list[str], Iterator[tuple]]:
+    """The class names to draw with and n samples: (title, image, class map or None, augmented
+    image, augmented class map or None), HxWx3 uint8 images. Multi-label masks are drawn as
+    the topmost class of each pixel (class 0 = none); an image class is named in the title."""
     labels = resolve_labels(cfg)
     plain = build_dataset(cfg, "train", labels, train=False, with_targets=True)
     augmented = build_dataset(cfg, "train", labels, train=True, with_targets=True)
@@ -41,7 +42,20 @@ def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[LabelSpec, Iterator[t
     def samples():
         for item, image, mask in zip(items, images, masks):
             original = plain[item["index"]]
-            yield (item["id"], original["image"].permute(1, 2, 0).numpy(), original["target"].numpy(),
-                   image.permute(1, 2, 0).numpy(), mask.numpy())
+            title = item["id"] if mask.dim() else f"{item['id']} ({labels.classes[int(mask)]})"
+            yield (title, original["image"].permute(1, 2, 0).numpy(), drawable(original["target"].numpy()),
+                   image.permute(1, 2, 0).numpy(), drawable(mask.numpy()))
 
-    return labels, samples()
+    names = ["none", *labels.classes] if labels.target == "binary_masks" else list(labels.classes)
+    return names, samples()
+
+
+def drawable(target: np.ndarray) -> np.ndarray | None:
+    """A class map to draw: a class map as it is, C x H x W booleans as 1 + the topmost class
+    of each pixel (0 where none), nothing for an image class."""
+    if target.ndim == 2:
+        return target
+    if target.ndim == 3:
+        top = target.shape[0] - np.argmax(target[::-1], axis=0)  # 1 + the last channel that is on
+        return np.where(target.any(0), top, 0).astype(np.uint8 if target.shape[0] < 255 else np.uint16)
+    return None

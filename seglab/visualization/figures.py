@@ -350,10 +350,15 @@ def draw_augmented(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarr
                    class_names: Sequence[str], ignore_index: int | None = 255,
                    palette: np.ndarray | None = None) -> list[Path]:
     """One PNG per (id, image, mask, augmented image, augmented mask):
-    original with its mask | augmented image | augmented image with its mask, and a legend."""
+    original with its mask | augmented image | augmented image with its mask, and a legend;
+    original | augmented when there are no masks (image classification)."""
     palette = class_palette(len(class_names)) if palette is None else palette
     out_dir, paths, used = Path(out_dir), [], set()
     for k, (image_id, image, mask, aug_image, aug_mask) in enumerate(samples):
+        if mask is None:
+            panel = _tile_grid([(image, "original"), (aug_image, "augmented")], 2, str(image_id), tile_px=360)
+            paths.append(save_png(panel, out_dir / _unique(f"aug_{k:03d}_{safe_filename(image_id)}", used)))
+            continue
         legend = _class_legend(mask, aug_mask, class_names, palette, ignore_index)
         image, mask = _shrink(400, image, mask)
         aug_image, aug_mask = _shrink(400, aug_image, aug_mask)
