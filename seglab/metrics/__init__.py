@@ -3,4 +3,5 @@
     confusion.py  one confusion matrix; segmentation scores (mIoU, accuracies, fwIoU)
     f1.py         classification scores from the same matrix (macro F1, facets)
     dice.py       the multi-label Dice per image and class
+    table.py      the per-class console table they share
 """

@@ -123,16 +123,8 @@ def segmentation_scores(mat: torch.Tensor, class_names: list[str] | None = None)
 
 def format_table(scores: dict, title: str = "") -> str:
     """A plain-text table of the per-class and overall scores, for the console."""
-    names = list(scores["per_class_iou"])
-    width = max(12, *(len(n) for n in names))
-    lines = [title] if title else []
-    lines.append(f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}")
-    for name in names:
-        iou, acc = scores["per_class_iou"][name], scores["per_class_accuracy"][name]
-        fmt = lambda v: "    -  " if v is None else f"{v:7.4f}"
-        lines.append(f"{name:<{width}}  {fmt(iou)}  {fmt(acc)}")
-    lines.append(
-        f"mIoU {scores['mIoU']:.4f} | pixel acc {scores['pixel_accuracy']:.4f} | "
-        f"mean class acc {scores['mean_class_accuracy']:.4f} | fwIoU {scores['fwIoU']:.4f}"
-    )
-    return "\n".join(lines)
+    from seglab.metrics.table import per_class_table
+
+    summary = (f"mIoU {scores['mIoU']:.4f} | pixel acc {scores['pixel_accuracy']:.4f} | "
+               f"mean class acc {scores['mean_class_accuracy']:.4f} | fwIoU {scores['fwIoU']:.4f}")
+    return per_class_table({"IoU": scores["per_class_iou"], "acc": scores["per_class_accuracy"]}, summary, title)

@@ -91,12 +91,7 @@ class DiceScore:
 
 def format_dice_table(scores: dict, title: str = "") -> str:
     """Console table: one row per class, then the mean."""
-    names = list(scores["per_class_dice"])
-    width = max(12, *(len(n) for n in names))
-    lines = [title] if title else []
-    lines.append(f"{'class':<{width}}  {'Dice':>7}")
-    for name in names:
-        v = scores["per_class_dice"][name]
-        lines.append(f"{name:<{width}}  {'    -  ' if v is None else f'{v:7.4f}'}")
-    lines.append(f"mean Dice {scores['dice']:.4f} over {scores.get('images', '?')} images")
-    return "\n".join(lines)
+    from seglab.metrics.table import per_class_table
+
+    summary = f"mean Dice {scores['dice']:.4f} over {scores.get('images', '?')} images"
+    return per_class_table({"Dice": scores["per_class_dice"]}, summary, title)

@@ -73,16 +73,12 @@ class ClassificationConfusion(ConfusionMatrix):
 
 
 def format_table(scores: dict, title: str = "") -> str:
-    names = list(scores["per_class_f1"])
-    width = max(12, *(len(n) for n in names))
-    fmt = lambda v: "    -  " if v is None else f"{v:7.4f}"
-    lines = [title] if title else []
-    lines.append(f"{'class':<{width}}  {'F1':>7}  {'prec':>7}  {'recall':>7}  {'n':>6}")
-    for name in names:
-        lines.append(f"{name:<{width}}  {fmt(scores['per_class_f1'][name])}  {fmt(scores['per_class_precision'][name])}  "
-                     f"{fmt(scores['per_class_recall'][name])}  {scores['support'][name]:6d}")
+    from seglab.metrics.table import per_class_table
+
     facets = [k for k in scores if k.endswith("_accuracy") and k not in ("accuracy", "mean_class_accuracy")]
     extra = "".join(f" | {k.replace('_', ' ')} {scores[k]:.4f}" for k in facets)
-    lines.append(f"macro F1 {scores['macro_f1']:.4f} | accuracy {scores['accuracy']:.4f} | "
-                 f"mean class acc {scores['mean_class_accuracy']:.4f}{extra}")
-    return "\n".join(lines)
+    summary = (f"macro F1 {scores['macro_f1']:.4f} | accuracy {scores['accuracy']:.4f} | "
+               f"mean class acc {scores['mean_class_accuracy']:.4f}{extra}")
+    columns = {"F1": scores["per_class_f1"], "prec": scores["per_class_precision"],
+               "recall": scores["per_class_recall"], "n": scores["support"]}
+    return per_class_table(columns, summary, title)
