@@ -5,7 +5,8 @@ Data only: importing this module loads pydantic and nothing of the training stac
 need the stack (loss parameters, albumentations names, model names) run in the
 preflight before training (`seglab.core.preflight`). Defaults that depend on the task
 (the loss, the monitored metric, the submission format) are declared by the task and
-filled in here, so the saved config.yaml holds every value a run used.
+filled in here, so the saved config.yaml holds every value a run used. One file on
+purpose: every knob of seglab, with its default and description, is read in one place.
 """
 
 from __future__ import annotations
