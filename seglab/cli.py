@@ -111,13 +111,13 @@ def _write_submission(members, split: str, out: str, fmt: str | None, data, batc
     from seglab.submission import WRITERS, WriteContext
 
     run = members[0].run
-    ref_cfg, labels = reference(members, data)
+    ref = reference(members, data)
     fmt = fmt or run.cfg.submission.format
     if fmt not in run.task.writers:
         raise ConfigError(f"--format {fmt}: not a {run.task.name} format (use {', '.join(run.task.writers)})")
     writer = WRITERS.get(fmt, "--format")
-    context = WriteContext(list(labels.classes), ref_cfg, split)
-    count = writer(predictions(members, split, data, batch_size), Path(out), context)
+    context = WriteContext(list(ref.labels.classes), ref.cfg, split)
+    count = writer(predictions(members, split, ref, batch_size), Path(out), context)
     print(f"wrote {count} predictions ({fmt}) to {out}")
 
 

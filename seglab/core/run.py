@@ -117,9 +117,3 @@ def load_thresholds(run_dir: Path, classes) -> torch.Tensor | None:
     if missing:
         raise SeglabError(f"{path}: no threshold for classes {missing}; run tune-thresholds again")
     return torch.tensor([float(values[c]) for c in classes])
-
-
-def task_of(run_dir: str | Path) -> Task:
-    """The task of a run folder, from its config alone (nothing is loaded)."""
-    cfg, _ = read_run_files(run_dir)
-    return get_task(cfg.task)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -59,16 +59,26 @@ def member_probs(member: Member, images: torch.Tensor) -> torch.Tensor:
     return tta_probs(plain, images, member.tta)
 
 
-def reference(members: list[Member], data_config: str | Path | None = None):
+class Reference(NamedTuple):
     """The config the images (and targets) are read from, and its class list."""
+
+    cfg: object
+    labels: object
+
+
+def reference(members: list[Member], data_config=None) -> Reference:
+    """The reference of `data_config`: a config file or run folder (read once here), None for
+    the first member's own, or a Reference already read (returned as it is)."""
+    if isinstance(data_config, Reference):
+        return data_config
     if data_config is None:
-        return members[0].run.cfg, members[0].run.labels
+        return Reference(members[0].run.cfg, members[0].run.labels)
     path = Path(data_config)
     cfg = load_config(path / "config.yaml" if path.is_dir() else path)
     labels = resolve_labels(cfg)
     if list(labels.classes) != list(members[0].run.labels.classes):
         raise SeglabError(f"{path}: its classes {list(labels.classes)} differ from the runs' {list(members[0].run.labels.classes)}")
-    return cfg, labels
+    return Reference(cfg, labels)
 
 
 def _view_key(cfg) -> str:
@@ -82,7 +92,7 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
     """(reference batch, weighted mean probabilities on the first member's device, reference dataset).
 
     Dense probabilities are at the reference batch's size (its data.image_size, else the
-    images' own)."""
+    images' own). `data_config` as for `reference`."""
     check_compatible(members)  # members built by hand, too: never average mismatched class lists
     ref_cfg, ref_labels = reference(members, data_config)
     ref = build_dataset(ref_cfg, split, ref_labels, train=False, with_targets=with_targets)
@@ -126,6 +136,31 @@ def resolution(cfg, original_size: bool) -> str:
     return f"{cfg.data.image_size[0]}x{cfg.data.image_size[1]} (data.image_size)" if cfg.data.image_size else "each image's own size"
 
 
+def decide(run, probs: torch.Tensor) -> torch.Tensor:
+    """A batch's decisions as `evaluate` scores them: the task's decision with the run's
+    thresholds, then its post-processing when the config asks for morphology."""
+    pred = run.task.decide(probs, run.thresholds)
+    if run.cfg.postprocess.morphology:
+        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels)) for p in pred])
+    return pred.to(run.device)
+
+
+@torch.no_grad()
+def scored(members: list[Member], split: str, data_config=None, original_size: bool = False,
+           batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(probabilities, targets) on the first member's device: batch by batch at the dataset's
+    resolution, or one image at a time at its original size against its original target.
+    What `evaluate` and `tune-thresholds` score."""
+    run = members[0].run
+    for batch, probs, dataset in stream(members, split, data_config, True, batch_size):
+        if not original_size:
+            yield probs, batch["target"].to(run.device)
+            continue
+        for j, index in enumerate(batch["index"].tolist()):
+            target = torch.as_tensor(np.asarray(dataset.source.load_target(index)))[None].to(run.device)
+            yield at_original_size(run, probs[j : j + 1], dataset.source, index), target
+
+
 @torch.no_grad()
 def evaluate(members: list[Member], split: str = "val", data_config=None, original_size: bool = False,
              batch_size: int | None = None) -> tuple[dict, object]:
@@ -134,29 +169,19 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
     `original_size` against the original targets, scoring exactly what `predict` writes.
     The decision, tuned thresholds and post-processing apply."""
     run = members[0].run
-    ref_cfg, labels = reference(members, data_config)
-    metric = run.task.metric(labels, run.device)
+    ref = reference(members, data_config)
+    metric = run.task.metric(ref.labels, run.device)
     count = 0
-    for batch, probs, dataset in stream(members, split, data_config, True, batch_size):
-        count += len(batch["id"])
-        if original_size:
-            for j, index in enumerate(batch["index"].tolist()):
-                p = at_original_size(run, probs[j : j + 1], dataset.source, index)
-                pred = torch.as_tensor(final_output(run, p))[None].to(run.device)
-                gt = torch.as_tensor(np.asarray(dataset.source.load_target(index)))[None].to(run.device)
-                metric.update(pred, gt)
-            continue
-        pred = run.task.decide(probs, run.thresholds)
-        if run.cfg.postprocess.morphology:
-            pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels)) for p in pred]).to(run.device)
-        metric.update(pred, batch["target"].to(run.device))
-    scores = metric.compute(list(labels.classes))
+    for probs, target in scored(members, split, ref, original_size, batch_size):
+        count += len(target)
+        metric.update(decide(run, probs), target)
+    scores = metric.compute(list(ref.labels.classes))
     views = [m.tta.model_dump() for m in members]
-    scores.update(split=split, images=count, resolution=resolution(ref_cfg, original_size),
+    scores.update(split=split, images=count, resolution=resolution(ref.cfg, original_size),
                   members=[m.name for m in members], weights=[m.weight for m in members],
                   tta=views[0] if all(v == views[0] for v in views) else views)
     if run.thresholds is not None:
-        scores["thresholds"] = dict(zip(labels.classes, run.thresholds.tolist()))
+        scores["thresholds"] = dict(zip(ref.labels.classes, run.thresholds.tolist()))
         scores["thresholds_from"] = run.thresholds_source
     return scores, metric
 

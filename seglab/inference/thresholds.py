@@ -106,7 +106,7 @@ def tune_thresholds(run_dir: str | Path, split: str = "val", checkpoint: str = "
     RUN/thresholds.json."""
     from seglab.core.run import THRESHOLDS_FILE, load_run
     from seglab.inference.ensemble import Member
-    from seglab.inference.predict import at_original_size, final_output, resolution, stream
+    from seglab.inference.predict import decide, resolution, scored
     from seglab.io import write_json
 
     run = load_run(run_dir, checkpoint, device, tuned_thresholds=False)
@@ -119,21 +119,10 @@ def tune_thresholds(run_dir: str | Path, split: str = "val", checkpoint: str = "
               else ThresholdSearch(len(names), grid, device=run.device))
     before = DiceScore(len(names), device=run.device)
     images = 0
-    for batch, probs, dataset in stream([member], split, with_targets=True):
-        images += len(batch["id"])
-        if original_size:
-            for j, index in enumerate(batch["index"].tolist()):
-                p = at_original_size(run, probs[j : j + 1], dataset.source, index)
-                gt = torch.from_numpy(dataset.source.load_target(index))[None].to(run.device)
-                search.update(p, gt)
-                before.update(torch.from_numpy(final_output(run, p))[None].to(run.device), gt)
-            continue
-        masks = batch["target"].to(run.device)
-        search.update(probs, masks)
-        decided = run.task.decide(probs, run.thresholds)
-        if post.morphology:
-            decided = torch.stack([torch.from_numpy(run.task.postprocess(d.cpu().numpy(), run.cfg, run.labels)) for d in decided])
-        before.update(decided.to(run.device), masks)
+    for probs, target in scored([member], split, original_size=original_size):
+        images += len(target)
+        search.update(probs, target)
+        before.update(decide(run, probs), target)
     thresholds, dices = search.best()
     was = before.compute(names)
     record = {

@@ -12,7 +12,6 @@ reach validation).
 from __future__ import annotations
 
 import bisect
-from pathlib import Path
 
 import numpy as np
 
@@ -156,10 +155,3 @@ def with_extra_sets(source, extras: list, val_ids: set[str] | None):
                     "an extra training set must not contain validation images"
                 )
     return ConcatSource([source, *extras])
-
-
-def relative_to_root(path: Path, root: Path) -> str | None:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return None

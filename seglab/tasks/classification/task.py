@@ -144,6 +144,7 @@ class ClassificationTask(Task):
     def write_pseudo_labels(self, predictions, out, ref_cfg, labels, threshold, min_confident, thresholds=None) -> dict:
         """`path,label,confidence` for images whose top probability reaches `threshold`; paths
         relative to data.root when they lie under it (what `data.extra_train` reads back)."""
+        import csv
         from pathlib import Path
 
         from seglab.inference.pseudo import relative_file_name
@@ -153,14 +154,14 @@ class ClassificationTask(Task):
         path = out if out.suffix == ".csv" else out / "pseudo.csv"
         seen = kept = 0
         with atomic_open(path, "w", newline="") as f:
-            f.write("path,label,confidence\n")
+            rows = csv.writer(f)
+            rows.writerow(["path", "label", "confidence"])
             for _, image_path, probs in predictions:
                 seen += 1
                 confidence, top = (float(v) for v in probs.max(0))
                 if confidence < threshold:
                     continue
-                name = relative_file_name(image_path, Path(ref_cfg.data.root)).replace('"', '""')
-                f.write(f'"{name}","{labels.classes[int(top)]}",{confidence:.4f}\n')
+                rows.writerow([relative_file_name(image_path, Path(ref_cfg.data.root)), labels.classes[int(top)], f"{confidence:.4f}"])
                 kept += 1
         return {"threshold": threshold, "images_seen": seen, "images_kept": kept, "images_dropped": seen - kept,
                 "path": str(path.resolve())}
