@@ -1,0 +1,53 @@
+"""The `seglab` command. Each subcommand parses its arguments and calls one function of
+the engine; no command knows which task a run has. A `SeglabError` is printed as one
+line (no traceback) with exit code 2.
+
+Each module of this package holds a group of commands and a `register(subparsers)` that
+adds their parsers; a new command group is one module and one entry in COMMAND_GROUPS."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from seglab.cli import data, infer, look, train
+
+COMMAND_GROUPS = (train, infer, data, look)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seglab", description="Config-driven experiment lab: segmentation (multi-class, multi-label) and classification")
+    sub = p.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seglab.errors import SeglabError
+
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    # `key=value` overrides may come after options too (`train cfg.yaml --out RUN lr=...`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = list(args.overrides) + extra
+    try:
+        args.func(args)
+    except SeglabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""What several commands share: loading a config with overrides, and the run / TTA flags."""
+
+from __future__ import annotations
+
+
+def load_cli_config(args):
+    from seglab.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def add_tta_flags(p) -> None:
+    p.add_argument("--flips", help="TTA flips, comma-separated: h,v,hv ('none' = no flip); default: the run's tta.flips")
+    p.add_argument("--scales", help="TTA scales, comma-separated, e.g. 0.75,1,1.25; default: the run's tta.scales")
+    p.add_argument("--no-tta", action="store_true", help="plain prediction, whatever the run's tta section says")
+
+
+def add_run_flags(p) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    add_tta_flags(p)
+
+
+def add_members_flags(p, split: str) -> None:
+    p.add_argument("members", nargs="+", help="run folders (RUN, RUN:last, RUN:best, RUN:file.ckpt) or k-fold folders (all their folds)")
+    p.add_argument("--weights", help="comma-separated weight per member (a k-fold folder's weight is shared by its folds)")
+    p.add_argument("--split", default=split)
+    p.add_argument("--data", help="config (or run folder) whose split is read; default the first member's (a k-fold's base config)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device")
+    add_tta_flags(p)

@@ -1,0 +1,112 @@
+"""`seglab data ...`: dataset tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seglab.cli.common import load_cli_config
+
+
+def cmd_data_synth(args) -> None:
+    if args.format == "maskstatus":
+        from seglab.data.synth.maskstatus import make_maskstatus_dataset
+
+        paths = make_maskstatus_dataset(args.out, args.n_train or 60, args.n_test or 24, args.size or 64, args.seed)
+    elif args.format == "polygons":
+        from seglab.data.synth.polygons import make_polygon_dataset
+
+        # --n-* count people (ID folders, two images each) in this layout.
+        counts = [n if n is not None else d for n, d in zip((args.n_train, args.n_val, args.n_test), (24, 8, 4))]
+        paths = make_polygon_dataset(args.out, *counts, args.size or 128, args.seed)
+    else:
+        from seglab.data.synth.coco import make_coco_dataset
+
+        counts = [n if n is not None else d for n, d in zip((args.n_train, args.n_val, args.n_test), (48, 16, 8))]
+        paths = make_coco_dataset(args.out, *counts, args.size or 128, args.seed)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+
+
+def cmd_data_inspect(args) -> None:
+    from seglab.data.inspect import format_inspection, inspect_coco
+
+    report = inspect_coco(args.json, args.root, args.paint_order)
+    print(json.dumps(report, indent=2) if args.json_output else format_inspection(report))
+
+
+def cmd_data_validate(args) -> None:
+    from seglab.core.training import config_problems
+    from seglab.data import collect_problems
+
+    cfg = load_cli_config(args)
+    labels, problems = collect_problems(cfg, deep=args.deep)
+    problems = config_problems(cfg) + problems
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes) if labels else 'unresolved'}")
+    if problems:
+        raise SystemExit(1)
+
+
+def cmd_data_split(args) -> None:
+    from seglab.data import resolve_labels
+    from seglab.data.sources import SOURCES
+    from seglab.data.splits import assign_folds
+    from seglab.task import get_task
+
+    cfg = load_cli_config(args)
+    labels = resolve_labels(cfg)
+    pool = SOURCES.get(cfg.data.format, "data.format")(cfg.data, args.split, labels)
+    folds = assign_folds(pool, labels, get_task(cfg.task), cfg, args.folds, args.seed)
+    path = folds.write(Path(args.out) / "folds.csv")
+    print(f"{len(folds.ids)} samples, {len(set(folds.groups))} groups -> {folds.k} folds, {folds.strategy} ({path})")
+    for k, fold in enumerate(folds.summary()):
+        strata = f"  strata {fold['strata']}" if "strata" in fold else ""
+        print(f"fold {k}: {fold['images']} samples, {fold['groups']} groups{strata}")
+    print(f"validate on fold 0: data.folds={path.resolve()} data.fold=0")
+
+
+def cmd_data_rle_decode(args) -> None:
+    from seglab.submission.rle import decode_to_pngs
+
+    count = decode_to_pngs(args.csv, args.out, tuple(args.size))
+    print(f"wrote {count} masks (one PNG per image x class) under {args.out}")
+
+
+def register(sub) -> None:
+    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    s = d.add_parser("synth", help="write a built-in example dataset: COCO (competition A), polygons (B) or mask status (C)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--format", choices=("coco", "polygons", "maskstatus"), default="coco",
+                   help="polygons: hand-bone layout, --n-* count people; maskstatus: --n-train/--n-test count persons")
+    s.add_argument("--n-train", type=int, help="default 48 images (coco) / 24 people (polygons) / 60 persons (maskstatus)")
+    s.add_argument("--n-val", type=int, help="default 16 images / 8 people (maskstatus: validation is a fold of persons)")
+    s.add_argument("--n-test", type=int, help="default 8 images / 4 people / 24 persons")
+    s.add_argument("--size", type=int, help="image side in pixels (default 128; 64 for maskstatus)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_data_synth)
+    i = d.add_parser("inspect", help="class counts, pixel shares, overlaps, sizes and problems of a COCO file")
+    i.add_argument("json")
+    i.add_argument("--root", help="image root (default: the JSON's folder)")
+    i.add_argument("--paint-order", default="area_desc")
+    i.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
+    i.set_defaults(func=cmd_data_inspect)
+    v = d.add_parser("validate", help="list every problem a config and its splits have")
+    v.add_argument("config")
+    v.add_argument("overrides", nargs="*")
+    v.add_argument("--deep", action="store_true", help="decode every image fully (finds truncated or corrupt files; slower)")
+    v.set_defaults(func=cmd_data_validate)
+    sp = d.add_parser("split", help="k folds of a split (groups kept together, stratified) -> OUT/folds.csv for data.folds/data.fold")
+    sp.add_argument("config")
+    sp.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. kfold.metadata=meta.xlsx 'kfold.stratify=[sex,age]'")
+    sp.add_argument("--folds", type=int, help="number of folds (default: kfold.folds)")
+    sp.add_argument("--out", required=True, help="folder for folds.csv")
+    sp.add_argument("--split", default="train", help="which configured split is the pool (default train)")
+    sp.add_argument("--seed", type=int, help="default: the config's seed")
+    sp.set_defaults(func=cmd_data_split)
+    rd = d.add_parser("rle-decode", help="turn an image_name,class,rle CSV back into one PNG mask per image x class")
+    rd.add_argument("csv")
+    rd.add_argument("--out", required=True)
+    rd.add_argument("--size", type=int, nargs=2, default=(2048, 2048), metavar=("H", "W"), help="original image size")
+    rd.set_defaults(func=cmd_data_rle_decode)

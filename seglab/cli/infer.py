@@ -1,0 +1,159 @@
+"""Commands that use trained runs: evaluate, predict, ensemble, pseudo, tune-thresholds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from seglab.cli.common import add_members_flags, add_run_flags
+
+
+def _members(args, specs: list[str]):
+    """Loaded members (k-fold folders expanded) with the command line's TTA, and the config
+    whose split is read."""
+    from seglab.errors import ConfigError
+    from seglab.inference.ensemble import resolve_members
+    from seglab.inference.tta import parse_tta
+
+    weights = None
+    if getattr(args, "weights", None):
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights {args.weights!r}: expected comma-separated numbers") from None
+    members, base = resolve_members(specs, weights, device=args.device)
+    if args.no_tta or args.flips is not None or args.scales is not None:
+        for m in members:
+            m.tta = parse_tta(args.flips, args.scales, m.run.cfg.tta, off=args.no_tta)
+    for m in members:
+        bad = [f for f in m.tta.flips if f not in m.run.task.tta_flips]
+        if bad:
+            raise ConfigError(f"--flips: {bad} not supported by a {m.run.task.name} run (use {', '.join(m.run.task.tta_flips)})")
+    return members, getattr(args, "data", None) or base
+
+
+def _one_run(args) -> list[tuple[Path, str]]:
+    return [(Path(args.run_dir), args.checkpoint)]
+
+
+def _print_scores(scores: dict, out: str | None = None) -> None:
+    from seglab.core.module import finite
+
+    if out:
+        from seglab.io import write_json
+
+        write_json(Path(out), finite(scores))
+    print(json.dumps(finite(scores), indent=2))
+
+
+def _write_submission(members, split: str, out: str, fmt: str | None, data, batch_size) -> None:
+    from seglab.errors import ConfigError
+    from seglab.inference.predict import predictions, reference
+    from seglab.submission import WRITERS, WriteContext
+
+    run = members[0].run
+    ref = reference(members, data)
+    fmt = fmt or run.cfg.submission.format
+    if fmt not in run.task.writers:
+        raise ConfigError(f"--format {fmt}: not a {run.task.name} format (use {', '.join(run.task.writers)})")
+    writer = WRITERS.get(fmt, "--format")
+    context = WriteContext(list(ref.labels.classes), ref.cfg, split)
+    count = writer(predictions(members, split, ref, batch_size), Path(out), context)
+    print(f"wrote {count} predictions ({fmt}) to {out}")
+
+
+def cmd_evaluate(args) -> None:
+    from seglab.inference.predict import evaluate
+
+    members, data = _members(args, _one_run(args))
+    scores, _ = evaluate(members, args.split, data, args.original_size)
+    scores["checkpoint"] = args.checkpoint
+    _print_scores(scores)
+
+
+def cmd_predict(args) -> None:
+    members, data = _members(args, _one_run(args))
+    _write_submission(members, args.split, args.out, args.format, data, None)
+
+
+def cmd_ensemble(args) -> None:
+    from seglab.inference.ensemble import describe
+    from seglab.inference.predict import evaluate
+
+    members, data = _members(args, args.members)
+    print(f"ensemble of {len(members)} member(s):\n{describe(members)}", file=sys.stderr)
+    if args.split != "test" and not args.format:
+        scores, _ = evaluate(members, args.split, data, args.original_size, args.batch_size)
+        _print_scores(scores, args.out)
+        return
+    if not args.out:
+        raise SystemExit("seglab ensemble --split test: give --out (a file, or a folder for png)")
+    _write_submission(members, args.split, args.out, args.format, data, args.batch_size)
+
+
+def cmd_pseudo(args) -> None:
+    from seglab.inference.pseudo import write_pseudo_labels
+
+    members, data = _members(args, args.members)
+    summary = write_pseudo_labels(members, args.out, args.split, args.threshold, args.min_confident, data, args.batch_size)
+    print(json.dumps(summary, indent=2))
+    print(f"add it to training with: data.extra_train=[{summary['path']}]")
+
+
+def cmd_tune_thresholds(args) -> None:
+    from seglab.inference.thresholds import DEFAULT_GRID, tune_thresholds
+    from seglab.inference.tta import parse_tta
+
+    grid = [float(v) for v in args.grid.split(",")] if args.grid else DEFAULT_GRID
+    tta = None
+    if args.no_tta or args.flips is not None or args.scales is not None:
+        from seglab.core.run import read_run_files
+
+        tta = parse_tta(args.flips, args.scales, read_run_files(args.run_dir)[0].tta, off=args.no_tta)
+    record = tune_thresholds(args.run_dir, args.split, args.checkpoint, args.device, grid, args.original_size,
+                             save=not args.dry_run, tta=tta)
+    width = max(12, *(len(c) for c in record["thresholds"]))
+    print(f"{'class':<{width}}  threshold  Dice before  Dice after")
+    for c, t in record["thresholds"].items():
+        print(f"{c:<{width}}  {t:9.2f}  {record['per_class_dice_before'][c]:11.4f}  {record['per_class_dice_after'][c]:10.4f}")
+    print(f"mean Dice on {args.split} at {record['resolution']}"
+          f"{' (post-processed)' if record['postprocessed'] else ''}: {record['dice_before']:.4f} -> {record['dice_after']:.4f}"
+          + (f"  (saved {record['path']})" if "path" in record else "  (not saved: --dry-run)"))
+
+
+def register(sub) -> None:
+    e = sub.add_parser("evaluate", help="scores of a trained run on a labelled split (JSON)")
+    add_run_flags(e)
+    e.add_argument("--split", default="val")
+    e.add_argument("--original-size", action="store_true", help="score at each image's original size (exactly what predict writes)")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="write a submission for a split")
+    add_run_flags(pr)
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--out", required=True, help="a file (CSV formats) or a folder (png)")
+    pr.add_argument("--format", help="a writer the run's task has: coco_csv, png, rle; id_label, maskstatus, probs (default: submission.format)")
+    pr.set_defaults(func=cmd_predict)
+
+    en = sub.add_parser("ensemble", help="average the probabilities of several runs; evaluate or write a submission")
+    add_members_flags(en, "val")
+    en.add_argument("--out", help="submission for test; scores JSON for a labelled split")
+    en.add_argument("--format", help="submission format (default: the first member's); forces writing predictions")
+    en.add_argument("--original-size", action="store_true", help="score at each image's original size")
+    en.set_defaults(func=cmd_ensemble)
+
+    ps = sub.add_parser("pseudo", help="pseudo-label a split from confident (ensemble) predictions, for data.extra_train")
+    add_members_flags(ps, "test")
+    ps.add_argument("--out", required=True, help="output file (.json for segmentation, .csv for classification) or a folder")
+    ps.add_argument("--threshold", type=float, default=0.9, help="confidence a decision needs to be kept")
+    ps.add_argument("--min-confident", type=float, default=0.5, help="segmentation: drop images with a smaller share of confident decisions")
+    ps.set_defaults(func=cmd_pseudo)
+
+    th = sub.add_parser("tune-thresholds", help="per-class thresholds maximising Dice on a split; saved to RUN/thresholds.json")
+    add_run_flags(th)
+    th.add_argument("--split", default="val")
+    th.add_argument("--grid", help="comma-separated thresholds (default 0.05,0.10,...,0.95)")
+    th.add_argument("--original-size", action="store_true", help="search at each image's original size")
+    th.add_argument("--dry-run", action="store_true", help="print, do not save")
+    th.set_defaults(func=cmd_tune_thresholds)
