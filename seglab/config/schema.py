@@ -76,6 +76,9 @@ class DataConfig(Strict):
     )
     ignore_index: int = Field(255, ge=0, description="label value excluded from loss and metric")
     image_size: tuple[int, int] | None = Field(None, description="resize images and masks to [height, width]; null = keep (classification needs one size)")
+    allow_outside_root: bool = Field(
+        False, description="read data-file names that are absolute or climb out with `..` (refused by default); outputs always stay under --out"
+    )
     cache_dir: str | None = Field(None, description="where rasterised masks are cached; default ~/.cache/seglab ($SEGLAB_CACHE)")
     cache_images: bool = Field(
         True, description="with image_size: cache decoded images and masks at that size (raw, H*W*3 bytes each): ~4x faster loading"

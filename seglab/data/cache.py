@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seglab.io import new_file_mode
+
 CACHE_VERSION = "2"
 
 
@@ -23,6 +25,7 @@ def default_cache_dir() -> Path:
 def atomic_write_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    new_file_mode(fd)  # submissions are PNGs too: the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         if not cv2.imwrite(tmp, array):
@@ -77,6 +80,7 @@ class ArrayCache:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    new_file_mode(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

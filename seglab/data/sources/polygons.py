@@ -37,6 +37,7 @@ from seglab.data.sources import SOURCES
 from seglab.data.sources.coco import mask_dtype, paint_sequence
 from seglab.errors import ConfigError, DataError
 from seglab.io import read_json
+from seglab.paths import inside
 
 
 def find_images(folder: Path) -> list[str]:
@@ -110,6 +111,7 @@ class PolygonSource:
             raise DataError(f"{path}: split list or folder not found (data.{split})")
         if not self.image_root.is_dir():
             raise DataError(f"{self.image_root}: image folder not found (data.root / data.image_dir)")
+        self.allow_outside_root = data_cfg.allow_outside_root
         if path.is_file():
             self.ids = self._read_list(path)
         self.has_targets = self.json_root.is_dir()
@@ -131,7 +133,7 @@ class PolygonSource:
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
-            target = self.image_root / entry
+            target = inside(self.image_root, entry, f"{path}: line {line_no}", self.allow_outside_root)
             if target.is_dir():
                 found = find_images(target)
                 if not found:
