@@ -103,7 +103,9 @@ class OutputFolder:
             raise DataError(f"{where}: output {rel!r} would also be written for {self.used[rel]!r}; "
                             "two inputs map to one output name (rename one of them)")
         self.used[rel] = where
-        return self.tmp / rel
+        target = self.tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
 
     def commit(self) -> None:
         from seglab.io import write_json

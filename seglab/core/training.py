@@ -30,8 +30,16 @@ PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "1
 
 
 def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train one run into `run_dir`; returns the best validation metrics."""
-    run_dir = Path(run_dir)
+    """Train one run into `run_dir`; returns the best validation metrics. The run folder is
+    held by this process until training ends (`seglab.core.runlock`): a second `train` or
+    `--resume` into it stops at once."""
+    from seglab.core.runlock import RunLock
+
+    with RunLock(run_dir, "train --resume" if resume else "train"):
+        return _train(cfg, Path(run_dir), resume)
+
+
+def _train(cfg, run_dir: Path, resume: bool) -> dict:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise SeglabError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
@@ -41,10 +49,11 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     labels = preflight(cfg, run_dir, ("train", "val"))
     if resume:  # before anything in the run folder is rewritten
         check_checkpoint_meta(load_checkpoint_file(last).get("seglab", {}), cfg, labels, str(last))
+        check_same_label_meaning(run_dir, labels)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if not resume:
         write_text(run_dir / "config.yaml", to_yaml(cfg))
-    write_json(run_dir / "labels.json", labels.to_json())
+        write_json(run_dir / "labels.json", labels.to_json())
 
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
@@ -59,6 +68,21 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def check_same_label_meaning(run_dir: Path, labels) -> None:
+    """`--resume` trains on with the labels the run started with: the class list, the mapping
+    from the data's values/categories to classes (data.category_map, remap, mask_value_map),
+    the ignore index. RUN/labels.json records them and is never rewritten."""
+    from seglab.core.run import read_labels_file
+
+    recorded = read_labels_file(run_dir / "labels.json")
+    now = labels.to_json()
+    if recorded.to_json() != now:
+        changed = [k for k in now if recorded.to_json().get(k) != now[k]]
+        raise SeglabError(f"{run_dir / 'labels.json'}: the config now gives other labels ({', '.join(changed)} changed, "
+                          "e.g. data.category_map, data.classes, data.remap); --resume continues with the labels the run "
+                          "started with: undo the change, or train a new run")
 
 
 # ------------------------------------------------------------------ preflight
