@@ -60,16 +60,16 @@ class RunLock:
             return self
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SeglabError(f"{self.run_dir}: cannot create the run folder ({e.strerror})") from None
+        except OSError:
+            return self  # nothing can be written there: the preflight lists why, with the other problems
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            except OSError as e:
-                raise SeglabError(f"{self.path}: cannot claim the run folder ({e.strerror})") from None
+            except OSError:
+                return self  # a read-only folder: no run can be written there either; the preflight says so
             me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": self.command}
             with os.fdopen(fd, "w") as f:

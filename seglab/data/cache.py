@@ -16,6 +16,18 @@ import numpy as np
 from seglab.io import new_file_mode
 
 CACHE_VERSION = "2"
+# How files become arrays is part of every key: arrays decoded by an older rule (before EXIF
+# orientation was applied to images and label maps alike) are never served again.
+DECODING = "pil-exif-transpose"
+
+
+def data_key(data_cfg) -> tuple[str, ...]:
+    """Config-level inputs that shape every cached label array beyond the label spec, the
+    paint order and the label files themselves (which each source keys on).
+
+    The hook for label corrections (issue 18): its file's content hash joins here, so an
+    edited corrections file invalidates exactly like an edited label file."""
+    return ()
 
 
 def default_cache_dir() -> Path:
@@ -56,7 +68,7 @@ class ArrayCache:
     """
 
     def __init__(self, cache_dir: Path, name: str, *key_parts: str, compress: bool = True):
-        key = hashlib.sha1("|".join((CACHE_VERSION,) + key_parts).encode()).hexdigest()[:16]
+        key = hashlib.sha1("|".join((CACHE_VERSION, DECODING) + tuple(map(str, key_parts))).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / name.split("/")[0] / f"{name.split('/')[-1]}-{key}"
         self.compress = compress
 
@@ -94,3 +106,13 @@ def file_stamp(path: Path) -> str:
     """Size and mtime: a changed image file gets a new cache entry."""
     st = os.stat(path)
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_digest(path: Path) -> str:
+    """The content hash of a (small) label file: an edit is seen even when it keeps the
+    size and lands within the file system's mtime resolution, or when the mtime is restored."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

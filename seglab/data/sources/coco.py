@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from seglab.data.bitmasks import BitmaskCache
-from seglab.data.cache import ArrayCache, default_cache_dir
+from seglab.data.cache import ArrayCache, data_key, default_cache_dir
 from seglab.data.images import read_image
 from seglab.data.labels import LabelSpec, resolve_coco_labels
 from seglab.data.sources import SOURCES
@@ -105,7 +105,7 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
     """
     from PIL import Image
 
-    from seglab.data.images import image_decode_problem, truncated_jpeg
+    from seglab.data.images import header_size, image_decode_problem, truncated_jpeg
 
     problems: list[str] = []
     name = coco.path.name
@@ -133,7 +133,7 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
             continue
         try:
             with Image.open(file) as im:
-                w, h = im.size
+                h, w = header_size(im)  # as the loader sees it: EXIF orientation applied
         except Exception as e:  # PIL raises many types for broken files
             problems.append(f"{coco.where(img)}: unreadable image {file}: {e}")
             continue
@@ -335,9 +335,9 @@ class CocoSource:
         self.has_targets = self.coco.has_annotations
         if labels is not None:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-            self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order)
+            self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order, *data_key(data_cfg))
             self.cache = ArrayCache(cache_dir, f"masks/{path.stem}", *self.cache_key)
-            self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint())
+            self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint(), *data_key(data_cfg))
 
     @staticmethod
     def resolve_labels(data_cfg) -> LabelSpec:

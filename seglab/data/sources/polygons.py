@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from seglab.data.bitmasks import BitmaskCache
-from seglab.data.cache import ArrayCache, default_cache_dir, file_stamp
+from seglab.data.cache import ArrayCache, data_key, default_cache_dir, file_digest
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
 from seglab.data.sources import SOURCES
@@ -121,7 +121,7 @@ class PolygonSource:
         if labels is not None:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
             # Keyed by the label spec (classes, remap, task) and paint order; per file by its content.
-            key = (labels.fingerprint(), self.paint_order, json.dumps(sorted(self.class_of_name.items())))
+            key = (labels.fingerprint(), self.paint_order, json.dumps(sorted(self.class_of_name.items())), *data_key(data_cfg))
             self.cache = BitmaskCache(cache_dir, "polygons", *key)
             self.class_map_cache = ArrayCache(cache_dir, "masks/polygons", *key)
             # Per-file content is in each entry's key; the resized cache keys on the json folder too.
@@ -175,7 +175,7 @@ class PolygonSource:
         return read_image(self.image_path(i), f"{self.name}: {self.ids[i]}")
 
     def target_stamp(self, i: int) -> str:
-        return file_stamp(self.json_path(i))
+        return file_digest(self.json_path(i))
 
     def load_target(self, i: int) -> np.ndarray:
         """C x H x W booleans (multilabel) or a class map [H, W] (multiclass), from the cache."""
