@@ -260,12 +260,12 @@ class MaskStatusSource(SampleSource):
             except ValueError as e:
                 problems.append(f"{where}: {e}")
                 continue
+            if not 0 <= age <= maskstatus.MAX_AGE:
+                problems.append(f"{where}: age {age} is not a plausible age (0..{maskstatus.MAX_AGE})")
+                continue
             # The table and the folder name both say who the person is: a disagreement means one is wrong.
             if gender != folder_gender or age != folder_age:
                 problems.append(f"{where}: the table says {gender}, {age} but the folder name {name!r} says {folder_gender}, {folder_age}")
-                continue
-            if not 0 <= age <= maskstatus.MAX_AGE:
-                problems.append(f"{where}: age {age} is not a plausible age (0..{maskstatus.MAX_AGE})")
                 continue
             if person in people:
                 problems.append(f"{where}: person {person} appears twice (also {people[person]}); one person must be one folder")
