@@ -125,3 +125,5 @@ def read_json(path: str | Path, what: str = "file") -> tuple[object, bytes]:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to be a {what}") from None
+    except ValueError as e:  # e.g. an integer of thousands of digits (Python's int parsing limit)
+        raise DataError(f"{path}: not a usable JSON {what} ({str(e).split(';')[0][:100]})") from None

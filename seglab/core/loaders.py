@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from seglab.data.resumable import ResumableLoader, SeededShuffle
 
@@ -25,10 +25,27 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def collate(items: list[dict]) -> dict:
+    """PyTorch's default collate, with images of different sizes explained instead of
+    torch.stack's "stack expects each tensor to be equal size"."""
+    shapes = {tuple(item["image"].shape[-2:]) for item in items}
+    if len(shapes) > 1:
+        from seglab.errors import DataError
+
+        seen = {}
+        for item in items:
+            seen.setdefault(tuple(item["image"].shape[-2:]), item["id"])
+        sizes = ", ".join(f"{h}x{w} ({name!r})" for (h, w), name in list(seen.items())[:3])
+        raise DataError(f"one batch holds images of different sizes: {sizes}; set data.image_size [height, width] "
+                        "(or a crop in augment.train) so that every image of a batch has one size")
+    return default_collate(items)
+
+
 def _common(dataset, cfg, batch: int, train: bool, world_size: int) -> dict:
     workers = cfg.data.workers()
     return dict(
         batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        collate_fn=collate,
         # BatchNorm cannot train on a last batch of one image.
         drop_last=train and len(dataset) > batch * world_size,
     )

@@ -7,12 +7,14 @@ the one LabModule, fit with Lightning, and turn an out-of-memory error into advi
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from seglab.config import to_yaml
@@ -60,7 +62,12 @@ def _train(cfg, run_dir: Path, resume: bool) -> dict:
     frequencies = class_frequencies(train_set.source, labels) if needs_class_frequencies(cfg) else None
     module = LabModule(cfg, labels, run_dir, frequencies)
     module.checkpoint_source = str(last)
-    trainer = make_trainer(cfg, run_dir, labels, task)
+    try:
+        trainer = make_trainer(cfg, run_dir, labels, task)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:  # Lightning's own checks, unforeseen
+        if not isinstance(e, MisconfigurationException) and not _from_lightning(e):
+            raise
+        raise SeglabError(f"trainer settings: {str(e).strip().splitlines()[0]} (see trainer.* in the config)") from None
     data = LabData(cfg, train_set, val_set, task.unlabelled_dataset(cfg, labels))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True)
@@ -122,7 +129,54 @@ def config_problems(cfg) -> list[str]:
     task = get_task(cfg.task)
     return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
             + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
-            + task.preflight_problems(cfg))
+            + task.preflight_problems(cfg) + trainer_problems(cfg))
+
+
+def trainer_problems(cfg) -> list[str]:
+    """Trainer settings Lightning would refuse only once it is built (with its own exception
+    types), and input channels the images cannot have: found here, with the others."""
+    import typing
+
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    t, problems = cfg.trainer, []
+    accelerators = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+    if t.accelerator not in accelerators:
+        problems.append(f"trainer.accelerator: unknown accelerator {t.accelerator!r} (use {', '.join(sorted(accelerators))})")
+    elif t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(f"trainer.accelerator: {t.accelerator!r} but no CUDA GPU is available on this machine (use cpu or auto)")
+    elif t.accelerator in ("gpu", "cuda") and isinstance(t.devices, int) and t.devices > torch.cuda.device_count():
+        problems.append(f"trainer.devices: {t.devices} GPUs asked, this machine has {torch.cuda.device_count()}")
+    elif t.accelerator == "mps" and not torch.backends.mps.is_available():
+        problems.append("trainer.accelerator: 'mps' but Apple's MPS is not available on this machine (use cpu or auto)")
+    elif t.accelerator == "tpu":
+        problems.append("trainer.accelerator: 'tpu' is not supported by seglab (use cpu, gpu or auto)")
+    strategies = {"auto", *StrategyRegistry.available_strategies()}
+    if t.strategy not in strategies:
+        close = difflib.get_close_matches(t.strategy, strategies, n=1)
+        problems.append(f"trainer.strategy: unknown strategy {t.strategy!r}" + (f"; did you mean {close[0]!r}?" if close else " (auto, ddp, ...)"))
+    try:  # Lightning's list of precision strings (a private name: if it moves, Lightning's own check remains)
+        from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+        allowed = {str(v) for group in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(group)} | set(PRECISIONS)
+        if t.precision not in allowed:
+            problems.append(f"trainer.precision: {t.precision!r} is not a precision (use 32, bf16, 16 or a Lightning string "
+                            "such as bf16-mixed, 16-mixed, 32-true)")
+    except ImportError:
+        pass
+    if cfg.model.in_channels != 3:
+        problems.append(f"model.in_channels: {cfg.model.in_channels}, but seglab reads every image as 3-channel RGB "
+                        "(greyscale images are replicated to three channels): use 3")
+    return problems
+
+
+def _from_lightning(error: Exception) -> bool:
+    """Whether an exception was raised inside Lightning (its configuration checks)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "lightning" in tb.tb_frame.f_code.co_filename
 
 
 def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:

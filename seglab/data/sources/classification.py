@@ -58,8 +58,9 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
 
 
 def is_index(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() refuses or reads as another number."""
-    return text.isascii() and text.isdigit()
+    """ASCII digits only (str.isdigit() also accepts '²' or '٣', which int() refuses or reads as
+    another number), and short: no class list is a billion long, and int() refuses thousands of digits."""
+    return text.isascii() and text.isdigit() and len(text) < 10
 
 
 def class_index(value: str, classes: list[str]) -> int | None:
