@@ -355,6 +355,12 @@ class TrainerConfig(Strict):
     progress_bar: bool = Field(True, description="show a progress bar")
     checkpoint_every_n_steps: int | None = Field(None, gt=0, description="also save last.ckpt every N steps (mid-epoch resume)")
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v):
+        # YAML reads `precision: 16` as a number; Lightning's names are strings.
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod
     def _limit(cls, v, info):
