@@ -37,19 +37,35 @@ def outside_problem(name: str) -> str | None:
     return None
 
 
-def inside(folder: Path, name: str, where: str, allow_outside: bool = False) -> Path:
-    """`folder / name`, refusing a name that leaves `folder` unless `allow_outside`."""
+ESCAPES = ("is an absolute path", "climbs out of its folder ('..')")
+
+
+def _allowed(folder: Path, name: str, problem: str | None, allow_outside) -> bool:
+    """`allow_outside`: True reads anywhere (data.allow_outside_root); a tuple of folders reads
+    inside those only (a seglab-written extra set naming images of the config's own splits)."""
+    if problem is None:
+        return True
+    if problem not in ESCAPES or not allow_outside:
+        return False
+    if allow_outside is True:
+        return True
+    target = Path(os.path.realpath(Path(folder) / name.replace("\\", "/")))
+    return any(target.is_relative_to(os.path.realpath(t)) for t in allow_outside)
+
+
+def inside(folder: Path, name: str, where: str, allow_outside=False) -> Path:
+    """`folder / name`, refusing a name that leaves `folder` unless `allow_outside` allows it."""
     problem = outside_problem(name)
-    if problem and not (allow_outside and problem in ("is an absolute path", "climbs out of its folder ('..')")):
+    if not _allowed(folder, name, problem, allow_outside):
         raise DataError(f"{where}: file name {name!r} {problem}; names in data files are read relative to {folder} "
                         "(set data.allow_outside_root=true to read such files anyway)")
     return Path(folder) / name
 
 
-def outside_root_problem(name, where: str, allow_outside: bool) -> str | None:
+def outside_root_problem(name, where: str, allow_outside=False, folder: Path = Path(".")) -> str | None:
     """The validation line for a file name leaving its folder, or None."""
     problem = outside_problem(name) if isinstance(name, str) else None
-    if problem is None or (allow_outside and problem in ("is an absolute path", "climbs out of its folder ('..')")):
+    if _allowed(folder, name, problem, allow_outside):
         return None
     return f"{where}: file name {name!r} {problem} (names are relative to the data folder; data.allow_outside_root=true reads them anyway)"
 

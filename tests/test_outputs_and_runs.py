@@ -225,3 +225,17 @@ def test_resume_refuses_other_label_meanings_and_keeps_labels_json(tmp_path, syn
     assert "labels.json: the config now gives other labels (source_to_class changed" in err, err
     assert (run / "labels.json").read_text() == labels_before and (run / "config.yaml").read_text() == cfg_text
     assert not (run / LOCK_NAME).exists()
+
+
+def test_extra_sets_may_name_images_of_the_configs_own_split_folders_only(tmp_path):
+    """A pseudo-label set of a test folder beside data.root names `../test/...`: readable,
+    because the config names that folder; anything else outside the root is refused."""
+    from seglab.data.sources.combined import split_folders
+    from seglab.config import DataConfig
+
+    data = DataConfig(root=str(tmp_path / "train"), train="train.json", test="../test")
+    (tmp_path / "test").mkdir()
+    allowed = tuple(split_folders(data))
+    assert inside(tmp_path / "train", "../test/x.png", "pseudo.json", allowed) == tmp_path / "train" / "../test/x.png"
+    with pytest.raises(DataError, match="climbs out"):
+        inside(tmp_path / "train", "../other/x.png", "pseudo.json", allowed)

@@ -28,17 +28,21 @@ class ShardSampler(Sampler):
 def collate(items: list[dict]) -> dict:
     """PyTorch's default collate, with images of different sizes explained instead of
     torch.stack's "stack expects each tensor to be equal size"."""
-    shapes = {tuple(item["image"].shape[-2:]) for item in items}
-    if len(shapes) > 1:
+    try:
+        return default_collate(items)
+    except RuntimeError as e:
+        if "equal size" not in str(e) or not isinstance(items[0], dict):
+            raise
         from seglab.errors import DataError
 
+        key = next((k for k, v in items[0].items() if torch.is_tensor(v)
+                    and len({tuple(item[k].shape) for item in items}) > 1), None)
         seen = {}
         for item in items:
-            seen.setdefault(tuple(item["image"].shape[-2:]), item["id"])
-        sizes = ", ".join(f"{h}x{w} ({name!r})" for (h, w), name in list(seen.items())[:3])
+            seen.setdefault(tuple(item[key].shape[-2:]) if key else (), item.get("id", "?"))
+        sizes = ", ".join(f"{'x'.join(map(str, hw))} ({name!r})" for hw, name in list(seen.items())[:3])
         raise DataError(f"one batch holds images of different sizes: {sizes}; set data.image_size [height, width] "
-                        "(or a crop in augment.train) so that every image of a batch has one size")
-    return default_collate(items)
+                        "(or a crop in augment.train) so that every image of a batch has one size") from None
 
 
 def _common(dataset, cfg, batch: int, train: bool, world_size: int) -> dict:

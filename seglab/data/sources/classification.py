@@ -193,8 +193,9 @@ class CsvSource(SampleSource):
         return values
 
     @staticmethod
-    def read(data_cfg, path: Path, split: str, classes: list[str], path_column=None, label_column=None):
+    def read(data_cfg, path: Path, split: str, classes: list[str], path_column=None, label_column=None, allow_outside=None):
         path_column, label_column = path_column or data_cfg.path_column, label_column or data_cfg.label_column
+        allow_outside = data_cfg.allow_outside_root if allow_outside is None else allow_outside
         labelled = split != "test"
         rows = read_csv_rows(path, (path_column,) + ((label_column,) if labelled else ()))
         samples, problems = [], []
@@ -210,7 +211,7 @@ class CsvSource(SampleSource):
                     what = "empty label" if not (row[label_column] or "").strip() else f"label {row[label_column]!r} is not a class (classes: {', '.join(classes[:8])}...)"
                     problems.append(f"{path}: line {line}: {what}")
                     continue
-            outside = outside_root_problem(rel, f"{path}: line {line}", data_cfg.allow_outside_root)
+            outside = outside_root_problem(rel, f"{path}: line {line}", allow_outside, Path(data_cfg.root))
             if outside:
                 problems.append(outside)
                 continue
@@ -324,6 +325,10 @@ class LabelledCsv(SampleSource):
     def __init__(self, data_cfg, path: Path, labels: LabelSpec):
         self.labels, self.split, self.name = labels, "train", str(path)
         self.cache_key = (self.name,)
+        from seglab.data.sources.combined import split_folders
+
+        # A seglab-written set names images of the config's own splits: those folders may be read.
+        allow = True if data_cfg.allow_outside_root else tuple(split_folders(data_cfg))
         self.samples, self.found = CsvSource.read(data_cfg.model_copy(update={"group_column": None}), path, "train",
-                                                  list(labels.classes), "path", "label")
+                                                  list(labels.classes), "path", "label", allow)
         self.has_targets = True

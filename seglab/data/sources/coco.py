@@ -97,7 +97,7 @@ def _short(value, limit: int = 40) -> str:
 
 
 def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True, deep: bool = False,
-                  allow_outside_root: bool = False) -> list[str]:
+                  allow_outside_root=False) -> list[str]:
     """Every problem found, one line each, naming the file, the record and what is wrong.
 
     `deep` decodes every image fully (finds truncated or corrupt files of any format;
@@ -121,7 +121,7 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
         if img["id"] in seen:
             problems.append(f"{name}: images[{i}]: duplicate image id {img['id']} (also images[{seen[img['id']]}])")
         seen[img["id"]] = i
-        outside = outside_root_problem(img["file_name"], coco.where(img), allow_outside_root)
+        outside = outside_root_problem(img["file_name"], coco.where(img), allow_outside_root, coco.root)
         if outside:
             problems.append(outside)
             continue
