@@ -132,6 +132,7 @@ CATALOGUE = {
     "mask-status age negative or absurd, a person listed twice": "tests.test_readers_checked::test_maskstatus_absurd_ages_and_duplicated_persons",
     "mask-status images loose in the folder or of an unknown mask kind": "tests.test_readers_checked::test_maskstatus_loose_images_and_unknown_kinds_are_reported",
     "image-folder class folder without images (not a class), images loose in the split folder": "tests.test_readers_checked::test_empty_class_folder_is_not_a_class_and_loose_images_are_reported",
+    "an image listed twice in a classification CSV or a label-map split list": "tests.test_readers_checked::test_an_image_listed_twice_is_reported",
     "submission file_name holding a comma or a quote (quoted; reads back)": "tests.test_readers_checked::test_coco_csv_quotes_a_comma_in_file_name_and_reads_back",
     "CSV row with fewer or more values than its header (a cut last row)": "tests.test_readers_checked::test_short_last_csv_row_is_one_line",
     "CSV label of Unicode digits": "tests.test_readers_checked::test_unicode_digits_are_not_class_indices",

@@ -108,13 +108,29 @@ def test_empty_class_folder_is_not_a_class_and_loose_images_are_reported(tmp_pat
 @pytest.mark.parametrize("label", ["²", "٣", "1٣"])
 def test_unicode_digits_are_not_class_indices(tmp_path, label):
     write_image(tmp_path / "x.jpg")
-    (tmp_path / "train.csv").write_text(f"path,label\nx.jpg,{label}\nx.jpg,0\n", encoding="utf-8")
+    write_image(tmp_path / "y.jpg")
+    (tmp_path / "train.csv").write_text(f"path,label\nx.jpg,{label}\ny.jpg,0\n", encoding="utf-8")
     data = DataConfig(format="csv", root=str(tmp_path), train="train.csv")
     classes = CsvSource.classes(data)  # not all ASCII digits: names, not indices
     assert label in classes
     data = DataConfig(format="csv", root=str(tmp_path), train="train.csv", classes=["a", "b"])
     samples, problems = CsvSource.read(data, tmp_path / "train.csv", "train", ["a", "b"])
     assert [s.label for s in samples] == [0] and f"line 2: label {label!r} is not a class" in problems[0]
+
+
+def test_an_image_listed_twice_is_reported(tmp_path):
+    from seglab.data.sources.labelmap import LabelMapSource
+
+    write_image(tmp_path / "x.jpg")
+    (tmp_path / "train.csv").write_text("path,label\nx.jpg,a\nx.jpg,b\n")
+    data = DataConfig(format="csv", root=str(tmp_path), train="train.csv", classes=["a", "b"])
+    samples, problems = CsvSource.read(data, tmp_path / "train.csv", "train", ["a", "b"])
+    assert len(samples) == 1 and problems == [f"{tmp_path / 'train.csv'}: line 3: path 'x.jpg' is already on line 2"]
+    write_image(tmp_path / "images" / "x.png")
+    (tmp_path / "list.txt").write_text("x\nx.png\n")
+    data = DataConfig(format="labelmap", root=str(tmp_path), train="list.txt", classes=["a", "b"])
+    with pytest.raises(DataError, match="list.txt: 'x' is listed twice"):
+        LabelMapSource(data, "train")
 
 
 # ------------------------------------------------------------------ splits that overlap

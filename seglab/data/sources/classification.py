@@ -198,12 +198,16 @@ class CsvSource(SampleSource):
         allow_outside = data_cfg.allow_outside_root if allow_outside is None else allow_outside
         labelled = split != "test"
         rows = read_csv_rows(path, (path_column,) + ((label_column,) if labelled else ()))
-        samples, problems = [], []
+        samples, problems, lines = [], [], {}
         for line, row in enumerate(rows, start=2):
             rel = (row[path_column] or "").strip()
             if not rel:
                 problems.append(f"{path}: line {line}: empty {path_column}")
                 continue
+            if rel in lines:  # a repeated image is trained on twice, or predicted twice in a submission
+                problems.append(f"{path}: line {line}: {path_column} {rel!r} is already on line {lines[rel]}")
+                continue
+            lines[rel] = line
             label = None
             if labelled:
                 label = class_index(row[label_column] or "", classes) if (row[label_column] or "").strip() else None

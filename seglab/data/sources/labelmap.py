@@ -41,6 +41,9 @@ class LabelMapSource:
                 raise DataError(f"{list_path}: split list not found (data.{split})")
             stems = [s.strip() for s in list_path.read_text().splitlines() if s.strip() and not s.startswith("#")]
             stems = [Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems]
+        twice = sorted({s for s in stems if stems.count(s) > 1}) if len(set(stems)) != len(stems) else []
+        if twice:
+            raise DataError(f"{self.name}: {twice[0]!r} is listed twice (an image is one sample)")
         missing = [s for s in stems if s not in images]
         if missing:
             raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
