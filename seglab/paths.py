@@ -70,6 +70,14 @@ def outside_root_problem(name, where: str, allow_outside=False, folder: Path = P
     return f"{where}: file name {name!r} {problem} (names are relative to the data folder; data.allow_outside_root=true reads them anyway)"
 
 
+def confined_name(name: str) -> str:
+    """A relative output name for a sample id read from outside the root (with
+    data.allow_outside_root): its anchor and `..` parts dropped, so it lands inside --out."""
+    parts = PurePosixPath(name.replace("\\", "/").replace(":", "_")).parts
+    kept = [p for p in parts if p not in ("/", "..", ".", "")]
+    return "/".join(kept) or "_"
+
+
 def same_file(a: Path, b: Path) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve() or (Path(a).exists() and Path(b).exists() and os.path.samefile(a, b))

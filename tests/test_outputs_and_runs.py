@@ -239,3 +239,12 @@ def test_extra_sets_may_name_images_of_the_configs_own_split_folders_only(tmp_pa
     assert inside(tmp_path / "train", "../test/x.png", "pseudo.json", allowed) == tmp_path / "train" / "../test/x.png"
     with pytest.raises(DataError, match="climbs out"):
         inside(tmp_path / "train", "../other/x.png", "pseudo.json", allowed)
+
+
+@pytest.mark.parametrize("name, written_as", [("../x.jpg", "x.jpg"), ("/srv/test/b.png", "srv/test/b.png"),
+                                              ("a/../../b.jpg", "a/b.jpg"), ("..", "_"), ("d/x.jpg", "d/x.jpg")])
+def test_ids_read_from_outside_the_root_are_written_inside_out(name, written_as):
+    """With data.allow_outside_root the readers read such files; their outputs still land under --out."""
+    from seglab.paths import confined_name, outside_problem
+
+    assert confined_name(name) == written_as and outside_problem(confined_name(name)) is None

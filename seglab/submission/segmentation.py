@@ -43,11 +43,12 @@ def write_png_folder(predictions: Iterable, out: Path, ctx: WriteContext) -> int
     folder that replaces `out` at the end, so a killed predict leaves no folder that looks
     complete and files of an earlier prediction never mix in. Names are the images'
     relative paths, confined to `out`; two images mapping to one name are an error."""
-    from seglab.paths import OutputFolder
+    from seglab.paths import OutputFolder, confined_name
 
     with OutputFolder(out, "predict --format png") as folder:
         for p in predictions:
-            stem = Path(p.id).with_suffix("").as_posix()
+            # An id from outside data.root (data.allow_outside_root) is written by its confined form.
+            stem = Path(confined_name(p.id)).with_suffix("").as_posix()
             if p.output.ndim == 3:
                 for name, mask in zip(ctx.classes, p.output):
                     atomic_write_png(folder.path(f"{stem}/{safe_name(name)}.png", f"image {p.id!r}"), mask.astype(np.uint8) * 255)
