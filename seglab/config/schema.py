@@ -39,7 +39,7 @@ def _holds_bool(value) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_holds_bool(v) for v in value)
     if isinstance(value, dict):
-        return any(_holds_bool(v) for v in value.values())
+        return any(_holds_bool(k) or _holds_bool(v) for k, v in value.items())
     return False
 
 
