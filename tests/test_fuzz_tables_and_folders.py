@@ -25,7 +25,7 @@ from seglab.config import DataConfig, load_config
 from seglab.errors import ConfigError, SeglabError
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = int(os.environ.get("SEGLAB_FUZZ_EXAMPLES", 60))
+EXAMPLES = int(os.environ.get("SEGLAB_FUZZ_EXAMPLES", 100))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
