@@ -110,12 +110,22 @@ class OutputFolder:
                               "choose a new or empty --out (nothing was written)")
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-"))
+            self._remove_partials_of_dead_processes()
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.partial-{os.getpid()}-"))
             os.chmod(self.tmp, 0o777 & ~umask())
         except OSError as e:
             raise SeglabError(f"{self.out.parent}: cannot write here ({e.strerror})") from None
         self.used: dict[str, str] = {}
         self.count = 0
+
+    def _remove_partials_of_dead_processes(self) -> None:
+        """A killed run leaves its hidden `.OUT.partial-PID-*` folder; remove those whose process is gone."""
+        from seglab.core.runlock import _alive
+
+        for partial in self.out.parent.glob(f".{self.out.name}.partial-*"):
+            pid = partial.name.rsplit(".partial-", 1)[1].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(partial, ignore_errors=True)
 
     def path(self, relative: str, where: str) -> Path:
         """Where the output named `relative` (POSIX-style, inside `out`) is written now."""

@@ -248,3 +248,14 @@ def test_ids_read_from_outside_the_root_are_written_inside_out(name, written_as)
     from seglab.paths import confined_name, outside_problem
 
     assert confined_name(name) == written_as and outside_problem(confined_name(name)) is None
+
+
+def test_partial_folders_of_killed_runs_are_cleaned_up(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".pred.partial-{int(dead.stdout)}-abc"
+    running = tmp_path / f".pred.partial-{os.getpid()}-def"  # another writer still at work: kept
+    killed.mkdir()
+    running.mkdir()
+    with OutputFolder(tmp_path / "pred", "test"):
+        pass
+    assert not killed.exists() and running.exists() and (tmp_path / "pred" / OUTPUT_MARKER).is_file()
