@@ -130,6 +130,10 @@ def test_predict_png_never_writes_over_an_input_nor_outside_out(small_run, tmp_p
     text = data.read_text()
     assert main(["predict", str(run), "--format", "coco_csv", "--device", "cpu", "--out", str(data)]) == 2
     assert data.read_text() == text
+    # Nor the scores of an ensemble over the validation split's file.
+    val = (root / "val.json").read_text()
+    assert main(["ensemble", str(run), "--split", "val", "--device", "cpu", "--out", str(root / "val.json")]) == 2
+    assert (root / "val.json").read_text() == val
     # Stale files of an earlier prediction never mix in.
     out = tmp_path / "png"
     assert main(["predict", str(run), "--format", "png", "--device", "cpu", "--out", str(out)]) == 0

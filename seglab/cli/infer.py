@@ -106,6 +106,12 @@ def cmd_ensemble(args) -> None:
     members, data = _members(args, args.members)
     print(f"ensemble of {len(members)} member(s):\n{describe(members)}", file=sys.stderr)
     if args.split != "test" and not args.format:
+        if args.out:
+            from seglab.inference.predict import reference
+            from seglab.paths import refuse_input_as_output
+
+            data = reference(members, data)
+            refuse_input_as_output(Path(args.out), _input_files(members, data.cfg))
         scores, _ = evaluate(members, args.split, data, args.original_size, args.batch_size)
         _print_scores(scores, args.out)
         return
