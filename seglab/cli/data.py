@@ -31,7 +31,7 @@ def cmd_data_synth(args) -> None:
 def cmd_data_inspect(args) -> None:
     from seglab.data.inspect import format_inspection, inspect_coco
 
-    report = inspect_coco(args.json, args.root, args.paint_order)
+    report = inspect_coco(args.json, args.root, args.paint_order, corrections=args.corrections)
     print(json.dumps(report, indent=2) if args.json_output else format_inspection(report))
 
 
@@ -44,6 +44,15 @@ def cmd_data_validate(args) -> None:
     problems = config_problems(cfg) + problems
     for p in problems:
         print(p)
+    if cfg.data.corrections:
+        from seglab.data import corrections_summary
+        from seglab.errors import SeglabError
+
+        try:
+            applied = corrections_summary(cfg, labels)[0]
+            print(f"corrections applied ({cfg.data.corrections}): " + (", ".join(f"{k} {n}" for k, n in applied.items()) or "none"))
+        except SeglabError:
+            pass  # already listed among the problems
     print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes) if labels else 'unresolved'}")
     if problems:
         raise SystemExit(1)
@@ -90,6 +99,7 @@ def register(sub) -> None:
     i.add_argument("json")
     i.add_argument("--root", help="image root (default: the JSON's folder)")
     i.add_argument("--paint-order", default="area_desc")
+    i.add_argument("--corrections", help="a corrections file (data.corrections) applied before counting; its records are counted per kind")
     i.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_data_inspect)
     v = d.add_parser("validate", help="list every problem a config and its splits have")

@@ -71,6 +71,9 @@ class DataConfig(Strict):
     remap: dict[str, str] = Field(
         default_factory=dict, description="merge classes after mapping: {UNKNOWN: Background} or {UNKNOWN: ignore}"
     )
+    corrections: str | None = Field(
+        None, description="label corrections (YAML or CSV, relative to root): relabel/drop annotations, drop images, set classification labels or mask-status fields, applied at load time to train and val"
+    )
     paint_order: Literal["area_desc", "annotation_order", "class_index"] = Field(
         "area_desc", description="overlapping annotations: which one owns a pixel (area_desc = small objects on top)"
     )

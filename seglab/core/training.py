@@ -22,7 +22,7 @@ from seglab.core.module import LabModule
 from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError
-from seglab.io import check_writable, write_json, write_text
+from seglab.io import atomic_open, check_writable, write_json, write_text
 
 log = logging.getLogger("seglab")
 
@@ -45,6 +45,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     if not resume:
         write_text(run_dir / "config.yaml", to_yaml(cfg))
     write_json(run_dir / "labels.json", labels.to_json())
+    keep_corrections(cfg, run_dir)
 
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
@@ -59,6 +60,15 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def keep_corrections(cfg, run_dir: Path) -> None:
+    """A copy of data.corrections in the run folder: which labels a run saw stays known
+    after the file is edited (its content is also in the mask-cache key)."""
+    if cfg.data.corrections:
+        source = cfg.data.resolve(cfg.data.corrections)
+        with atomic_open(run_dir / f"corrections{source.suffix.lower() or '.yaml'}", "wb") as f:
+            f.write(source.read_bytes())
 
 
 # ------------------------------------------------------------------ preflight
