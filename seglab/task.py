@@ -13,6 +13,7 @@ registered in `TASKS`, that answers:
 | its model and loss | `build_model`, `loss_targets`, `allowed_losses`, `build_loss` |
 | one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
 | logits -> probabilities -> decision | `probabilities`, `thresholds`, `decide`, `resize`, `postprocess` |
+| training classes -> submission classes | `merge_probabilities`, `merge_targets`, `merge_thresholds` (`submission.classes`) |
 | its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
 | what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
 | its validation pictures | `visualizer` |
@@ -115,6 +116,35 @@ class Task:
     def postprocess(self, prediction, cfg, labels):
         """One decided prediction (numpy) after the configured post-processing."""
         return prediction
+
+    # ------------------------------------------------------------ submission classes
+
+    def merge_probabilities(self, probs, merge):
+        """Probabilities [B, C_train, ...] in submission space [B, C_sub, ...] (`merge` a
+        ClassMerge): a merged class's probability is the sum of its members' (one class per
+        pixel or image: the events are disjoint, so the sum is their union's probability)."""
+        import torch
+
+        index = torch.as_tensor(merge.index, device=probs.device)
+        out = probs.new_zeros((probs.shape[0], merge.submission.num_classes, *probs.shape[2:]))
+        return out.index_add_(1, index, probs)
+
+    def merge_targets(self, target, merge):
+        """Targets in submission space: class indices through the merge (ignore stays ignore)."""
+        import torch
+
+        lut = torch.as_tensor(merge.index, device=target.device, dtype=target.dtype)
+        inside = target < len(merge.index)
+        return torch.where(inside, lut[target.clamp(0, len(merge.index) - 1).long()], target)
+
+    def merge_thresholds(self, thresholds, merge):
+        """Decision thresholds [C_train] in submission space (None when the decision takes none):
+        a merged class takes its members' lowest."""
+        if thresholds is None:
+            return None
+        import torch
+
+        return torch.stack([thresholds[group].min() for group in merge.groups()])
 
     # ------------------------------------------------------------ metric and report
 

@@ -406,6 +406,9 @@ class LoggingConfig(Strict):
 class SubmissionConfig(Strict):
     format: str = Field("coco_csv", description="submission writer (`seglab predict --format`); default by task: coco_csv, rle or the data's own (maskstatus info.csv, id_label)")
     size: tuple[int, int] = Field((256, 256), description="coco_csv: [height, width] the class map is resized to (nearest)")
+    classes: dict[str, list[str]] | None = Field(
+        None, description="merge map from training classes to submission classes, e.g. {UNKNOWN: [UNKNOWN_a, UNKNOWN_b]}; unnamed classes map to themselves; probabilities are merged before the decision, validation also reports submission_* metrics"
+    )
 
 
 class PostprocessConfig(Strict):

@@ -88,8 +88,16 @@ def preflight(cfg, run_dir: Path | None, splits):
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
     if labels is not None:
+        from seglab.core.module import monitorable
+        from seglab.data.labels import class_merge
+
         task = get_task(cfg.task)
-        allowed = task.metric_names(labels) + ("loss",)
+        try:
+            merge = class_merge(labels, cfg.submission.classes)
+        except SeglabError as e:
+            problems.append(str(e))
+            merge = None
+        allowed = monitorable(task, labels, merge) + ("loss",)
         if cfg.eval.monitor not in allowed:
             problems.append(f"eval.monitor: {cfg.eval.monitor!r} is not a {task.name} metric (use one of {', '.join(allowed)})")
     if problems:
