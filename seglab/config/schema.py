@@ -481,6 +481,8 @@ class ClassificationConfig(Strict):
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (timm Mixup); 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed when mixup or cutmix is on")
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix instead of mixup when both are on")
+    snapmix_alpha: float = Field(0.0, ge=0, description="SnapMix Beta(alpha, alpha) box sizes, labels weighted by class activation maps (paper: 5); 0 = off; not with mixup/cutmix")
+    snapmix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed by SnapMix")
     uda: UdaConfig = Field(default_factory=UdaConfig)
 
 
