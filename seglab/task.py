@@ -16,7 +16,8 @@ registered in `TASKS`, that answers:
 | training classes -> submission classes | `merge_probabilities`, `merge_targets`, `merge_thresholds` (`submission.classes`) |
 | its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
 | what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
-| its validation pictures | `visualizer` |
+| its validation pictures | `visualizer`, `suspect_panel` |
+| which labels look wrong | `per_image_loss` (`seglab data corrections-template`) |
 | what k-fold stratifies on | `stratification_key` |
 | pseudo-labels | `write_pseudo_labels` |
 
@@ -166,7 +167,25 @@ class Task:
         """The Lightning callback that draws this task's validation pictures, or None."""
         return None
 
+    def suspect_panel(self, image, target, probs, labels, title: str):
+        """A picture of one suspected label mistake (uint8 H x W x 3), or None when the task draws none."""
+        return None
+
     # ------------------------------------------------------------ workflows
+
+    def per_image_loss(self, probs, target):
+        """[B] each image's mean negative log-likelihood of its target (ignored pixels left
+        out): class maps [B, H, W] or class indices [B] against softmax probabilities."""
+        import torch
+
+        classes = probs.shape[1]
+        valid = target < classes
+        picked = probs.gather(1, target.clamp(0, classes - 1).long().unsqueeze(1)).squeeze(1)
+        nll = -picked.clamp_min(1e-7).log() * valid
+        dims = tuple(range(1, nll.dim()))
+        if not dims:
+            return nll
+        return nll.sum(dims) / valid.sum(dims).clamp_min(1).to(nll.dtype)
 
     def stratification_key(self, source, labels):
         """[N, K] 0/1 per sample: what k-fold keeps balanced across folds."""

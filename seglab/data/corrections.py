@@ -322,10 +322,11 @@ def fix_coco(coco, corrections: Corrections | None, labels, applied: Applied):
     return replace(coco, images=images, annotations=annotations)
 
 
-def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list[tuple[dict, int | None]]:
-    """(annotation, class index or None = its own label) of one polygon JSON, dropped ones left out."""
+def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list[tuple[int, dict, int | None]]:
+    """(index in the file, annotation, class index or None = its own label) of one polygon
+    JSON, dropped ones left out."""
     if fix is None:
-        return [(a, None) for a in anns]
+        return [(k, a, None) for k, a in enumerate(anns)]
     if fix.image_records():
         r = fix.image_records()[0]
         raise DataError(f"{r.where}: {r.kind} needs an annotation index on polygon data")
@@ -337,9 +338,9 @@ def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list
     for k, ann in enumerate(anns):
         r = wanted.get(k)
         if r is None:
-            out.append((ann, None))
+            out.append((k, ann, None))
         elif r.action == "relabel":
-            out.append((ann, _class_of(r, labels.classes)))
+            out.append((k, ann, _class_of(r, labels.classes)))
     return out
 
 
@@ -397,6 +398,30 @@ def fix_ids(ids: list[str], corrections: Corrections | None, applied: Applied, l
     for fix in fixes.values():
         _only_images(fix, layout)
     return [sid for i, sid in enumerate(ids) if not (i in fixes and fixes[i].drop)]
+
+
+def format_record(image: str, action: str, value=None, annotation=None) -> str:
+    """One record as a YAML list item on one line (what `seglab data corrections-template` writes)."""
+    import json
+
+    parts = [f"image: {json.dumps(image)}"]
+    if annotation is not None:
+        parts.append(f"annotation: {json.dumps(annotation)}")
+    parts.append(f"action: {action}")
+    if value is not None:
+        parts.append(f"value: {json.dumps(value)}")
+    return "- {" + ", ".join(parts) + "}"
+
+
+def facet_value(facet: str, value: int):
+    """A mask-status facet's value as a record writes it (mask: wear/incorrect/not_worn, gender: male/female)."""
+    from seglab.data.sources import maskstatus
+
+    if facet == "mask":
+        return maskstatus.MASK_NAMES[value]
+    if facet == "gender":
+        return list(maskstatus.GENDERS)[value]
+    return None  # an age record takes years, which a class (an age band) does not tell
 
 
 def summarise(corrections: Corrections, applied: list[Applied]) -> tuple[dict[str, int], list[str]]:

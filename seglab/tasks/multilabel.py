@@ -70,6 +70,12 @@ class MultilabelTask(SegmentationTask):
 
         return torch.stack([target[:, group].any(1) for group in merge.groups()], 1)
 
+    def per_image_loss(self, probs, target):
+        """[B] mean binary cross-entropy over each image's classes and pixels."""
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), target.float(), reduction="none").flatten(1).mean(1)
+
     def metric(self, labels, device=None):
         from seglab.metrics.dice import DiceScore
 

@@ -377,6 +377,15 @@ class CocoSource:
             return self.bitmask_cache.get(self.sample_id(i), lambda: rasterise_coco_multilabel(self.coco, i, self.labels))
         return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
 
+    def annotation_masks(self, i: int) -> list[tuple[int, int, np.ndarray]]:
+        """(annotation id, class, [H, W] boolean mask) of image i's annotations after
+        corrections (what `seglab data corrections-template` checks one by one)."""
+        img = self.coco.images[i]
+        h, w = img["height"], img["width"]
+        return [(ann.get("id"), annotation_class(ann, self.labels), annotation_mask(ann["segmentation"], h, w))
+                for ann in self.coco.annotations.get(img["id"], [])
+                if annotation_class(ann, self.labels) is not None and not segmentation_problem(ann.get("segmentation"), h, w)]
+
     def classes_present(self, i: int) -> set[int]:
         """The classes of image i's annotations, read without rasterising anything."""
         anns = self.coco.annotations.get(self.coco.images[i]["id"], [])

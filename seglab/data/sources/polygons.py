@@ -192,14 +192,26 @@ class PolygonSource:
             return self.cache.get(self.ids[i], make, key)
         return self.class_map_cache.get(f"{self.ids[i]}|{key}", make)
 
-    def corrected(self, i: int, anns: list[dict]) -> list[tuple[dict, int | None]]:
-        """Image i's annotations after data.corrections: (annotation, corrected class or None)."""
+    def corrected(self, i: int, anns: list[dict]) -> list[tuple[int, dict, int | None]]:
+        """Image i's annotations after data.corrections: (index, annotation, corrected class or None)."""
         return fix_polygons(anns, self.fixes.get(self.ids[i]), self.labels, self.json_path(i))
 
-    def _polygons(self, anns: list[tuple[dict, int | None]], size: tuple[int, int], where: Path) -> list[tuple[int, np.ndarray]]:
+    def annotation_masks(self, i: int) -> list[tuple[int, int, np.ndarray]]:
+        """(index in the JSON, class, [H, W] boolean mask) of image i's annotations after
+        corrections (what `seglab data corrections-template` checks one by one)."""
+        anns, _ = read_polygon_json(self.json_path(i))
+        h, w = self.original_size(i)
+        corrected, out = self.corrected(i, anns), []
+        for (k, _, _), (cls, pts) in zip(corrected, self._polygons(corrected, (h, w), self.json_path(i))):
+            m = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(m, [pts], 1)
+            out.append((k, cls, m.astype(bool)))
+        return out
+
+    def _polygons(self, anns: list[tuple[int, dict, int | None]], size: tuple[int, int], where: Path) -> list[tuple[int, np.ndarray]]:
         h, w = size
         out = []
-        for k, (ann, corrected) in enumerate(anns):
+        for k, ann, corrected in anns:
             label = ann.get("label")
             if not isinstance(label, str) or label not in self.class_of_name:
                 raise DataError(f"{where}: annotations[{k}]: unknown label {label!r} (not in data.classes)")
@@ -210,7 +222,7 @@ class PolygonSource:
             out.append((cls, np.round(np.asarray(ann["points"], np.float64)).astype(np.int32)))
         return out
 
-    def rasterise(self, anns: list[tuple[dict, int | None]], size: tuple[int, int], where: Path) -> np.ndarray:
+    def rasterise(self, anns: list[tuple[int, dict, int | None]], size: tuple[int, int], where: Path) -> np.ndarray:
         h, w = size
         polys = self._polygons(anns, size, where)
         if self.labels.target == "binary_masks":

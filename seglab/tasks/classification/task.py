@@ -156,6 +156,12 @@ class ClassificationTask(Task):
 
         return ClassificationVisualizer(run_dir, labels.classes, cfg.logging.viz_every_n_epochs, cfg.logging.viz_worst_k)
 
+    def suspect_panel(self, image, target, probs, labels, title):
+        from seglab.visualization.gallery import misclassified_gallery
+
+        conf, pred = (float(v) for v in probs.max(0))
+        return misclassified_gallery([(image, title, labels.classes[int(target)], labels.classes[int(pred)], conf)], ncols=1)
+
     def stratification_key(self, source, labels):
         """Which classes each sample holds (k-fold keeps rare classes in every fold)."""
         from seglab.data.presence import class_presence
