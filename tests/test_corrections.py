@@ -175,3 +175,15 @@ def test_records_that_match_nothing_are_problems(coco_root, tmp_path):
     path.write_text(f"- {{image: {first}, annotation: {annotation(coco_root, 0, 0)['id']}, action: relabel, value: Giraffe}}\n")
     with pytest.raises(DataError, match="line 1: relabel to 'Giraffe': not a training class"):
         open_source(coco_cfg(coco_root, path), "train", labels)
+
+
+def test_validate_reports_applied_records_per_kind(coco_root, tmp_path, capsys):
+    from seglab.cli import main
+
+    labels = resolve_labels(coco_cfg(coco_root))
+    source = open_source(coco_cfg(coco_root), "train", labels)
+    path = tmp_path / "fix.csv"
+    path.write_text(f"image,annotation,action,value\n{source.sample_id(0)},{annotation(coco_root, 0, 0)['id']},relabel,bar\n"
+                    f"{source.sample_id(1)},,drop,\n")
+    main(["data", "validate", str(ROOT / "configs" / "demo.yaml"), f"data.root={coco_root}", f"data.corrections={path}"])
+    assert f"corrections applied ({path}): relabel annotation 1, drop image 1" in capsys.readouterr().out
