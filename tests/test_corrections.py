@@ -187,3 +187,23 @@ def test_validate_reports_applied_records_per_kind(coco_root, tmp_path, capsys):
                     f"{source.sample_id(1)},,drop,\n")
     main(["data", "validate", str(ROOT / "configs" / "demo.yaml"), f"data.root={coco_root}", f"data.corrections={path}"])
     assert f"corrections applied ({path}): relabel annotation 1, drop image 1" in capsys.readouterr().out
+
+
+def test_labelmap_images_can_be_dropped_and_nothing_else(tmp_path):
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.png"), np.zeros((4, 4, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"{stem}.png"), np.zeros((4, 4), np.uint8))
+    (tmp_path / "fix.yaml").write_text("- {image: a.png, action: drop}\n")
+    args = [f"data.root={tmp_path}", "data.format=labelmap", "data.train=null", "data.val=null", "data.test=null",
+            "data.classes=[bg, road]", "data.category_map=null"]
+    cfg = load_config(ROOT / "configs" / "demo.yaml", args + ["data.corrections=fix.yaml"])
+    labels = resolve_labels(cfg)
+    source = open_source(cfg, "train", labels)
+    assert [source.sample_id(i) for i in range(len(source))] == ["b.png"]
+    (tmp_path / "fix.yaml").write_text("- {image: b.png, annotation: 1, action: drop}\n")
+    with pytest.raises(DataError, match="line 1: labelmap data takes only image drops"):
+        open_source(cfg, "train", labels)

@@ -304,15 +304,17 @@ def fix_coco(coco, corrections: Corrections | None, labels, applied: Applied):
             r = fix.image_records()[0]
             raise DataError(f"{r.where}: {r.kind} needs an annotation id on COCO data")
         images.append(img)
-        wanted = fix.annotation_records()
+        # Compared as text: a file may write annotation ids as strings, a CSV record always does.
+        wanted = {str(k): r for k, r in fix.annotation_records().items()}
         anns = coco.annotations.get(img["id"], [])
-        missing = [k for k in wanted if k not in {a.get("id") for a in anns}]
+        missing = [k for k, r in wanted.items() if k not in {str(a.get("id")) for a in anns}]
         if missing:
             ids = [a.get("id") for a in anns]
-            raise DataError(f"{wanted[missing[0]].where}: image {img['file_name']!r} has no annotation {missing[0]!r} (its ids: {ids})")
+            r = wanted[missing[0]]
+            raise DataError(f"{r.where}: image {img['file_name']!r} has no annotation {r.annotation!r} (its ids: {ids})")
         kept = []
         for ann in anns:
-            r = wanted.get(ann.get("id"))
+            r = wanted.get(str(ann.get("id")))
             if r is None:
                 kept.append(ann)
             elif r.action == "relabel":
@@ -390,14 +392,14 @@ def _set_facets(label: int, records: list[Record], age_bounds) -> int:
     return maskstatus.encode(mask, gender, band)
 
 
-def fix_ids(ids: list[str], corrections: Corrections | None, applied: Applied, layout: str) -> list[str]:
-    """Sample ids without the dropped ones, for layouts whose only fix is dropping an image."""
+def fix_ids(ids: list[str], corrections: Corrections | None, applied: Applied, layout: str) -> list[int]:
+    """Positions of the sample ids that stay, for layouts whose only fix is dropping an image."""
     if corrections is None:
-        return ids
+        return list(range(len(ids)))
     fixes = corrections.match(ids, applied)
     for fix in fixes.values():
         _only_images(fix, layout)
-    return [sid for i, sid in enumerate(ids) if not (i in fixes and fixes[i].drop)]
+    return [i for i in range(len(ids)) if not (i in fixes and fixes[i].drop)]
 
 
 def format_record(image: str, action: str, value=None, annotation=None) -> str:

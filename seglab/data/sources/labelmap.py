@@ -46,7 +46,8 @@ class LabelMapSource:
         if missing:
             raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
         self.applied = Applied()  # the data.corrections records this split took
-        self.stems = fix_ids(stems, load_corrections(data_cfg, split), self.applied, "labelmap")
+        kept = fix_ids([images[s].name for s in stems], load_corrections(data_cfg, split), self.applied, "labelmap")
+        self.stems = [stems[i] for i in kept]
         self.images = images
         self.labels = labels
         self.has_targets = self.mask_dir.is_dir()
