@@ -224,3 +224,15 @@ def test_competition_configs_start_pretrained_and_the_demos_random():
         pretrained_spec(encoder_ref(cfg.model.encoder))
     for name in ("demo.yaml", "demo_multilabel.yaml", "demo_cls.yaml"):
         assert load_config(ROOT / "configs" / name).model.encoder_weights is None, name
+
+
+def test_the_preflight_lists_weights_missing_offline_with_the_other_problems(tmp_path):
+    from seglab.config import load_config
+    from seglab.core.training import train
+    from seglab.errors import DataValidationError
+
+    config, overrides = task_data("multiclass", tmp_path / "data")
+    cfg = load_config(config, overrides + ["model.encoder_weights=imagenet"])
+    with pytest.raises(DataValidationError, match=r"smp-hub/resnet18\.imagenet.*seglab weights download resnet18"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -91,6 +91,7 @@ def preflight(cfg, run_dir: Path | None, splits):
         except SeglabError as e:
             problems.append(str(e))
     problems += config_problems(cfg)
+    problems += weights_problems(cfg, get_task(cfg.task))
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
     if labels is not None:
@@ -114,7 +115,27 @@ def config_problems(cfg) -> list[str]:
     task = get_task(cfg.task)
     return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
             + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
-            + task.preflight_problems(cfg))
+            + task.preflight_problems(cfg) + weights_problems(cfg, task, cache=False))
+
+
+def weights_problems(cfg, task, cache: bool = True) -> list[str]:
+    """`model.encoder_weights` that cannot be had: an unknown tag, a missing local file, and
+    with `cache` (the preflight; `seglab config` prints configs on any machine) a file that is
+    not in the cache while offline. Online, a missing file is downloaded when training starts."""
+    from seglab.models.pretrained import cached_file, is_weights_path, missing_message, offline, pretrained_spec
+
+    value = cfg.model.encoder_weights
+    if not value:
+        return []
+    if is_weights_path(value):
+        return [] if Path(value).is_file() else [f"model.encoder_weights: {value}: weights file not found"]
+    try:
+        spec = pretrained_spec(task.pretrained_encoder(cfg), value)
+    except SeglabError as e:
+        return [str(e)]
+    if cache and offline() and not any(cached_file(f) for f in spec.files):
+        return [missing_message(spec, "HF_HUB_OFFLINE is set")]
+    return []
 
 
 def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:
