@@ -211,8 +211,18 @@ def test_every_registered_model_resolves_its_default_encoders_pretrained_file_of
     assert names["Unet"] == "HF hub smp-hub/resnet34.imagenet@7a57b34f/model.safetensors"
     assert names["fcn8s"] == names["deeplabv1"] == "torch hub checkpoints/vgg16-397923af.pth"
     assert names["segnet"] == names["deeplabv3"] == "torch hub checkpoints/vgg16_bn-6c64b313.pth"
-    for encoder in ("resnet50", "efficientnet-b4", "mit_b2", "tu-convnext_small.fb_in22k_ft_in1k", "tu-efficientnet_b0", "timm-regnetx_002"):
+    for encoder in ("tu-convnext_small.fb_in22k_ft_in1k", "tu-efficientnet_b0", "timm-regnetx_002"):
         assert pretrained_spec(encoder_ref(encoder)).files[0].filename
+    # Every tag of every smp encoder, and every timm pretrained model.tag, names a hub file.
+    import timm
+    from segmentation_models_pytorch.encoders import encoders
+
+    for name, entry in encoders.items():
+        for tag in entry["pretrained_settings"]:
+            assert pretrained_spec(encoder_ref(name), tag).files[0].filename == "model.safetensors"
+    hubs = {pretrained_spec(encoder_ref("tu-" + full.partition(".")[0]), full.partition(".")[2]).files[0].hub
+            for full in timm.list_pretrained()}
+    assert hubs == {"hf", "torch"}
 
 
 def test_competition_configs_start_pretrained_and_the_demos_random():
