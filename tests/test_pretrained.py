@@ -86,7 +86,7 @@ def test_timm_encoders_and_classifier_backbones_load_timms_hub_file():
     tensors = random_like(timm.create_model("test_resnet", pretrained=False).state_dict())
     hf_cache_entry("timm/test_resnet.r160_in1k", "model.safetensors", tensors)
     seg = build_model(ModelConfig(arch="Unet", encoder="tu-test_resnet", encoder_weights="imagenet"), 2)
-    key = next(k for k in tensors if k.endswith("conv.weight") or k.endswith("conv1.0.weight"))
+    key = next(k for k in tensors if k.endswith(("conv.weight", "conv1.0.weight")))
     assert torch.equal(seg.net.encoder.model.state_dict()[key], tensors[key])
     assert set(seg.weights_origin) == {"encoder"}
     cfg = config_from_dict({"task": "classification", "data": {"format": "csv", "image_size": [32, 32]},
@@ -114,7 +114,7 @@ def test_classic_models_take_torchvisions_vgg_file_from_the_torch_hub_cache():
         build_model(ModelConfig(arch="fcn8s", encoder_weights="imagenet", params={"width": 0.125}), 2)
 
 
-def test_a_missing_cache_is_one_line_naming_the_file_and_both_fixes(capsys):
+def test_a_missing_cache_is_one_line_naming_the_file_and_both_fixes(capsys, monkeypatch):
     with pytest.raises(CheckpointError) as e:
         build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet"), 3)
     assert "\n" not in str(e.value)
@@ -124,6 +124,18 @@ def test_a_missing_cache_is_one_line_naming_the_file_and_both_fixes(capsys):
     for part in ("smp-hub/resnet34.imagenet", "model.safetensors", "HF_HUB_OFFLINE", "seglab weights download resnet34 --tag imagenet",
                  "seglab weights import FILE --encoder resnet34"):
         assert part in err
+    # Online mode but no network: the same one line, at once, no hub client retries.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("seglab.models.pretrained._download", lambda f: pytest.fail(f"tried to download {f}"))
+
+    def no_route(address, timeout=None):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    assert main(["weights", "download", "tv-vgg16_bn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "download.pytorch.org cannot be reached" in err and "vgg16_bn-6c64b313.pth" in err
     with pytest.raises(SeglabError, match=r"'ssl2' is not a tag of smp encoder 'resnet18' \(tags: imagenet, ssl, swsl\)"):
         build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="ssl2"), 3)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -237,6 +237,27 @@ def _download(f: HubFile) -> Path:
     return Path(hf_hub_download(f.repo_id, f.filename, revision=f.revision, cache_dir=hf_cache_dir()))
 
 
+def _unreachable(f: HubFile) -> str | None:
+    """Why the file's server cannot be reached (no DNS, no route, refused), or None."""
+    import socket
+
+    if f.hub == "hf":
+        from huggingface_hub import constants
+
+        url = constants.ENDPOINT
+    else:
+        url = f.url
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "", parsed.port or (80 if parsed.scheme == "http" else 443)
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY"):
+        return None  # only the client knows how to go through the proxy
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as e:
+        return f"{host} cannot be reached (no network? {type(e).__name__}: {e})"
+    return None
+
+
 def missing_message(spec: PretrainedSpec, reason: str) -> str:
     first = spec.files[0]
     return (f"model.encoder_weights: {spec.label} are not in the cache ({first.describe()} under {first.cache_dir()}) and {reason}; "
@@ -255,6 +276,9 @@ def resolve(spec: PretrainedSpec, download: bool = True) -> Path:
         raise CheckpointError(missing_message(spec, "HF_HUB_OFFLINE is set" if offline() else "downloads are off"))
     from huggingface_hub.errors import EntryNotFoundError
 
+    unreachable = _unreachable(spec.files[0])
+    if unreachable:  # fail in one line now, not after the hub client's retries and their log lines
+        raise CheckpointError(missing_message(spec, unreachable))
     log.info("downloading %s (%s) into %s", spec.label, spec.files[0].describe(), spec.files[0].cache_dir())
     error: Exception | None = None
     for f in spec.files:
@@ -263,16 +287,16 @@ def resolve(spec: PretrainedSpec, download: bool = True) -> Path:
         except EntryNotFoundError as e:  # timm: no safetensors file in this repo, try the next name
             error = e
             continue
-        except Exception as e:  # no network, proxy, HTTP errors: all mean "not here"
+        except Exception as e:  # noqa: BLE001  (no network, proxy, HTTP, disk: each library raises its own types)
             error = e
             break
         if spec.config is not None:
             try:
                 _download(spec.config)
-            except Exception:  # only the mean/std; ImageNet's are used without it
-                pass
+            except Exception as e:  # noqa: BLE001  (only the mean/std; ImageNet's are used without it)
+                log.info("%s: not downloaded (%s); normalising with ImageNet's mean/std", spec.config.describe(), type(e).__name__)
         return path
-    text = str(error).strip().splitlines()[0][:160] if error and str(error).strip() else type(error).__name__
+    text = str(error).strip().splitlines()[0].split(". ")[0][:200] if error and str(error).strip() else type(error).__name__
     raise CheckpointError(missing_message(spec, f"the download failed ({type(error).__name__}: {text})"))
 
 
@@ -315,7 +339,6 @@ class Resolved:
     spec: PretrainedSpec | None = None
     source: str = ""
     stats: tuple[tuple[float, ...], tuple[float, ...]] = (IMAGENET_MEAN, IMAGENET_STD)
-    extra: dict = field(default_factory=dict)
 
     @property
     def tag(self) -> str | None:
