@@ -110,6 +110,8 @@ def test_classic_models_take_torchvisions_vgg_file_from_the_torch_hub_cache():
     model = build_model(ModelConfig(arch="segnet", encoder_weights="imagenet", params={"width": 0.125}), 2)
     assert torch.equal(model.encoder.features[0].weight, tensors["features.0.weight"])
     assert set(model.weights_origin) == {"encoder"}
+    grey = build_model(ModelConfig(arch="segnet", encoder_weights="imagenet", in_channels=1, params={"width": 0.125}), 2)
+    assert torch.allclose(grey.encoder.features[0].weight, tensors["features.0.weight"].sum(1, keepdim=True))
     with pytest.raises(CheckpointError, match=r"vgg16-397923af\.pth.*seglab weights download tv-vgg16 --tag imagenet"):
         build_model(ModelConfig(arch="fcn8s", encoder_weights="imagenet", params={"width": 0.125}), 2)
 
