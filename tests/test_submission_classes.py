@@ -136,3 +136,30 @@ def test_merge_by_task(task, data):
     else:
         target = torch.tensor([[0, 7, 8, 255]])
         assert get_task(task).merge_targets(target, merge).tolist() == [[0, 6, 6, 255]]
+
+
+def test_classification_merge_is_scored_through_evaluate(tmp_path):
+    """Mask-status: merge the three age bands of each (mask, gender) into one submission class;
+    the submission-space macro F1 equals scikit-learn's on the argmax of the summed probabilities."""
+    from sklearn.metrics import f1_score
+
+    from seglab.config import load_config
+    from seglab.data.sources import maskstatus
+    from tests.workflow_helpers import task_data
+
+    config, overrides = task_data("classification", tmp_path / "data")
+    names = maskstatus.class_names()
+    groups = {f"{names[6 * m + 3 * g].rsplit('/', 1)[0]}": [names[6 * m + 3 * g + a] for a in range(3)]
+              for m in range(3) for g in range(2)}
+    cfg = load_config(config, overrides + [f"submission.classes={json.dumps(groups)}"])
+    run = load_run(constructed_run(tmp_path / "run", cfg), device="cpu")
+    assert list(run.submission_labels.classes) == list(groups)
+    assert set(run.submission_labels.facets) == {"mask", "gender"}   # the age bands were merged away
+    scores, _ = evaluate([Member(run)], "val")
+    truth, pred = [], []
+    for batch, probs, _ in stream([Member(run)], "val", with_targets=True):
+        summed = probs["train"].view(-1, 6, 3).sum(2)                   # class = 3 * (2 * mask + gender) + band
+        pred += summed.argmax(1).tolist()
+        truth += (batch["target"] // 3).tolist()
+    assert scores["submission_macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"), abs=1e-6)
+    assert {"macro_f1", "age_accuracy", "submission_gender_accuracy"} <= set(scores)
