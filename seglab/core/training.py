@@ -22,7 +22,7 @@ from seglab.core.module import LabModule
 from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError
-from seglab.io import check_writable, write_json, write_text
+from seglab.io import atomic_open, check_writable, write_json, write_text
 from seglab.models.pretrained import describe_origin
 
 log = logging.getLogger("seglab")
@@ -51,6 +51,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         cfg = build_cfg = resolve_weights(cfg, task)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
     write_json(run_dir / "labels.json", labels.to_json())
+    keep_corrections(cfg, run_dir)
 
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
@@ -67,6 +68,15 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def keep_corrections(cfg, run_dir: Path) -> None:
+    """A copy of data.corrections in the run folder: which labels a run saw stays known
+    after the file is edited (its content is also in the mask-cache key)."""
+    if cfg.data.corrections:
+        source = cfg.data.resolve(cfg.data.corrections)
+        with atomic_open(run_dir / f"corrections{source.suffix.lower() or '.yaml'}", "wb") as f:
+            f.write(source.read_bytes())
 
 
 def resolve_weights(cfg, task):
@@ -95,8 +105,16 @@ def preflight(cfg, run_dir: Path | None, splits):
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
     if labels is not None:
+        from seglab.core.module import monitorable
+        from seglab.data.labels import class_merge
+
         task = get_task(cfg.task)
-        allowed = task.metric_names(labels) + ("loss",)
+        try:
+            merge = class_merge(labels, cfg.submission.classes)
+        except SeglabError as e:
+            problems.append(str(e))
+            merge = None
+        allowed = monitorable(task, labels, merge) + ("loss",)
         if cfg.eval.monitor not in allowed:
             problems.append(f"eval.monitor: {cfg.eval.monitor!r} is not a {task.name} metric (use one of {', '.join(allowed)})")
     if problems:
