@@ -19,15 +19,8 @@ CACHE_VERSION = "2"
 # How files become arrays is part of every key: arrays decoded by an older rule (before EXIF
 # orientation was applied to images and label maps alike) are never served again.
 DECODING = "pil-exif-transpose"
-
-
-def data_key(data_cfg) -> tuple[str, ...]:
-    """Config-level inputs that shape every cached label array beyond the label spec, the
-    paint order and the label files themselves (which each source keys on).
-
-    The hook for label corrections (issue 18): its file's content hash joins here, so an
-    edited corrections file invalidates exactly like an edited label file."""
-    return ()
+# Besides this, each source keys its caches on the label spec, the paint order, the label
+# files' content and the data.corrections file's content (`Corrections.cache_part()`).
 
 
 def default_cache_dir() -> Path:

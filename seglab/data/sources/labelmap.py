@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.cache import data_key, file_digest
+from seglab.data.cache import file_digest
+from seglab.data.corrections import Applied, fix_ids, load_corrections
 from seglab.data.images import (IMAGE_EXTENSIONS, image_decode_problem, image_size, label_header_problem, read_image,
                                 read_label_map, truncated_jpeg)
 from seglab.data.labels import LabelSpec, resolve_value_labels
@@ -47,13 +48,15 @@ class LabelMapSource:
         missing = [s for s in stems if s not in images]
         if missing:
             raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
-        self.stems = stems
+        self.applied = Applied()  # the data.corrections records this split took
+        kept = fix_ids([images[s].name for s in stems], load_corrections(data_cfg, split), self.applied, "labelmap")
+        self.stems = [stems[i] for i in kept]
         self.images = images
         self.labels = labels
         self.has_targets = self.mask_dir.is_dir()
         if labels is not None:
             self.lut = self._lookup_table(labels)
-            self.cache_key = (str(self.mask_dir.resolve()), labels.fingerprint(), *data_key(data_cfg))
+            self.cache_key = (str(self.mask_dir.resolve()), labels.fingerprint())
 
     @staticmethod
     def resolve_labels(data_cfg) -> LabelSpec:
