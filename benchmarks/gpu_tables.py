@@ -24,9 +24,10 @@ LOOPS = {"ceiling": "plain loop, compiled (ceiling)", "plain_fp32": "plain loop 
 
 
 def load_results(folder: Path = RESULTS) -> list[dict]:
-    """The GPU check's result files, oldest first; smoke runs are left out."""
+    """The GPU check's result files, oldest first; smoke runs and runs without a GPU are left out."""
     results = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    return sorted((r for r in results if not r.get("smoke")), key=lambda r: (r["date"], r.get("started", "")))
+    on_gpu = (r for r in results if not r.get("smoke") and r.get("settings", {}).get("device") == "cuda")
+    return sorted(on_gpu, key=lambda r: (r["date"], r.get("started", "")))
 
 
 def render(results: list[dict]) -> str:

@@ -65,8 +65,9 @@ def test_smoke_run_covers_every_section(smoke_result):
     assert all(row["img_per_s"] > 0 and isinstance(row["keeps_up_with_fastest"], bool) for row in loader)
 
 
-def test_smoke_results_stay_out_of_the_readme_tables(smoke_result, tmp_path):
+def test_smoke_and_cpu_results_stay_out_of_the_readme_tables(smoke_result, tmp_path):
     (tmp_path / "smoke.json").write_text(json.dumps(smoke_result))
+    (tmp_path / "cpu.json").write_text(json.dumps({**smoke_result, "smoke": False}))
     assert gpu_tables.load_results(tmp_path) == []
     assert "Not measured yet" in gpu_tables.render([])
 
@@ -85,7 +86,7 @@ def fixture_result() -> dict:
     """A hand-written result in the GPU check's format (numbers invented)."""
     return {
         "schema": 1, "date": "2026-11-30", "started": "2026-11-30T10:00:00+00:00", "gpu": "NVIDIA H100 80GB HBM3",
-        "smoke": False, "budget_s": 500, "sections": {
+        "smoke": False, "budget_s": 500, "settings": {"device": "cuda"}, "sections": {
             "train_throughput": {"status": "done", "rows": [
                 {"model": "unet_r34", "loop": "ceiling", "img_per_s": 600.0, "peak_gb": 9.5, "ratio": 1.0},
                 {"model": "unet_r34", "loop": "seglab", "img_per_s": 570.0, "peak_gb": 10.5, "ratio": 0.95},
