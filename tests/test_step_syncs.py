@@ -73,10 +73,10 @@ def count_read_backs(monkeypatch, counter: ReadBackCounter) -> None:
         monkeypatch.setattr(torch.Tensor, name, wrapper)
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_training_steps_read_nothing_back_between_checks(task, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task, extra", [(task, []) for task in TASKS] + [("classification", ["classification.snapmix_alpha=1.0"])])
+def test_training_steps_read_nothing_back_between_checks(task, extra, tmp_path, monkeypatch):
     config, overrides = task_data(task, tmp_path / "data")
-    cfg = load_config(config, overrides + [
+    cfg = load_config(config, overrides + extra + [
         "data.batch_size=2", "trainer.max_epochs=1", f"trainer.log_every_n_steps={EVERY}", "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=1", "schedule.warmup_epochs=0", "trainer.progress_bar=true", "logging.loggers=[csv]", "logging.viz_every_n_epochs=0",
     ])
