@@ -265,12 +265,15 @@ def make_sync_counter():
                 torch.cuda.set_sync_debug_mode(0)
             self._catcher.__exit__(None, None, None)
 
-        def summary(self, every: int) -> dict:
-            # The losses are checked after the steps that end at a multiple of `every`, and at each epoch's end.
-            between = [n for step, last, n in self.windows if step % every and not last]
-            return {"counted": torch.cuda.is_available(), "steps": len(self.windows), "check_every": every, "steps_between_checks": len(between),
-                    "syncs_on_steps_between_checks": sum(between),
-                    "syncs_on_check_steps": sum(n for _, _, n in self.windows) - sum(between)}
+        def summary(self, every: int, warmup: int = 2) -> dict:
+            # The losses are checked after the steps that end at a multiple of `every`, and at each epoch's
+            # end. The first steps compile (torch.compile's autotuning synchronises): counted apart.
+            steady = self.windows[warmup:]
+            between = [n for step, last, n in steady if step % every and not last]
+            return {"counted": torch.cuda.is_available(), "steps": len(self.windows), "check_every": every,
+                    "syncs_in_first_steps": sum(n for _, _, n in self.windows[:warmup]), "first_steps": warmup,
+                    "steps_between_checks": len(between), "syncs_on_steps_between_checks": sum(between),
+                    "syncs_on_check_steps": sum(n for _, _, n in steady) - sum(between)}
 
     return SyncCounter()
 

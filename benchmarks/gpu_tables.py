@@ -40,7 +40,7 @@ def render(results: list[dict]) -> str:
               [[r["date"], r["gpu"], row["model"], LOOPS.get(row["loop"], row["loop"]), *figures(row, "img_per_s", "ratio", "peak_gb")]
                for r in results for row in rows(r, "train_throughput")]),
         "Short real-data runs (trashbags, UNet-ResNet34; passed = the loss fell and mIoU reached the floor; "
-        "syncs = CUDA synchronisations on the training steps between loss checks):",
+        "syncs = CUDA synchronisations on the training steps between loss checks, after the first two, compiling, steps):",
         table(["date", "GPU", "run", "epochs", "train loss first / last", "mIoU", "floor", "passed", "syncs between checks"],
               [[r["date"], r["gpu"], row["run"], *real_data_cells(row)] for r in results for row in rows(r, "real_data")]),
         "Every registered model, forward + backward + SGD step, 512x512, batch 16, bf16:",

@@ -57,7 +57,8 @@ def test_smoke_run_covers_every_section(smoke_result):
     for row in real:
         assert 0 <= row["value"] <= 1 and row["floor"] > gpu_check.MIOU_MARGIN and row["epochs"] == 1
         assert row["passed"] is None  # floors apply to the GPU run's epochs only
-    assert real[0]["syncs"]["steps"] == 4 and real[0]["syncs"]["counted"] is False  # 8 images, batch 2; CUDA counts on a GPU
+    syncs = real[0]["syncs"]  # 8 images, batch 2: 4 steps, the first 2 counted apart; CUDA counts on a GPU only
+    assert (syncs["steps"], syncs["steps_between_checks"], syncs["counted"]) == (4, 1, False)
 
     assert [row["model"] for row in r["sections"]["models"]["rows"]] == list(gpu_check.SMOKE_MODELS)
     loader = r["sections"]["data_path"]["rows"]
