@@ -11,7 +11,8 @@ and is recorded as skipped; a section that fails is recorded with its error.
                     ceiling: bf16 + channels_last + torch.compile + fused AdamW on random tensors),
                     the plain fp32 loop, the course-style naive loop on real data, and `seglab
                     train` end to end from JPEG + COCO on disk; img/s, peak GPU memory, ratio to
-                    the ceiling (benchmarks/train_throughput.py's loops)
+                    the ceiling (benchmarks/train_throughput.py's loops); below 0.95, a profile of
+                    seglab's steps (torch.profiler: GPU busy share, top operators)
   real_data         a short real training run on the trashbags data in bf16 + channels_last +
                     compile, and in fp16: the loss must fall and the validation mIoU must beat
                     predicting Background everywhere by MIOU_MARGIN (the floor); the bf16 run
@@ -113,10 +114,62 @@ def section_train_throughput(s: Settings, emit, deadline: float) -> None:
         "seglab": lambda key: seglab_train(key, device, s.size, s.batch, s.steps, s.warmup, s.workers, data, small=s.smoke),
     }
     for key in THROUGHPUT_MODELS:
+        done = {}
         for loop, fn in loops.items():
-            row = {"model": key, "loop": loop}
-            emit(timed(row, fn, key, deadline=deadline))
+            done[loop] = timed({"model": key, "loop": loop}, fn, key, deadline=deadline)
+            emit(done[loop])
             free_memory()
+        ratio = done["seglab"].get("img_per_s", 0) / done["ceiling"].get("img_per_s", float("inf"))
+        if ratio < 0.95 or s.smoke:  # where the difference goes (the smoke run profiles always, to keep the path alive)
+            profiler = make_step_profiler(s.warmup, min(5, s.steps))
+            emit(timed({"model": key, "loop": "seglab_profile", "seglab_vs_ceiling": ratio},
+                       lambda: {**seglab_train(key, device, s.size, s.batch, s.steps, s.warmup, s.workers, data, small=s.smoke,
+                                               callbacks=(profiler,)), **profiler.summary()}, deadline=deadline))
+            free_memory()
+
+
+def make_step_profiler(start: int, steps: int):
+    """A Lightning callback that profiles training batches start .. start + steps - 1 with
+    torch.profiler: wall time per step, the share of it the GPU spent in kernels, and the
+    operators that took the most time (GPU time on a GPU, CPU time elsewhere)."""
+    import lightning as L
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = torch.cuda.is_available()
+
+    class StepProfiler(L.Callback):
+        def __init__(self):
+            self.prof, self.t0, self.wall = None, None, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == start:
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+                self.prof = profile(activities=activities)
+                self.prof.__enter__()
+                if gpu:
+                    torch.cuda.synchronize()
+                self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == start + steps - 1 and self.prof is not None:
+                if gpu:
+                    torch.cuda.synchronize()
+                self.wall = time.perf_counter() - self.t0
+                self.prof.__exit__(None, None, None)
+
+        def summary(self) -> dict:
+            if self.wall is None:
+                raise ValueError(f"the profiled batches {start}..{start + steps - 1} did not run")
+            events = self.prof.key_averages()
+            key = "self_device_time_total" if gpu else "self_cpu_time_total"
+            busy = sum(getattr(e, key, 0) for e in events) / 1e6 if gpu else None
+            top = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:12]
+            return {"profiled_steps": steps, "wall_ms_per_step": 1000 * self.wall / steps,
+                    "gpu_busy_share": busy / self.wall if busy is not None else None, "time_is": "gpu" if gpu else "cpu",
+                    "top_ops": [{"name": e.key[:80], "ms_per_step": getattr(e, key, 0) / 1000 / steps, "calls": e.count} for e in top]}
+
+    return StepProfiler()
 
 
 def section_models(s: Settings, emit, deadline: float) -> None:

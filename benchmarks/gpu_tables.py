@@ -38,7 +38,12 @@ def render(results: list[dict]) -> str:
         "Training throughput, 512x512, batch 16 (`vs ceiling`: img/s over the compiled plain loop of the same model, same run):",
         table(["date", "GPU", "model", "loop", "img/s", "vs ceiling", "peak GB"],
               [[r["date"], r["gpu"], row["model"], LOOPS.get(row["loop"], row["loop"]), *figures(row, "img_per_s", "ratio", "peak_gb")]
-               for r in results for row in rows(r, "train_throughput")]),
+               for r in results for row in rows(r, "train_throughput") if row["loop"] != "seglab_profile"]),
+        "Where seglab's step time goes when it is below 0.95 of the ceiling (torch.profiler over 5 steps; "
+        "GPU busy = kernel time / wall time; the operators with the most GPU time per step):",
+        table(["date", "GPU", "model", "seglab / ceiling", "ms per step", "GPU busy", "top operators (ms per step)"],
+              [[r["date"], r["gpu"], row["model"], *profile_cells(row)]
+               for r in results for row in rows(r, "train_throughput") if row["loop"] == "seglab_profile"]),
         "Short real-data runs (trashbags, UNet-ResNet34; passed = the loss fell and mIoU reached the floor; "
         "syncs = CUDA synchronisations on the training steps between loss checks, after the first two, compiling, steps):",
         table(["date", "GPU", "run", "epochs", "train loss first / last", "mIoU", "floor", "passed", "syncs between checks"],
@@ -79,6 +84,14 @@ def real_data_cells(row: dict) -> list[str]:
     passed = {True: "yes", False: "**no**", None: ""}[row.get("passed")]
     return [str(row["epochs"]), f"{number(row['first_train_loss'])} / {number(row['last_train_loss'])}", number(row["value"]),
             number(row["floor"]), passed, sync_cell]
+
+
+def profile_cells(row: dict) -> list[str]:
+    if "error" in row or "skipped" in row:
+        return figures(row, "a", "b", "c", "d")
+    top = "; ".join(f"{op['name']} {op['ms_per_step']:.1f}" for op in row.get("top_ops", [])[:4])
+    return [number(row.get("seglab_vs_ceiling")), number(row["wall_ms_per_step"]), number(row.get("gpu_busy_share")),
+            top.replace("|", "/")]
 
 
 def loader_cells(row: dict) -> list[str]:

@@ -129,7 +129,8 @@ def coco_classes(data: Path = DEFAULT_DATA) -> int:
     return len(json.loads((data / "annotations.json").read_text())["categories"]) + 1
 
 
-def seglab_train(model_key, device, size, batch, steps, warmup, workers, data: Path = DEFAULT_DATA, small: bool = False) -> dict:
+def seglab_train(model_key, device, size, batch, steps, warmup, workers, data: Path = DEFAULT_DATA, small: bool = False,
+                 callbacks: tuple = ()) -> dict:
     """`seglab.core.training.train` for warmup + steps batches of one epoch (no validation);
     img/s over the batches after the warm-up, from the first one's start to the epoch's end."""
     import seglab.core.training as training
@@ -153,7 +154,7 @@ logging: {{viz_every_n_epochs: 0}}
     cfg = load_config(cfg_file)
     timer = StepTimer(warmup)
     make_callbacks = training.make_callbacks
-    training.make_callbacks = lambda *a, **k: make_callbacks(*a, **k) + [timer.callback]
+    training.make_callbacks = lambda *a, **k: make_callbacks(*a, **k) + [timer.callback, *callbacks]
     try:
         if gpu:
             torch.cuda.reset_peak_memory_stats()

@@ -45,8 +45,10 @@ def test_smoke_run_covers_every_section(smoke_result):
 
     throughput = r["sections"]["train_throughput"]["rows"]
     assert [(row["model"], row["loop"]) for row in throughput] == [
-        (m, loop) for m in gpu_check.THROUGHPUT_MODELS for loop in ("ceiling", "plain_fp32", "naive", "seglab")]
+        (m, loop) for m in gpu_check.THROUGHPUT_MODELS for loop in ("ceiling", "plain_fp32", "naive", "seglab", "seglab_profile")]
     assert all(row["img_per_s"] > 0 for row in throughput)
+    for profile in (row for row in throughput if row["loop"] == "seglab_profile"):
+        assert profile["wall_ms_per_step"] > 0 and profile["time_is"] == "cpu" and len(profile["top_ops"]) > 3
     for row in throughput:  # the ratio is the row's img/s over its model's ceiling row
         ceiling = next(c for c in throughput if c["model"] == row["model"] and c["loop"] == "ceiling")
         assert row["ratio"] == pytest.approx(row["img_per_s"] / ceiling["img_per_s"])
@@ -92,6 +94,8 @@ def fixture_result() -> dict:
                 {"model": "unet_r34", "loop": "ceiling", "img_per_s": 600.0, "peak_gb": 9.5, "ratio": 1.0},
                 {"model": "unet_r34", "loop": "seglab", "img_per_s": 570.0, "peak_gb": 10.5, "ratio": 0.95},
                 {"model": "fcn8s", "loop": "ceiling", "error": "OutOfMemoryError: CUDA out of memory"},
+                {"model": "unet_r34", "loop": "seglab_profile", "seglab_vs_ceiling": 0.9, "wall_ms_per_step": 28.5,
+                 "gpu_busy_share": 0.8, "top_ops": [{"name": "aten::convolution_backward", "ms_per_step": 9.04, "calls": 50}]},
             ]},
             "real_data": {"status": "done", "rows": [
                 {"run": "fp16", "epochs": 4, "first_train_loss": 1.2, "last_train_loss": 0.4, "value": 0.61, "floor": 0.3,
@@ -115,6 +119,8 @@ def test_tables_from_a_result_file(tmp_path):
     lines = text.splitlines()
     assert "| 2026-11-30 | NVIDIA H100 80GB HBM3 | unet_r34 | seglab train, end to end | 570.0 | 0.95 | 10.5 |" in lines
     assert "| 2026-11-30 | NVIDIA H100 80GB HBM3 | fcn8s | plain loop, compiled (ceiling) | error: OutOfMemoryError: CUDA out of memory |  |  |" in lines
+    assert "| 2026-11-30 | NVIDIA H100 80GB HBM3 | unet_r34 | 0.90 | 28.5 | 0.80 | aten::convolution_backward 9.0 |" in lines
+    assert not [line for line in lines if "seglab_profile" in line]
     assert "| 2026-11-30 | NVIDIA H100 80GB HBM3 | fp16 | 4 | 1.20 / 0.40 | 0.61 | 0.30 | yes | 0 on 90 steps |" in lines
     assert "| 2026-11-30 | NVIDIA H100 80GB HBM3 | Unet | 24.4 | 700.0 | 8.00 |" in lines
     assert "| 2026-11-30 | NVIDIA H100 80GB HBM3 | fcn8s | skipped: the section's time ran out |  |  |" in lines
