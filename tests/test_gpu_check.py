@@ -37,7 +37,7 @@ def smoke_result(tmp_path_factory) -> dict:
 
 def test_smoke_run_covers_every_section(smoke_result):
     r = smoke_result
-    assert r["smoke"] is True and r["gpu"] == "cpu" and r["schema"] == 1
+    assert r["smoke"] is True and r["gpu"] == "cpu" and r["schema"] == 1 and r["complete"] is True
     assert list(r["sections"]) == list(gpu_check.SECTIONS)
     assert {name: sec["status"] for name, sec in r["sections"].items()} == dict.fromkeys(gpu_check.SECTIONS, "done")
     for sec in r["sections"].values():
