@@ -429,8 +429,9 @@ def main(argv=None) -> int:
         print("warning: no CUDA device: the figures are CPU figures (and labelled so)", file=sys.stderr)
     out = Path(args.out) if args.out else (ROOT / "runs" / "gpu_check_smoke" if args.smoke else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['date']}-{slug(gpu)}{'-smoke' if args.smoke else ''}.json"
     chosen = [name for name in SECTIONS if name in args.sections]
+    part = "" if chosen == list(SECTIONS) else "-" + "-".join(chosen)  # a rerun of some sections keeps the full file
+    path = out / f"{result['date']}-{slug(gpu)}{part}{'-smoke' if args.smoke else ''}.json"
     for i, name in enumerate(chosen):
         reserved = sum(SECTIONS[later] for later in chosen[i + 1:]) * budget
         timeout = budget - (time.time() - t0) - reserved
