@@ -151,3 +151,22 @@ def test_carried_wheels_match_the_pins():
     # Every pinned package the GPU image lacks travels (the image's list: .library/device/KINDS.md).
     for name in ("segmentation-models-pytorch", "albumentations", "pycocotools", "pydantic", "iterative-stratification", "adamp"):
         assert name in carried, name
+
+
+def test_prepare_data_copies_a_subset_with_its_annotations(tmp_path):
+    from gpu_check_data import make_tiny_coco, prepare_data
+
+    source = tmp_path / "trashbags"
+    make_tiny_coco(source / "train", 5, 32, seed=0)
+    make_tiny_coco(source / "valid", 2, 32, seed=1)
+    prepare_data(source, tmp_path / "carried", train_images=3)
+    train = json.loads((tmp_path / "carried" / "train" / "annotations.json").read_text())
+    assert [img["id"] for img in train["images"]] == [0, 1, 2]
+    assert sorted(a["image_id"] for a in train["annotations"]) == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "carried" / "train" / "images").iterdir()) == ["000.jpg", "001.jpg", "002.jpg"]
+    assert len(json.loads((tmp_path / "carried" / "valid" / "annotations.json").read_text())["images"]) == 2
+    doc = json.loads((source / "valid" / "annotations.json").read_text())
+    doc["images"][1]["file_name"] = "../../secret.jpg"
+    (source / "valid" / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit, match=r"valid/annotations.json: image 1: file_name '../../secret.jpg' leaves the split's folder"):
+        prepare_data(source, tmp_path / "again", train_images=3)
