@@ -73,7 +73,8 @@ def count_read_backs(monkeypatch, counter: ReadBackCounter) -> None:
         monkeypatch.setattr(torch.Tensor, name, wrapper)
 
 
-@pytest.mark.parametrize("task, extra", [(task, []) for task in TASKS] + [("classification", ["classification.snapmix_alpha=1.0"])])
+@pytest.mark.parametrize("task, extra", [(task, []) for task in TASKS] + [
+    ("classification", ["classification.snapmix_alpha=1.0"]), ("multiclass", ["averaging.ema_decay=0.9"])])
 def test_training_steps_read_nothing_back_between_checks(task, extra, tmp_path, monkeypatch):
     config, overrides = task_data(task, tmp_path / "data")
     cfg = load_config(config, overrides + extra + [
