@@ -112,8 +112,11 @@ class Task:
         """Probabilities at another spatial size (what TTA scales and original-size output need)."""
         return probs
 
-    def postprocess(self, prediction, cfg, labels):
-        """One decided prediction (numpy) after the configured post-processing."""
+    morphology: bool = False          # whether its decisions are masks that post-processing (morphology) can clean
+
+    def postprocess(self, prediction, cfg, labels, plan=None):
+        """One decided prediction (numpy) after post-processing: the config's, or `plan`
+        ({class index: steps}, a tuned RUN/postprocess.json) when given."""
         return prediction
 
     # ------------------------------------------------------------ metric and report

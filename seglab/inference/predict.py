@@ -127,7 +127,7 @@ def final_output(run, probs: torch.Tensor) -> np.ndarray:
     pred = run.task.decide(probs, run.thresholds)[0]
     if pred.dim() == 2:
         pred = pred.to(torch.uint8 if run.labels.num_classes <= 256 else torch.int32)
-    return run.task.postprocess(pred.cpu().numpy(), run.cfg, run.labels)
+    return run.task.postprocess(pred.cpu().numpy(), run.cfg, run.labels, run.plan)
 
 
 def resolution(cfg, original_size: bool) -> str:
@@ -138,10 +138,11 @@ def resolution(cfg, original_size: bool) -> str:
 
 def decide(run, probs: torch.Tensor) -> torch.Tensor:
     """A batch's decisions as `evaluate` scores them: the task's decision with the run's
-    thresholds, then its post-processing when the config asks for morphology."""
+    thresholds, then its post-processing (the tuned plan, else the config's)."""
     pred = run.task.decide(probs, run.thresholds)
-    if run.cfg.postprocess.morphology:
-        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels)) for p in pred])
+    plan = run.plan
+    if plan:
+        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels, plan)) for p in pred])
     return pred.to(run.device)
 
 
@@ -183,6 +184,8 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
     if run.thresholds is not None:
         scores["thresholds"] = dict(zip(ref.labels.classes, run.thresholds.tolist()))
         scores["thresholds_from"] = run.thresholds_source
+    if run.postprocess_plan is not None:
+        scores["postprocess_from"] = run.postprocess_source
     return scores, metric
 
 
