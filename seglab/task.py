@@ -12,7 +12,7 @@ registered in `TASKS`, that answers:
 | its defaults and config checks | `defaults`, `config_problems` (torch-free: at config load), `preflight_problems` |
 | its model and loss | `build_model`, `loss_targets`, `allowed_losses`, `build_loss` |
 | one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
-| logits -> probabilities -> decision | `probabilities`, `thresholds`, `decide`, `resize`, `postprocess` |
+| logits -> probabilities -> decision | `probabilities` (and back: `logits`), `thresholds`, `decide`, `resize`, `postprocess` |
 | its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
 | what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
 | its validation pictures | `visualizer` |
@@ -99,6 +99,10 @@ class Task:
     # ------------------------------------------------------------ decisions
 
     def probabilities(self, logits):
+        raise NotImplementedError
+
+    def logits(self, probs):
+        """Logits whose probabilities are `probs` (the loss of blended sliding-window tiles)."""
         raise NotImplementedError
 
     def thresholds(self, cfg, labels):

@@ -45,6 +45,11 @@ class MultilabelTask(SegmentationTask):
     def probabilities(self, logits):
         return logits.float().sigmoid()
 
+    def logits(self, probs):
+        import torch
+
+        return torch.logit(probs.float(), eps=1e-6)
+
     def thresholds(self, cfg, labels):
         from seglab.inference.postprocess import threshold_vector
 
