@@ -115,7 +115,7 @@ def child_data(data: Path, cache: Path, pipeline: str, crop: int, epochs: int) -
             "steady_img_s": n * (len(times) - 1) / sum(times[1:]) if len(times) > 1 else None, "peak_rss_mb": peak_rss_mb()}
 
 
-def child_train(data: Path, cache: Path, crop: int, batches: int, tile: int, run: Path) -> dict:
+def child_train(data: Path, cache: Path, crop: int, batches: int, tile: int, run: Path, batch_size: int) -> dict:
     from seglab.cli import main
     from seglab.core.module import LabModule
 
@@ -134,7 +134,7 @@ def child_train(data: Path, cache: Path, crop: int, batches: int, tile: int, run
 
     code = main(["train", str(ROOT / "configs" / "demo_multilabel.yaml"), f"data.root={data / 'train'}",
                  f"data.classes={json.dumps(list(class_names(meta['classes'])))}", "data.test=null", "data.image_size=null",
-                 f"data.cache_dir={cache}", "data.num_workers=0", "data.batch_size=2", "model.encoder=resnet18",
+                 f"data.cache_dir={cache}", "data.num_workers=0", f"data.batch_size={batch_size}", "model.encoder=resnet18",
                  f"augment.train=[{{name: RandomCrop, height: {crop}, width: {crop}}}]",
                  "trainer.max_epochs=2", f"trainer.limit_train_batches={batches}", "trainer.progress_bar=false",
                  "logging.loggers=[]", "logging.viz_every_n_epochs=0", "schedule.warmup_epochs=0",
@@ -146,7 +146,8 @@ def child_train(data: Path, cache: Path, crop: int, batches: int, tile: int, run
     # validation: pairs of (start, end); the first pair is Lightning's one-batch sanity check
     spans = [b - a for a, b in zip(validation[::2], validation[1::2])]
     return {"exit": code, "first_step_s": stamps[0] - T0, "batches_per_epoch": per_epoch,
-            "first_epoch_img_s": 2 * per_epoch / first_epoch, "steady_img_s": 2 * per_epoch / second_epoch,
+            "batch_size": batch_size, "first_epoch_img_s": batch_size * per_epoch / first_epoch,
+            "steady_img_s": batch_size * per_epoch / second_epoch,
             "validation_s": spans[-1], "peak_rss_mb": peak_rss_mb()}
 
 
@@ -165,7 +166,7 @@ def in_child(kind: str, *args) -> dict:
 
 def run_child(argv) -> None:
     kind, *args = argv
-    types = {"cache": (Path, Path, int), "data": (Path, Path, str, int, int), "train": (Path, Path, int, int, int, Path)}[kind]
+    types = {"cache": (Path, Path, int), "data": (Path, Path, str, int, int), "train": (Path, Path, int, int, int, Path, int)}[kind]
     result = CHILDREN[kind](*(t(a) for t, a in zip(types, args)))
     print(json.dumps(result), flush=True)
 
@@ -184,7 +185,7 @@ def main() -> None:
     ap.add_argument("--crops", default="512,1024,2048", help="data-path crop sides")
     ap.add_argument("--epochs", type=int, default=2, help="data-path epochs (the first fills the caches)")
     ap.add_argument("--train-crops", default="512", help="training crop sides ('' = no training)")
-    ap.add_argument("--train-batches", type=int, default=4, help="training batches (of 2) per epoch, 2 epochs")
+    ap.add_argument("--train-batches", type=int, default=4, help="training batches (of 2) per epoch, 2 epochs (full-size crops: at most 2 of 1)")
     ap.add_argument("--tile", type=int, default=1024, help="sliding-window validation tile")
     ap.add_argument("--project", type=int, default=800, help="project epoch times to this many images")
     ap.add_argument("--workdir", help="keep data and caches here (default: a temporary folder)")
@@ -231,12 +232,14 @@ def main() -> None:
 
     train_rows = []
     for crop in [int(c) for c in args.train_crops.split(",") if c]:
-        batches = args.train_batches if crop < args.size else max(1, min(args.train_batches, 2))
-        r = in_child("train", data, work / f"cache_train_{crop}", crop, batches, args.tile, work / f"run_{crop}")
+        # Whole 2048 px images: batches of one, two steps (a memory check more than a speed figure on a CPU).
+        full = crop >= args.size
+        batches = max(1, min(args.train_batches, 2)) if full else args.train_batches
+        r = in_child("train", data, work / f"cache_train_{crop}", crop, batches, args.tile, work / f"run_{crop}", 1 if full else 2)
         train_rows.append((crop, r))
     results["train"] = [{"crop": c, **r} for c, r in train_rows]
     if train_rows:
-        print(f"\ntraining (Unet-ResNet18, batch 2, random crops of the {args.size}px images; validation: "
+        print(f"\ntraining (Unet-ResNet18, batches of 2 (1 at full size), random crops of the {args.size}px images; validation: "
               f"sliding window, {args.tile}px tiles, on the whole images)")
         print(f"{'crop':>5} {'first step s':>13} {'1st epoch img/s':>16} {'2nd epoch img/s':>16} {'validation s':>13} {'peak RSS MB':>12}")
         for crop, r in train_rows:
