@@ -134,3 +134,18 @@ def test_a_multilabel_run_writes_panels_and_the_report_shows_them(tmp_path):
     page = (run / "report" / "index.html").read_text()
     assert "Over/under-segmentation per class" in page and "area_ratio.png" in page
     assert "Worst images per class" in page
+
+
+def test_samples_are_kept_small_with_their_full_size_dice(tmp_path):
+    trainer = SimpleNamespace(loggers=[], current_epoch=0, global_step=0, sanity_checking=False, is_global_zero=True)
+    cb = bm.BinaryMaskVisualizer(tmp_path, NAMES, num_samples=1)
+    gt = torch.zeros(1, 3, 1000, 1000, dtype=torch.bool)
+    gt[0, 0, :500] = True
+    pred = gt.clone()
+    pred[0, 0, :250] = False                       # Dice of disc: 2 * 250k / (500k + 250k) = 2/3
+    batch = {"image": torch.zeros((1, 3, 1000, 1000), dtype=torch.uint8), "target": gt, "id": ["big"]}
+    cb.on_validation_epoch_start(trainer, None)
+    cb.on_validation_batch_end(trainer, None, {"pred": pred}, batch, 0)
+    image, g, p, dice = cb._samples["big"]
+    assert max(image.shape[:2]) <= 500 and g.shape[0] == 3 and g.shape[1:] == image.shape[:2]
+    assert dice[0] == pytest.approx(2 / 3, abs=1e-6) and dice[1] == pytest.approx(1.0)

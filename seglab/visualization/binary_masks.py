@@ -76,8 +76,9 @@ def class_palette_no_background(num_classes: int) -> np.ndarray:
 
 
 def per_class_mask_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
-                         title: str = "", ncols: int = 6) -> np.ndarray:
-    """One TP/FP/FN tile per class present in the GT or prediction, captioned with its Dice."""
+                         title: str = "", ncols: int = 6, dice: Sequence[float] | None = None) -> np.ndarray:
+    """One TP/FP/FN tile per class present in the GT or prediction, captioned with its Dice
+    (`dice`, e.g. computed at full size before the masks were shrunk, else from these masks)."""
     from seglab.metrics.dice import DICE_EPS
 
     tiles = []
@@ -87,9 +88,12 @@ def per_class_mask_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, cl
     for c, name in enumerate(class_names):
         if not (gt[c].any() or pred[c].any()):
             continue
-        inter = int((gt[c] & pred[c]).sum())
-        dice = (2 * inter + DICE_EPS) / (int(gt[c].sum()) + int(pred[c].sum()) + DICE_EPS)
-        tiles.append((outcome_overlay(image_s, gt_s[c], pred_s[c]), f"{name}\nDice {dice:.3f}"))
+        if dice is None:
+            inter = int((gt[c] & pred[c]).sum())
+            value = (2 * inter + DICE_EPS) / (int(gt[c].sum()) + int(pred[c].sum()) + DICE_EPS)
+        else:
+            value = float(dice[c])
+        tiles.append((outcome_overlay(image_s, gt_s[c], pred_s[c]), f"{name}\nDice {value:.3f}"))
     if not tiles:
         tiles = [(image_s, "no class in GT or prediction\n")]
     legend = (OUTCOME_COLORS[[TP, FP, FN]], ["correct (TP)", "predicted, not in GT (FP)", "missed (FN)"])
@@ -203,7 +207,11 @@ class _BinaryMaskVisualizerHooks:
                 image = _to_uint8_hwc(batch["image"][i], self.mean, self.std)
                 g, p = gt[i].cpu().numpy(), pred[i].cpu().numpy()
                 if image_id in self._sample_ids:
-                    self._samples[image_id] = (image, g, p)
+                    # Kept at the outline panel's resolution, with the full-size Dice: 29 classes of
+                    # 2048 px masks are 242 MB per sample.
+                    image_s, *small = _shrink(400, image, *g, *p)
+                    c = len(self.class_names)
+                    self._samples[image_id] = (image_s, np.stack(small[:c]), np.stack(small[c:]), dice[i].cpu().tolist())
                 if image_id in held:
                     image_s, *small = _shrink(PANEL_PX, image, *g, *p)
                     c = len(self.class_names)
@@ -248,11 +256,11 @@ class _BinaryMaskVisualizerHooks:
         for image_id in self._sample_ids:
             if image_id not in self._samples:
                 continue
-            image, gt, pred = self._samples[image_id]
+            image, gt, pred, dice = self._samples[image_id]
             stem = safe_filename(image_id)
             add(f"val_samples/{image_id}", f"sample_{stem}", outline_panel(image, gt, pred, names, self.palette, image_id),
                 "Fixed samples: every class's outline")
-            add(f"val_per_class/{image_id}", f"per_class_{stem}", per_class_mask_panel(image, gt, pred, names, image_id),
+            add(f"val_per_class/{image_id}", f"per_class_{stem}", per_class_mask_panel(image, gt, pred, names, image_id, dice=dice),
                 "Fixed samples: each class on its own (TP / FP / FN)")
         for c, name in enumerate(names):
             for rank, (dice, image_id) in enumerate(self._worst.worst(c), start=1):
