@@ -26,7 +26,7 @@ def test_logits_of_probabilities_give_back_the_probabilities(task):
 def test_sliding_validation_scores_what_evaluate_scores(tmp_path):
     config, overrides = task_data("multilabel", tmp_path / "data")
     run = tmp_path / "run"
-    common = ["trainer.max_epochs=1", "trainer.progress_bar=false", "logging.loggers=[]", "schedule.warmup_epochs=0",
+    common = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.progress_bar=false", "logging.loggers=[]", "schedule.warmup_epochs=0",
               "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}"]
     finish(seglab_process("train", str(config), *overrides, *common, *SLIDING, "--out", str(run)))
     out = finish(seglab_process("evaluate", str(run), "--no-tta"))
