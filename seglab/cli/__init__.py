@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 
-from seglab.cli import data, infer, look, train
+from seglab.cli import data, infer, look, train, weights
 
-COMMAND_GROUPS = (train, infer, data, look)
+COMMAND_GROUPS = (train, infer, data, look, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,7 +58,7 @@ def _write_submission(members, split: str, out: str, fmt: str | None, data, batc
     if fmt not in run.task.writers:
         raise ConfigError(f"--format {fmt}: not a {run.task.name} format (use {', '.join(run.task.writers)})")
     writer = WRITERS.get(fmt, "--format")
-    context = WriteContext(list(ref.labels.classes), ref.cfg, split)
+    context = WriteContext(list(run.submission_labels.classes), ref.cfg, split)  # submission.classes, merged
     count = writer(predictions(members, split, ref, batch_size), Path(out), context)
     print(f"wrote {count} predictions ({fmt}) to {out}")
 

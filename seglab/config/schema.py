@@ -71,6 +71,9 @@ class DataConfig(Strict):
     remap: dict[str, str] = Field(
         default_factory=dict, description="merge classes after mapping: {UNKNOWN: Background} or {UNKNOWN: ignore}"
     )
+    corrections: str | None = Field(
+        None, description="label corrections (YAML or CSV, relative to root): relabel/drop annotations, drop images, set classification labels or mask-status fields, applied at load time to train and val"
+    )
     paint_order: Literal["area_desc", "annotation_order", "class_index"] = Field(
         "area_desc", description="overlapping annotations: which one owns a pixel (area_desc = small objects on top)"
     )
@@ -163,11 +166,21 @@ class AugmentConfig(Strict):
     batch: list[BatchAugmentSpec] = Field(
         default_factory=list, description="segmentation: batch-level augmentations on the device before the forward, in order: [{name: cutmix or copy_paste, p, params...}]"
     )
-    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (0-1 scale), applied on the device")
-    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (0-1 scale)")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (0-1 scale), applied on the device; left out of the config: the pretrained encoder's own (timm/smp/torchvision), ImageNet's for a random or local-file encoder")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (0-1 scale); left out: the pretrained encoder's own, like mean")
 
 
 # ---------------------------------------------------------------- model, loss, optimiser
+
+
+class WeightsRecord(Strict):
+    """Where the encoder weights of a run came from, written by seglab when training starts."""
+
+    value: str = Field(description="model.encoder_weights as the config gave it")
+    tag: str | None = Field(None, description="the library's pretrained tag (null for a local file)")
+    source: str = Field("", description="the hub file or local path the weights came from")
+    file: str = Field("", description="the local file that was read")
+    sha256: str = Field("", description="checksum of that file")
 
 
 class ModelConfig(Strict):
@@ -175,7 +188,8 @@ class ModelConfig(Strict):
     encoder: str = Field("resnet34", description="encoder: any smp name or tu-<timm name>; classification: any timm model")
     in_channels: int = Field(3, gt=0, description="input channels")
     weights: str | None = Field(None, description="local state dict / checkpoint for the whole model")
-    encoder_weights: str | None = Field(None, description="local state dict for the encoder only (torchvision/timm keys)")
+    encoder_weights: str | None = Field(None, description="encoder start: imagenet (or another tag of the encoder's library, e.g. a timm tag), read from the HF/torch hub cache and downloaded when online; or a local state-dict file (torchvision/timm keys); null = random")
+    encoder_weights_resolved: WeightsRecord | None = Field(None, description="written by seglab when training starts: the encoder weights' tag, source, file and sha256; a repeated run refuses a different file")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model builder")
 
 
@@ -403,6 +417,9 @@ class LoggingConfig(Strict):
 class SubmissionConfig(Strict):
     format: str = Field("coco_csv", description="submission writer (`seglab predict --format`); default by task: coco_csv, rle or the data's own (maskstatus info.csv, id_label)")
     size: tuple[int, int] = Field((256, 256), description="coco_csv: [height, width] the class map is resized to (nearest)")
+    classes: dict[str, list[str]] | None = Field(
+        None, description="merge map from training classes to submission classes, e.g. {UNKNOWN: [UNKNOWN_a, UNKNOWN_b]}; unnamed classes map to themselves; probabilities are merged before the decision, validation also reports submission_* metrics"
+    )
 
 
 class PostprocessConfig(Strict):
@@ -475,6 +492,8 @@ class ClassificationConfig(Strict):
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (timm Mixup); 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed when mixup or cutmix is on")
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix instead of mixup when both are on")
+    snapmix_alpha: float = Field(0.0, ge=0, description="SnapMix Beta(alpha, alpha) box sizes, labels weighted by class activation maps (paper: 5); 0 = off; not with mixup/cutmix")
+    snapmix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed by SnapMix")
     uda: UdaConfig = Field(default_factory=UdaConfig)
 
 

@@ -149,7 +149,8 @@ def tune_postprocess(run_dir: str | Path, split: str = "val", checkpoint: str = 
     names = list(run.labels.classes)
     decisions = Decisions()
     for probs, target in scored([member], split, original_size=original_size):
-        decisions.add(run.task.decide(probs, run.thresholds), target)
+        # Tuned per training class; a merged submission class keeps the steps of its namesake.
+        decisions.add(run.task.decide(probs["train"], run.thresholds), target["train"])
     if not decisions.items:
         raise SeglabError(f"{run_dir}: the {split!r} split has no images to tune on")
     task, labels = run.task, run.labels
