@@ -98,3 +98,17 @@ def test_tune_postprocess_refuses_classification(tmp_path):
     run = constructed_run(tmp_path / "run", load_config(config, overrides + ["data.num_workers=0"]))
     code = main(["tune-postprocess", str(run)])
     assert code == 2
+
+
+def test_a_tuned_plan_follows_its_classes_by_name_into_the_submission_space():
+    from types import SimpleNamespace
+
+    from seglab.inference.predict import tuned_plan
+
+    lcc = PostprocessConfig(largest_component=True)
+    train = LabelSpec(("a", "b", "c"), 255, {}, "binary_masks")
+    run = SimpleNamespace(labels=train, postprocess_plan={0: lcc, 2: PostprocessConfig(opening=3)})
+    merged = LabelSpec(("ab", "c"), 255, {}, "binary_masks")   # a and b merged: only c keeps its steps
+    assert tuned_plan(run, train) is run.postprocess_plan
+    assert tuned_plan(run, merged) == {1: PostprocessConfig(opening=3)}
+    assert tuned_plan(SimpleNamespace(labels=train, postprocess_plan=None), merged) is None
