@@ -85,14 +85,18 @@ class LabModule(L.LightningModule):
         """uint8 [B, 3, H, W] images -> logits."""
         return self.net()(self.normalise(images))
 
-    def validation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of a validation batch: tile by tile when sliding_window.in_validation asks."""
+    def validation_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits for the loss, probabilities for the decision) of a validation batch. Tile by
+        tile when sliding_window.in_validation asks: then the tiles' probabilities are blended,
+        as evaluate and predict blend them, and the loss sees the logits of the blend."""
         window = self.cfg.sliding_window
         if window.enabled and window.in_validation:
             from seglab.core.sliding import sliding_window_from_config
 
-            return sliding_window_from_config(self, images, window)
-        return self(images)
+            probs = sliding_window_from_config(lambda t: self.task.probabilities(self(t)), images, window)
+            return self.task.logits(probs), probs
+        logits = self(images)
+        return logits, self.task.probabilities(logits)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -179,11 +183,10 @@ class LabModule(L.LightningModule):
         self._val_loss = torch.zeros(2, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        logits = self.validation_logits(batch["image"])
+        logits, probs = self.validation_outputs(batch["image"])
         target = batch["target"]
         n = torch.tensor(float(len(target)), device=self.device)
         self._val_loss += torch.stack([self.criterion(logits, target).detach().float() * n, n])
-        probs = self.task.probabilities(logits)
         pred = self.task.decide(probs, self.thresholds)
         self.val_metric.update(pred, target)
         if self.merge is not None:
