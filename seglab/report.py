@@ -186,6 +186,16 @@ def _gallery_section(run_dir: Path, report_dir: Path, metrics) -> str:
         parts.append(f"<h4>{_esc(cls)}</h4><div class=\"gallery\">")
         parts += [_img(p, report_dir, f"#{rank}") for rank, p in sorted(worst[cls])]
         parts.append("</div>")
+    # A visualizer may name the sections of the other figures it wrote (sections.json: {"sections": {title: [file names]}}).
+    listed, _ = _read_json(epoch_dir / "sections.json")
+    for title, names in (listed.get("sections", {}) if isinstance(listed, dict) else {}).items():
+        # Plain file names only: a path from a file is never followed out of the folder.
+        paths = [epoch_dir / n for n in names if isinstance(n, str) and Path(n).name == n and (epoch_dir / n).is_file()
+                 and epoch_dir / n not in shown]
+        if paths:
+            parts.append(f"<h3>{_esc(title)}</h3>")
+            parts += [f'<div class="gallery">{_img(p, report_dir, p.stem)}</div>' for p in paths]
+            shown.update(paths)
     others = sorted(p for p in epoch_dir.glob("*.png") if p not in shown)
     if others:
         parts.append("<h3>Other pictures</h3>")
