@@ -59,8 +59,30 @@ def _write_submission(members, split: str, out: str, fmt: str | None, data, batc
         raise ConfigError(f"--format {fmt}: not a {run.task.name} format (use {', '.join(run.task.writers)})")
     writer = WRITERS.get(fmt, "--format")
     context = WriteContext(list(run.submission_labels.classes), ref.cfg, split)  # submission.classes, merged
-    count = writer(predictions(members, split, ref, batch_size), Path(out), context)
+    stream = not_over_inputs(predictions(members, split, ref, batch_size), Path(out), _input_files(members, ref.cfg))
+    count = writer(stream, Path(out), context)
     print(f"wrote {count} predictions ({fmt}) to {out}")
+
+
+def _input_files(members, cfg) -> list[Path]:
+    """Files an output must never replace: the split files and every member's run files."""
+    from seglab.data import SPLITS
+
+    files = [cfg.data.split_path(s) for s in SPLITS] + [cfg.data.resolve(p) for p in cfg.data.extra_train]
+    for m in members:
+        files += [m.run.path / "config.yaml", m.run.path / "labels.json"]
+    return [f for f in files if f is not None]
+
+
+def not_over_inputs(stream, out: Path, inputs: list[Path]):
+    """The predictions, stopping before `out` would replace an input file (a split file, a
+    run's files, or an image the predictions read)."""
+    from seglab.paths import refuse_input_as_output
+
+    refuse_input_as_output(out, inputs)
+    for p in stream:
+        refuse_input_as_output(out, [p.image_path])
+        yield p
 
 
 def cmd_evaluate(args) -> None:
@@ -84,6 +106,12 @@ def cmd_ensemble(args) -> None:
     members, data = _members(args, args.members)
     print(f"ensemble of {len(members)} member(s):\n{describe(members)}", file=sys.stderr)
     if args.split != "test" and not args.format:
+        if args.out:
+            from seglab.inference.predict import reference
+            from seglab.paths import refuse_input_as_output
+
+            data = reference(members, data)
+            refuse_input_as_output(Path(args.out), _input_files(members, data.cfg))
         scores, _ = evaluate(members, args.split, data, args.original_size, args.batch_size)
         _print_scores(scores, args.out)
         return
@@ -96,6 +124,12 @@ def cmd_pseudo(args) -> None:
     from seglab.inference.pseudo import write_pseudo_labels
 
     members, data = _members(args, args.members)
+    from seglab.inference.predict import reference
+    from seglab.paths import refuse_input_as_output
+
+    ref = reference(members, data)
+    refuse_input_as_output(Path(args.out), _input_files(members, ref.cfg))
+    data = ref
     summary = write_pseudo_labels(members, args.out, args.split, args.threshold, args.min_confident, data, args.batch_size)
     print(json.dumps(summary, indent=2))
     print(f"add it to training with: data.extra_train=[{summary['path']}]")

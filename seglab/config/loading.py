@@ -23,7 +23,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e.problem})") from None
+        raise ConfigError(f"override {text[:80]!r}: value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting too deep
+        raise ConfigError(f"override {text[:80]!r}: unusable value ({str(e).split(';')[0][:100] or type(e).__name__})") from None
     return key.split("."), value
 
 
@@ -122,6 +124,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting too deep
+        raise ConfigError(f"{path}: unusable value ({str(e).split(';')[0][:100] or type(e).__name__})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw
