@@ -255,8 +255,9 @@ def timed(row: dict, fn, *args, deadline: float) -> dict:
     try:
         return {**row, **fn(*args), "row_seconds": round(time.perf_counter() - t0, 1)}
     except Exception as e:  # one row's failure (out of memory, a compile error) must not lose the others
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        return {**row, "error": f"{type(e).__name__}: {first}", "row_seconds": round(time.perf_counter() - t0, 1)}
+        # seglab's DataValidationError lists its problems on the lines after a count: keep them
+        message = " | ".join(line.strip() for line in str(e).strip().splitlines())[:600]
+        return {**row, "error": f"{type(e).__name__}: {message}", "row_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def free_memory() -> None:

@@ -129,6 +129,20 @@ def coco_classes(data: Path = DEFAULT_DATA) -> int:
     return len(json.loads((data / "annotations.json").read_text())["categories"]) + 1
 
 
+def hold_out_one_image(coco_file: Path, work: Path) -> tuple[Path, Path]:
+    """The COCO file as train (all images but the last) and val (the last): seglab refuses a
+    validation split that shares images with training, even with validation switched off."""
+    coco = json.loads(coco_file.read_text())
+    held = coco["images"][-1]["id"]
+    paths = {}
+    for name, keep in (("train", lambda i: i != held), ("val", lambda i: i == held)):
+        part = {**coco, "images": [im for im in coco["images"] if keep(im["id"])],
+                "annotations": [a for a in coco["annotations"] if keep(a["image_id"])]}
+        paths[name] = work / f"{name}.json"
+        paths[name].write_text(json.dumps(part))
+    return paths["train"], paths["val"]
+
+
 def seglab_train(model_key, device, size, batch, steps, warmup, workers, data: Path = DEFAULT_DATA, small: bool = False,
                  callbacks: tuple = ()) -> dict:
     """`seglab.core.training.train` for warmup + steps batches of one epoch (no validation);
@@ -140,8 +154,9 @@ def seglab_train(model_key, device, size, batch, steps, warmup, workers, data: P
     gpu = device.type == "cuda"
     run = Path(tempfile.mkdtemp()) / "run"
     cfg_file = run.parent / "bench.yaml"
+    train_json, val_json = hold_out_one_image(data / "annotations.json", run.parent)
     cfg_file.write_text(f"""
-data: {{format: coco, root: '{data}', train: annotations.json, val: annotations.json, image_size: [{size}, {size}],
+data: {{format: coco, root: '{data}', train: '{train_json}', val: '{val_json}', image_size: [{size}, {size}],
         batch_size: {batch}, num_workers: {workers}, cache_dir: '{run.parent / "cache"}'}}
 augment: {{train: [{{name: HorizontalFlip, p: 0.5}}]}}
 model: {{arch: {arch}, encoder: {encoder}, params: {json.dumps(params)}}}
