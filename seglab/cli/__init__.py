@@ -17,12 +17,44 @@ from seglab.cli import data, infer, look, train
 COMMAND_GROUPS = (train, infer, data, look)
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (options
+    whose default is "not given" say what happens then in their own words)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _with_defaults_shown(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_defaults_shown(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from seglab import __version__
+
     p = argparse.ArgumentParser(prog="seglab", description="Config-driven experiment lab: segmentation (multi-class, multi-label) and classification")
+    p.add_argument("--version", action="version", version=f"seglab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
+    _with_defaults_shown(p)
     return p
+
+
+def _quiet_broken_pipe() -> None:
+    """`seglab runs diff A B | head`: the reader left; stop quietly, as `cat` does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 141
     return 0
 
 

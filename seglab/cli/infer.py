@@ -125,20 +125,20 @@ def cmd_tune_thresholds(args) -> None:
 def register(sub) -> None:
     e = sub.add_parser("evaluate", help="scores of a trained run on a labelled split (JSON)")
     add_run_flags(e)
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", default="val", help="a labelled split: train, val or test")
     e.add_argument("--original-size", action="store_true", help="score at each image's original size (exactly what predict writes)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a submission for a split")
     add_run_flags(pr)
-    pr.add_argument("--split", default="test")
+    pr.add_argument("--split", default="test", help="which configured split to predict: train, val or test")
     pr.add_argument("--out", required=True, help="a file (CSV formats) or a folder (png)")
     pr.add_argument("--format", help="a writer the run's task has: coco_csv, png, rle; id_label, maskstatus, probs (default: submission.format)")
     pr.set_defaults(func=cmd_predict)
 
     en = sub.add_parser("ensemble", help="average the probabilities of several runs; evaluate or write a submission")
     add_members_flags(en, "val")
-    en.add_argument("--out", help="submission for test; scores JSON for a labelled split")
+    en.add_argument("--out", help="submission for test; scores JSON for a labelled split (default: scores printed only)")
     en.add_argument("--format", help="submission format (default: the first member's); forces writing predictions")
     en.add_argument("--original-size", action="store_true", help="score at each image's original size")
     en.set_defaults(func=cmd_ensemble)
@@ -152,7 +152,7 @@ def register(sub) -> None:
 
     th = sub.add_parser("tune-thresholds", help="per-class thresholds maximising Dice on a split; saved to RUN/thresholds.json")
     add_run_flags(th)
-    th.add_argument("--split", default="val")
+    th.add_argument("--split", default="val", help="a labelled split to tune on")
     th.add_argument("--grid", help="comma-separated thresholds (default 0.05,0.10,...,0.95)")
     th.add_argument("--original-size", action="store_true", help="search at each image's original size")
     th.add_argument("--dry-run", action="store_true", help="print, do not save")

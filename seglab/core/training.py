@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from seglab.config import to_yaml
+from seglab.core.combinations import device_problems
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
 from seglab.core.module import LabModule
@@ -69,12 +70,13 @@ def preflight(cfg, run_dir: Path | None, splits):
     the config's parts (loss, transforms, model), the class list and the data. Returns the
     resolved class list."""
     problems = []
+    created = _missing_folders(run_dir) if run_dir is not None else []
     if run_dir is not None:
         try:
             check_writable(run_dir)
         except SeglabError as e:
             problems.append(str(e))
-    problems += config_problems(cfg)
+    problems += config_problems(cfg) + device_problems(cfg.trainer.accelerator, cfg.trainer.devices)
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
     if labels is not None:
@@ -83,14 +85,24 @@ def preflight(cfg, run_dir: Path | None, splits):
         if cfg.eval.monitor not in allowed:
             problems.append(f"eval.monitor: {cfg.eval.monitor!r} is not a {task.name} metric (use one of {', '.join(allowed)})")
     if problems:
+        for folder in created:  # a failed preflight leaves nothing behind for a retry to trip over
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise DataValidationError(list(dict.fromkeys(problems)))
     return labels
+
+
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """The folders `check_writable` would create, deepest first."""
+    return [p for p in [Path(run_dir), *Path(run_dir).parents] if not p.exists()]
 
 
 def config_problems(cfg) -> list[str]:
     """The config checks that need the training stack, every bad entry on its own line: loss
     names and parameters, albumentations transforms, batch augmentations, the task's own
-    (model name, ...)."""
+    (model name, ...), and keys that cannot work together (crop vs image size, warmup vs
+    epochs)."""
+    from seglab.core.combinations import combination_problems
     from seglab.data.batch_augment import batch_problems
     from seglab.data.transforms import transform_problems
     from seglab.losses import loss_problems
@@ -98,7 +110,7 @@ def config_problems(cfg) -> list[str]:
     task = get_task(cfg.task)
     return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
             + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
-            + task.preflight_problems(cfg))
+            + task.preflight_problems(cfg) + combination_problems(cfg))
 
 
 def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:
