@@ -9,21 +9,23 @@ from seglab.cli.common import load_cli_config
 
 
 def cmd_train(args) -> None:
-    from seglab.config import load_config
+    from seglab.core.resuming import resume_config
     from seglab.core.training import train
 
+    resumed = None
     if args.resume:
         run_dir = Path(args.resume)
         if args.config and args.config != str(run_dir):
             args.overrides = [args.config] + args.overrides  # `train --resume RUN key=value`
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        cfg, done = resume_config(run_dir, args.overrides)
+        resumed = {"overrides": args.overrides, "from_epoch": done}
     else:
         if not args.config:
             raise SystemExit("seglab train: give a CONFIG (or --resume RUN_DIR)")
         cfg = load_cli_config(args)
         run_dir = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.time()
-    best = train(cfg, run_dir, resume=bool(args.resume))
+    best = train(cfg, run_dir, resume=bool(args.resume), resumed=resumed)
     print(f"\nrun folder: {run_dir}  ({time.time() - started:.0f} s)")
     if best:
         monitor = best.get("monitor")

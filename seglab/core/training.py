@@ -30,8 +30,10 @@ log = logging.getLogger("seglab")
 PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
 
 
-def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
-    """Train one run into `run_dir`; returns the best validation metrics."""
+def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None = None) -> dict:
+    """Train one run into `run_dir`; returns the best validation metrics. `resumed` (the
+    overrides and the epoch of a `--resume`) is recorded in RUN/resumes.jsonl, and the
+    overridden config replaces RUN/config.yaml."""
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
@@ -43,8 +45,12 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     if resume:  # before anything in the run folder is rewritten
         check_checkpoint_meta(load_checkpoint_file(last).get("seglab", {}), cfg, labels, str(last))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if not resume:
+    if not resume or (resumed and resumed["overrides"]):
         write_text(run_dir / "config.yaml", to_yaml(cfg))
+    if resumed:
+        from seglab.core.resuming import record_resume
+
+        record_resume(run_dir, resumed["overrides"], resumed["from_epoch"])
     write_json(run_dir / "labels.json", labels.to_json())
 
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
