@@ -10,11 +10,23 @@ from seglab.cli.common import add_members_flags, add_run_flags
 
 
 def _members(args, specs: list[str]):
-    """Loaded members (k-fold folders expanded) with the command line's TTA, and the config
-    whose split is read."""
+    """Loaded members (k-fold folders expanded) with the command line's TTA, and the reference
+    (the data config whose split is read, with the command line's `data.*` overrides)."""
     from seglab.errors import ConfigError
     from seglab.inference.ensemble import resolve_members
+    from seglab.inference.predict import reference, reference_path
     from seglab.inference.tta import parse_tta
+
+    overrides = list(getattr(args, "overrides", []) or [])
+    # `ensemble A B data.root=X`: the members' nargs="+" also took the overrides.
+    overrides += [s for s in specs if isinstance(s, str) and "=" in s and not Path(s).exists()]
+    specs = [s for s in specs if s not in overrides]
+    stray = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("data.")]
+    if stray:
+        raise ConfigError(f"{stray[0]}: only data.* keys can be overridden here (the run's model and training settings "
+                          f"are fixed); e.g. data.root=/other/path data.test=test.json")
+    if getattr(args, "data", None) and not Path(args.data).exists():
+        raise ConfigError(f"--data {args.data}: not found (give a config file or a run folder)")
 
     weights = None
     if getattr(args, "weights", None):
@@ -30,7 +42,21 @@ def _members(args, specs: list[str]):
         bad = [f for f in m.tta.flips if f not in m.run.task.tta_flips]
         if bad:
             raise ConfigError(f"--flips: {bad} not supported by a {m.run.task.name} run (use {', '.join(m.run.task.tta_flips)})")
-    return members, getattr(args, "data", None) or base
+    data = getattr(args, "data", None) or base
+    ref = reference(members, data, overrides)
+    args.inputs = {"members": [m.name for m in members], "split": args.split,
+                   "data_config": str(reference_path(members, data)), "data_overrides": overrides}
+    return members, ref
+
+
+def _record_inputs(args, out: str) -> None:
+    """What a written output was made from (runs, split, data config and overrides), in a
+    JSON beside it: OUT.csv -> OUT.inputs.json, folder OUT -> OUT.inputs.json."""
+    from seglab.io import write_json
+
+    path = Path(out)
+    name = path.name if path.is_dir() or not path.suffix else path.stem
+    write_json(path.parent / f"{name}.inputs.json", args.inputs)
 
 
 def _one_run(args) -> list[tuple[Path, str]]:
@@ -69,12 +95,14 @@ def cmd_evaluate(args) -> None:
     members, data = _members(args, _one_run(args))
     scores, _ = evaluate(members, args.split, data, args.original_size)
     scores["checkpoint"] = args.checkpoint
+    scores["data_config"], scores["data_overrides"] = args.inputs["data_config"], args.inputs["data_overrides"]
     _print_scores(scores)
 
 
 def cmd_predict(args) -> None:
     members, data = _members(args, _one_run(args))
     _write_submission(members, args.split, args.out, args.format, data, None)
+    _record_inputs(args, args.out)
 
 
 def cmd_ensemble(args) -> None:
@@ -85,11 +113,13 @@ def cmd_ensemble(args) -> None:
     print(f"ensemble of {len(members)} member(s):\n{describe(members)}", file=sys.stderr)
     if args.split != "test" and not args.format:
         scores, _ = evaluate(members, args.split, data, args.original_size, args.batch_size)
+        scores["data_config"], scores["data_overrides"] = args.inputs["data_config"], args.inputs["data_overrides"]
         _print_scores(scores, args.out)
         return
     if not args.out:
         raise SystemExit("seglab ensemble --split test: give --out (a file, or a folder for png)")
     _write_submission(members, args.split, args.out, args.format, data, args.batch_size)
+    _record_inputs(args, args.out)
 
 
 def cmd_pseudo(args) -> None:
@@ -97,6 +127,7 @@ def cmd_pseudo(args) -> None:
 
     members, data = _members(args, args.members)
     summary = write_pseudo_labels(members, args.out, args.split, args.threshold, args.min_confident, data, args.batch_size)
+    _record_inputs(args, args.out)
     print(json.dumps(summary, indent=2))
     print(f"add it to training with: data.extra_train=[{summary['path']}]")
 
@@ -122,16 +153,23 @@ def cmd_tune_thresholds(args) -> None:
           + (f"  (saved {record['path']})" if "path" in record else "  (not saved: --dry-run)"))
 
 
+def _add_data_flags(p) -> None:
+    p.add_argument("overrides", nargs="*", help="data.key=value overrides of the data config, e.g. data.root=/elsewhere")
+    p.add_argument("--data", help="config (or run folder) whose split is read (default: the run's own config)")
+
+
 def register(sub) -> None:
     e = sub.add_parser("evaluate", help="scores of a trained run on a labelled split (JSON)")
     add_run_flags(e)
     e.add_argument("--split", default="val", help="a labelled split: train, val or test")
+    _add_data_flags(e)
     e.add_argument("--original-size", action="store_true", help="score at each image's original size (exactly what predict writes)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="write a submission for a split")
     add_run_flags(pr)
     pr.add_argument("--split", default="test", help="which configured split to predict: train, val or test")
+    _add_data_flags(pr)
     pr.add_argument("--out", required=True, help="a file (CSV formats) or a folder (png)")
     pr.add_argument("--format", help="a writer the run's task has: coco_csv, png, rle; id_label, maskstatus, probs (default: submission.format)")
     pr.set_defaults(func=cmd_predict)
