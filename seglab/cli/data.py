@@ -38,12 +38,17 @@ def cmd_data_inspect(args) -> None:
 def cmd_data_validate(args) -> None:
     from seglab.core.training import config_problems
     from seglab.data import collect_problems
+    from seglab.data.summary import label_map_lines, not_a_config_hint, split_counts, void_lines
 
+    not_a_config_hint(args.config)
     cfg = load_cli_config(args)
     labels, problems = collect_problems(cfg, deep=args.deep)
     problems = config_problems(cfg) + problems
     for p in problems:
         print(p)
+    if labels is not None:
+        for line in label_map_lines(labels) + [split_counts(cfg, labels)] + void_lines(cfg, labels):
+            print(line)
     print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes) if labels else 'unresolved'}")
     if problems:
         raise SystemExit(1)

@@ -87,7 +87,11 @@ def device_problems(accelerator: str, devices) -> list[str]:
     known = AcceleratorRegistry.available_accelerators()
     if name not in known:
         return [f"trainer.accelerator={accelerator}: not an accelerator (use cpu, gpu or auto)"]
-    if not AcceleratorRegistry.get(name).is_available():
+    try:  # the class's own check: building an instance fails when its library is missing
+        available = AcceleratorRegistry[name]["accelerator"].is_available()
+    except Exception:  # a missing optional library (torch_xla ...) means no such device here
+        available = False
+    if not available:
         return [f"trainer.accelerator={accelerator}: no {name} device on this machine; use trainer.accelerator=cpu (or auto)"]
     return []
 
