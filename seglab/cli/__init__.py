@@ -8,7 +8,6 @@ adds their parsers; a new command group is one module and one entry in COMMAND_G
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -60,8 +59,10 @@ def _quiet_broken_pipe() -> None:
 def main(argv: list[str] | None = None) -> int:
     from seglab.errors import SeglabError
 
+    from seglab.console import setup_console
+
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_console()
     parser = build_parser()
     # `key=value` overrides may come after options too (`train cfg.yaml --out RUN lr=...`).
     args, extra = parser.parse_known_args(argv)

@@ -10,6 +10,7 @@ than float32).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -179,7 +180,8 @@ class LabModule(L.LightningModule):
             best = {"epoch": epoch, "step": step, "monitor": monitor, **metrics, "val_loss": scores["loss"]}
             write_json(self.run_dir / "metrics.json", finite(best))
         mark = "  (best)" if better else ""
-        print("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+        # Logged (not printed): the table reaches RUN/train.log too.
+        logging.getLogger("seglab").info("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"))
 
     # ------------------------------------------------------------ checkpoints
 

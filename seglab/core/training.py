@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from seglab.config import to_yaml
+from seglab.console import quiet_lightning, run_log
 from seglab.core.combinations import device_problems
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
@@ -53,6 +54,15 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
         record_resume(run_dir, resumed["overrides"], resumed["from_epoch"])
     write_json(run_dir / "labels.json", labels.to_json())
 
+    with run_log(run_dir):
+        quiet_lightning()
+        log.info(f"{'resuming' if resume else 'training'} {run_dir} ({task.name}, {cfg.model.arch}/{cfg.model.encoder}, "
+                 f"{labels.num_classes} classes)" + (f" from epoch {resumed['from_epoch']} with {' '.join(resumed['overrides'])}"
+                                                     if resumed and resumed["overrides"] else ""))
+        return _fit(cfg, run_dir, labels, task, resume, last)
+
+
+def _fit(cfg, run_dir: Path, labels, task, resume: bool, last: Path) -> dict:
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
     frequencies = class_frequencies(train_set.source, labels) if needs_class_frequencies(cfg) else None
@@ -196,6 +206,10 @@ def make_callbacks(cfg, run_dir: Path, labels, task, has_logger: bool) -> list:
             log.info("logging.viz_every_n_epochs: task %s draws no validation pictures yet", task.name)
     callbacks.extend(build_averaging_callbacks(cfg.averaging, cfg.eval.monitor, cfg.eval.mode, cfg.trainer.max_epochs))
     callbacks.append(ExactResume(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.checkpoint_every_n_steps))
+    if not cfg.trainer.progress_bar:
+        from seglab.progress import TrainingProgress
+
+        callbacks.append(TrainingProgress())
     return callbacks
 
 

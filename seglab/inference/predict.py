@@ -28,6 +28,7 @@ from seglab.data.transforms import build_transform
 from seglab.errors import SeglabError
 from seglab.inference.ensemble import Member, check_compatible
 from seglab.inference.tta import tta_probs
+from seglab.progress import progress
 
 AMP = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16": torch.float16, "16-mixed": torch.float16}
 
@@ -115,7 +116,7 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
             streams[key] = iter(loader(view))
     total_weight = sum(m.weight for m in members)
     first = members[0].run
-    for ref_batch in loader(ref):
+    for ref_batch in progress(loader(ref), f"{split}: {len(members)} member(s) predicting"):
         size = tuple(ref_batch["image"].shape[-2:])
         views = {key: next(s) for key, s in streams.items()}
         views[ref_key] = ref_batch
