@@ -73,7 +73,7 @@ def _print_scores(scores: dict, out: str | None = None) -> None:
     print(json.dumps(finite(scores), indent=2))
 
 
-def _write_submission(members, split: str, out: str, fmt: str | None, data, batch_size) -> None:
+def _write_submission(members, split: str, out: str, fmt: str | None, data, batch_size, palette: bool = False) -> None:
     from seglab.errors import ConfigError
     from seglab.inference.predict import predictions, reference
     from seglab.submission import WRITERS, WriteContext
@@ -84,7 +84,9 @@ def _write_submission(members, split: str, out: str, fmt: str | None, data, batc
     if fmt not in run.task.writers:
         raise ConfigError(f"--format {fmt}: not a {run.task.name} format (use {', '.join(run.task.writers)})")
     writer = WRITERS.get(fmt, "--format")
-    context = WriteContext(list(ref.labels.classes), ref.cfg, split)
+    if palette and fmt != "png":
+        raise ConfigError(f"--palette colours PNG class maps; add --format png (the format is {fmt})")
+    context = WriteContext(list(ref.labels.classes), ref.cfg, split, palette)
     count = writer(predictions(members, split, ref, batch_size), Path(out), context)
     print(f"wrote {count} predictions ({fmt}) to {out}")
 
@@ -101,7 +103,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_predict(args) -> None:
     members, data = _members(args, _one_run(args))
-    _write_submission(members, args.split, args.out, args.format, data, None)
+    _write_submission(members, args.split, args.out, args.format, data, None, args.palette)
     _record_inputs(args, args.out)
 
 
@@ -172,6 +174,8 @@ def register(sub) -> None:
     _add_data_flags(pr)
     pr.add_argument("--out", required=True, help="a file (CSV formats) or a folder (png)")
     pr.add_argument("--format", help="a writer the run's task has: coco_csv, png, rle; id_label, maskstatus, probs (default: submission.format)")
+    pr.add_argument("--palette", action="store_true", help="with --format png: colour-palette PNGs (class indices unchanged, "
+                                                          "coloured in any viewer) instead of grey index PNGs")
     pr.set_defaults(func=cmd_predict)
 
     en = sub.add_parser("ensemble", help="average the probabilities of several runs; evaluate or write a submission")

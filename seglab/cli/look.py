@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seglab.cli.common import load_cli_config
+from seglab.cli.common import add_run_flags, load_cli_config
 
 
 def cmd_report(args) -> None:
@@ -45,6 +45,16 @@ def cmd_viz_aug(args) -> None:
     names, samples = augmented_samples(cfg, args.n, args.seed)
     paths = draw_augmented(samples, args.out, names, cfg.data.ignore_index)
     print(f"wrote {len(paths)} augmented samples (augment.train, then augment.batch on them as one batch) to {args.out}")
+
+
+def cmd_viz_pred(args) -> None:
+    from seglab.cli.infer import _members
+    from seglab.visualization.predictions import draw_predictions
+
+    members, ref = _members(args, [(Path(args.run_dir), args.checkpoint)])
+    out = Path(args.out) if args.out else Path(args.run_dir) / "viz" / f"pred_{args.split}"
+    paths = draw_predictions(members, args.split, ref, out, args.limit)
+    print(f"wrote {len(paths)} prediction picture(s) of {args.split} to {out}")
 
 
 def cmd_models(args) -> None:
@@ -95,6 +105,15 @@ def register(sub) -> None:
     a.add_argument("--n", type=int, default=8, help="samples (one batch for augment.batch)")
     a.add_argument("--seed", type=int, default=0, help="augmentation seed: another value shows other draws")
     a.set_defaults(func=cmd_viz_aug)
+
+    vp = vz.add_parser("pred", help="draw a trained run's predictions on a split's images, with the errors where it has labels")
+    add_run_flags(vp)
+    vp.add_argument("--split", default="val", help="which configured split: train, val or test")
+    vp.add_argument("--out", help="folder for the pictures (default: RUN/viz/pred_SPLIT)")
+    vp.add_argument("--limit", type=int, default=16, help="at most this many images")
+    vp.add_argument("overrides", nargs="*", help="data.key=value overrides of the data config, e.g. data.root=/elsewhere")
+    vp.add_argument("--data", help="config (or run folder) whose split is read (default: the run's own config)")
+    vp.set_defaults(func=cmd_viz_pred)
 
     m = sub.add_parser("models", help="list the registered segmentation models, their parts and parameter counts")
     m.add_argument("--classes", type=int, default=12, help="number of output classes of the models built")
