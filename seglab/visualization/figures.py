@@ -36,19 +36,20 @@ OUTCOME_COLORS = np.array(
 
 
 # 48 class colours as far apart as possible for the eye: picked greedily, each the colour
-# farthest (CIELAB distance) from black, white, grey and all picked before, out of a
-# 16-level RGB grid without greys. The first 30 stay at least 32 CIELAB units apart
-# (tab10 + tab20 gave classes 10-11 lighter shades of classes 1-2). Fixed here, so a
-# class keeps its colour across runs, reports and palette PNGs.
+# farthest (CIELAB distance) from black (background), white and grey (ignored), the
+# error-map red and all picked before, out of a 16-level RGB grid without greys. The first
+# 30 stay more than 30 CIELAB units apart (tab10 + tab20 gave classes 10-11 lighter shades
+# of classes 1-2). Fixed here, so a class keeps its colour across runs, reports and
+# palette PNGs.
 DISTINCT_COLORS = (
-    (0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 51, 187), (255, 204, 0), (0, 119, 238),
-    (34, 119, 0), (0, 255, 204), (136, 68, 0), (102, 34, 102), (255, 119, 136), (204, 238, 136),
-    (238, 170, 255), (221, 17, 255), (0, 187, 255), (68, 17, 170), (255, 187, 119), (0, 102, 85),
-    (187, 238, 0), (17, 85, 136), (255, 136, 0), (136, 0, 51), (0, 221, 102), (136, 136, 68),
-    (0, 238, 255), (187, 102, 238), (238, 0, 68), (187, 119, 153), (153, 221, 187), (153, 170, 0),
-    (34, 68, 0), (187, 136, 0), (0, 170, 119), (204, 68, 17), (204, 204, 255), (153, 102, 85),
-    (238, 0, 119), (255, 187, 187), (51, 153, 170), (17, 51, 153), (136, 102, 187), (170, 0, 119),
-    (0, 85, 255), (85, 187, 0), (102, 51, 68), (255, 119, 187), (221, 119, 85), (136, 17, 153),
+    (0, 0, 255), (0, 255, 0), (255, 51, 187), (255, 204, 0), (0, 119, 238), (34, 119, 0),
+    (0, 255, 204), (136, 68, 0), (102, 34, 102), (255, 119, 136), (204, 238, 136), (238, 170, 255),
+    (221, 17, 255), (0, 187, 255), (68, 17, 170), (255, 187, 119), (0, 102, 85), (187, 238, 0),
+    (17, 85, 136), (255, 136, 0), (136, 0, 51), (0, 221, 102), (136, 136, 68), (0, 238, 255),
+    (187, 102, 238), (238, 0, 68), (187, 119, 153), (153, 221, 187), (153, 170, 0), (34, 68, 0),
+    (187, 136, 0), (0, 170, 119), (204, 68, 17), (204, 204, 255), (153, 102, 85), (238, 0, 119),
+    (255, 187, 187), (51, 153, 170), (17, 51, 153), (136, 102, 187), (170, 0, 119), (0, 85, 255),
+    (85, 187, 0), (102, 51, 68), (255, 119, 187), (221, 119, 85), (136, 17, 153), (238, 221, 170),
 )
 
 
@@ -193,8 +194,9 @@ def _class_legend(gt, pred, class_names, palette, ignore_index):
 
 def prediction_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
                      class_names: Sequence[str], ignore_index: int | None = 255,
-                     title: str = "", palette: np.ndarray | None = None) -> np.ndarray:
-    """One row: image | GT overlay | prediction overlay | error map, with a class legend."""
+                     title: str = "", palette: np.ndarray | None = None, focus: int | None = None) -> np.ndarray:
+    """One row: image | GT overlay | prediction overlay | error map, with a class legend;
+    with `focus` (a class index) also that class's TP/FP/FN map."""
     palette = class_palette(len(class_names)) if palette is None else palette
     counted = gt.size if ignore_index is None else int((gt != ignore_index).sum())
     err_pct = 100.0 * error_mask(gt, pred, ignore_index).sum() / max(counted, 1)
@@ -203,7 +205,10 @@ def prediction_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
     tiles = [(image, "image"), (overlay(image, gt, palette, ignore_index), "ground truth"),
              (overlay(image, pred, palette, ignore_index), "prediction"),
              (error_map(image, gt, pred, ignore_index), f"errors ({err_pct:.1f}% of pixels)")]
-    return _tile_grid(tiles, 4, title, legend, tile_px=300)
+    if focus is not None:
+        outcome = OUTCOME_COLORS[class_outcomes(gt, pred, focus, ignore_index)]
+        tiles.append((outcome, f"{_class_name(class_names, focus)}: TP green, FP red, FN blue"))
+    return _tile_grid(tiles, len(tiles), title, legend, tile_px=300)
 
 
 def per_class_panel(gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
