@@ -205,7 +205,7 @@ def test_callback_writes_expected_files_and_logs(tmp_path):
     run_validation(cb, trainer, module, make_batches([1, 0]))  # new order, same samples
     names = {p.name for p in (tmp_path / "viz" / "epoch_003").iterdir()}
     assert "confusion_matrix.png" not in names
-    assert {n for n in names if n.startswith("sample_")} == {f"sample_set_{x}.jpg.png" for x in "abc"}
+    assert {n for n in names if n.startswith("sample_")} == {f"sample_set_{x}.png" for x in "abc"}
 
 
 def test_callback_only_rank_zero_writes(tmp_path):
@@ -221,7 +221,7 @@ def test_draw_ground_truth_unique_names_and_limit(tmp_path):
     img = np.zeros((8, 8, 3), np.uint8)
     samples = [("a/b.jpg", img, gt), ("a_b.jpg", img, gt), ("c.jpg", img, gt)]
     paths = viz.draw_ground_truth(iter(samples), tmp_path, NAMES, 255, limit=2)
-    assert [p.name for p in paths] == ["gt_a_b.jpg.png", "gt_a_b.jpg_2.png"]
+    assert [p.name for p in paths] == ["gt_a_b.png", "gt_a_b_2.png"]
     assert all(p.is_file() for p in paths)
 
 
