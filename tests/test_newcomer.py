@@ -236,3 +236,23 @@ def test_validate_prints_the_map_counts_and_void(config, data, capsys):
     assert "images per split: train 8, val 3, test 2" in out
     assert "class 'void' looks like void" in out and "data.remap={void: ignore}" in out
     one_line_error(capsys, ["data", "validate", data / "train.json"], "seglab data inspect")
+
+
+def test_device_checks_against_the_hardware(monkeypatch):
+    """The GPU branches, with the machine's CUDA answers replaced (no GPU on CI)."""
+    import torch
+
+    from seglab.core.combinations import device_problems
+    from seglab.core.run import pick_device
+    from seglab.errors import SeglabError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_problems("gpu", 1) == ["trainer.accelerator=gpu: no CUDA GPU on this machine; use trainer.accelerator=cpu (or auto)"]
+    assert device_problems("cpu", 1) == device_problems("auto", 1) == []
+    assert device_problems("banana", 1) == ["trainer.accelerator=banana: not an accelerator (use cpu, gpu or auto)"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_problems("gpu", 4) == ["trainer.devices=4: this machine has 1 GPU(s); use trainer.devices=1 (or auto)"]
+    assert device_problems("cuda", 1) == device_problems("gpu", "auto") == []
+    with pytest.raises(SeglabError, match=r"--device cuda:3: this machine has 1 GPU\(s\), cuda:0 to cuda:0 \(use --device cuda:0\)"):
+        pick_device("cuda:3")
