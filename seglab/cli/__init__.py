@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     except SeglabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # argparse and --help: their own code
+            raise
+        print(f"error: {e.code.removeprefix('error: ')}", file=sys.stderr)  # a usage message: like any other mistake
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
