@@ -10,7 +10,7 @@ registered in `TASKS`, that answers:
 | what a target is | `target`: "class_map" [H, W], "binary_masks" C x H x W, or "class" (one per image) |
 | its class list, from the data's | `adapt_labels` |
 | its defaults and config checks | `defaults`, `config_problems` (torch-free: at config load), `preflight_problems` |
-| its model and loss | `build_model`, `loss_targets`, `allowed_losses`, `build_loss` |
+| its model and loss | `build_model`, `pretrained_encoder`, `loss_targets`, `allowed_losses`, `build_loss` |
 | one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
 | logits -> probabilities -> decision | `probabilities`, `thresholds`, `decide`, `resize`, `postprocess` |
 | its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
@@ -75,6 +75,10 @@ class Task:
         raise NotImplementedError
 
     def build_model(self, cfg, labels):
+        raise NotImplementedError
+
+    def pretrained_encoder(self, cfg):
+        """The encoder (seglab.models.pretrained.EncoderRef) whose weights `model.encoder_weights: TAG` names."""
         raise NotImplementedError
 
     def build_loss(self, cfg, labels, class_frequencies=None):

@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-from seglab.cli import data, infer, look, train
+from seglab.cli import data, infer, look, train, weights
 
-COMMAND_GROUPS = (train, infer, data, look)
+COMMAND_GROUPS = (train, infer, data, look, weights)
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

@@ -163,11 +163,21 @@ class AugmentConfig(Strict):
     batch: list[BatchAugmentSpec] = Field(
         default_factory=list, description="segmentation: batch-level augmentations on the device before the forward, in order: [{name: cutmix or copy_paste, p, params...}]"
     )
-    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (0-1 scale), applied on the device")
-    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (0-1 scale)")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (0-1 scale), applied on the device; left out of the config: the pretrained encoder's own (timm/smp/torchvision), ImageNet's for a random or local-file encoder")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (0-1 scale); left out: the pretrained encoder's own, like mean")
 
 
 # ---------------------------------------------------------------- model, loss, optimiser
+
+
+class WeightsRecord(Strict):
+    """Where the encoder weights of a run came from, written by seglab when training starts."""
+
+    value: str = Field(description="model.encoder_weights as the config gave it")
+    tag: str | None = Field(None, description="the library's pretrained tag (null for a local file)")
+    source: str = Field("", description="the hub file or local path the weights came from")
+    file: str = Field("", description="the local file that was read")
+    sha256: str = Field("", description="checksum of that file")
 
 
 class ModelConfig(Strict):
@@ -175,7 +185,8 @@ class ModelConfig(Strict):
     encoder: str = Field("resnet34", description="encoder: any smp name or tu-<timm name>; classification: any timm model")
     in_channels: int = Field(3, gt=0, description="input channels")
     weights: str | None = Field(None, description="local state dict / checkpoint for the whole model")
-    encoder_weights: str | None = Field(None, description="local state dict for the encoder only (torchvision/timm keys)")
+    encoder_weights: str | None = Field(None, description="encoder start: imagenet (or another tag of the encoder's library, e.g. a timm tag), read from the HF/torch hub cache and downloaded when online; or a local state-dict file (torchvision/timm keys); null = random")
+    encoder_weights_resolved: WeightsRecord | None = Field(None, description="written by seglab when training starts: the encoder weights' tag, source, file and sha256; a repeated run refuses a different file")
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model builder")
 
 

@@ -25,6 +25,7 @@ from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError
 from seglab.io import check_writable, write_json, write_text
+from seglab.models.pretrained import describe_origin
 
 log = logging.getLogger("seglab")
 
@@ -46,7 +47,13 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
     if resume:  # before anything in the run folder is rewritten
         check_checkpoint_meta(load_checkpoint_file(last).get("seglab", {}), cfg, labels, str(last))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if not resume or (resumed and resumed["overrides"]):
+    if resume:  # the checkpoint holds the trained weights: no pretrained file is read again
+        build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoder_weights": None, "weights": None})})
+    else:
+        # Pretrained weights resolved (cache, else download) and recorded with their sha256,
+        # and the normalisation set to theirs, before the config is written.
+        cfg = build_cfg = resolve_weights(cfg, task)
+    if not resume or (resumed and resumed["overrides"]):  # a resume's overrides are part of the run now
         write_text(run_dir / "config.yaml", to_yaml(cfg))
     if resumed:
         from seglab.core.resuming import record_resume
@@ -59,14 +66,16 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
         log.info(f"{'resuming' if resume else 'training'} {run_dir} ({task.name}, {cfg.model.arch}/{cfg.model.encoder}, "
                  f"{labels.num_classes} classes)" + (f" from epoch {resumed['from_epoch']} with {' '.join(resumed['overrides'])}"
                                                      if resumed and resumed["overrides"] else ""))
-        return _fit(cfg, run_dir, labels, task, resume, last)
+        return _fit(cfg, build_cfg, run_dir, labels, task, resume, last)
 
 
-def _fit(cfg, run_dir: Path, labels, task, resume: bool, last: Path) -> dict:
+def _fit(cfg, build_cfg, run_dir: Path, labels, task, resume: bool, last: Path) -> dict:
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
     frequencies = class_frequencies(train_set.source, labels) if needs_class_frequencies(cfg) else None
-    module = LabModule(cfg, labels, run_dir, frequencies)
+    module = LabModule(build_cfg, labels, run_dir, frequencies)
+    if not resume:
+        log.info("model %s/%s: %s", cfg.model.arch, cfg.model.encoder, describe_origin(module.model, cfg.model.encoder_weights_resolved))
     module.checkpoint_source = str(last)
     trainer = make_trainer(cfg, run_dir, labels, task)
     data = LabData(cfg, train_set, val_set, task.unlabelled_dataset(cfg, labels))
@@ -76,6 +85,14 @@ def _fit(cfg, run_dir: Path, labels, task, resume: bool, last: Path) -> dict:
         raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def resolve_weights(cfg, task):
+    """`model.encoder_weights` resolved to a file and recorded (see seglab/models/pretrained.py)."""
+    from seglab.models.pretrained import is_weights_path, resolve_config
+
+    value = cfg.model.encoder_weights
+    return resolve_config(cfg, task.pretrained_encoder(cfg) if value and not is_weights_path(value) else None)
 
 
 # ------------------------------------------------------------------ preflight
@@ -93,6 +110,7 @@ def preflight(cfg, run_dir: Path | None, splits):
         except SeglabError as e:
             problems.append(str(e))
     problems += config_problems(cfg) + device_problems(cfg.trainer.accelerator, cfg.trainer.devices)
+    problems += weights_problems(cfg, get_task(cfg.task))
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
     if labels is not None:
@@ -126,7 +144,27 @@ def config_problems(cfg) -> list[str]:
     task = get_task(cfg.task)
     return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
             + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
-            + task.preflight_problems(cfg) + combination_problems(cfg))
+            + task.preflight_problems(cfg) + weights_problems(cfg, task, cache=False) + combination_problems(cfg))
+
+
+def weights_problems(cfg, task, cache: bool = True) -> list[str]:
+    """`model.encoder_weights` that cannot be had: an unknown tag, a missing local file, and
+    with `cache` (the preflight; `seglab config` prints configs on any machine) a file that is
+    not in the cache while offline. Online, a missing file is downloaded when training starts."""
+    from seglab.models.pretrained import cached_file, is_weights_path, missing_message, offline, pretrained_spec
+
+    value = cfg.model.encoder_weights
+    if not value:
+        return []
+    if is_weights_path(value):
+        return [] if Path(value).is_file() else [f"model.encoder_weights: {value}: weights file not found"]
+    try:
+        spec = pretrained_spec(task.pretrained_encoder(cfg), value)
+    except SeglabError as e:
+        return [str(e)]
+    if cache and offline() and not any(cached_file(f) for f in spec.files):
+        return [missing_message(spec, "HF_HUB_OFFLINE is set")]
+    return []
 
 
 def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:

@@ -6,29 +6,53 @@ import inspect
 
 from torch import nn
 
-from seglab.errors import ConfigError
+from seglab.errors import CheckpointError, ConfigError
 from seglab.models import smp_models  # noqa: F401  (registers the smp architectures)
+from seglab.models.pretrained import EncoderRef, encoder_ref, is_weights_path, resolve_value, weights_label
 from seglab.models.registry import MODELS
-from seglab.models.weights import load_encoder_weights, load_model_weights
+from seglab.models.weights import changed_parts, load_encoder_weights, load_model_weights
 
 from seglab.models import classic  # noqa: F401  (registers FCN, DeconvNet, SegNet, DeepLab v1-v3)
 
 
+def model_encoder_ref(model_cfg) -> EncoderRef:
+    """The encoder whose pretrained weights `model.encoder_weights: TAG` names: the classic
+    models' torchvision VGG (`pretrained_encoder`), else the smp/timm `model.encoder`."""
+    builder = MODELS.get(model_cfg.arch, "model.arch")
+    named = getattr(builder, "pretrained_encoder", None)
+    return encoder_ref(named or model_cfg.params.get("encoder", model_cfg.encoder))
+
+
 def build_model(model_cfg, num_classes: int) -> nn.Module:
+    """The model, with its encoder's pretrained weights and `model.weights` loaded; its
+    `weights_origin` says which part starts from which file ({} = all random)."""
     builder = MODELS.get(model_cfg.arch, "model.arch")
     kwargs = dict(model_cfg.params)
     accepted = inspect.signature(builder).parameters
     if "encoder" in accepted:
         kwargs.setdefault("encoder", model_cfg.encoder)
+    value = model_cfg.encoder_weights
+    ref = model_encoder_ref(model_cfg) if value and not is_weights_path(value) else None
+    weights = resolve_value(ref, value, model_cfg.encoder_weights_resolved)
+    at_build = weights.spec is not None and weights.spec.ref.family == "timm" and "encoder" in accepted
+    if at_build:  # a tu- encoder: timm loads its own pretrained file while building
+        kwargs["encoder"] = "tu-" + weights.spec.timm_name
+        kwargs["timm_pretrained"] = {"file": str(weights.path), "custom_load": weights.spec.timm_custom_load}
     try:
         model = builder(num_classes=num_classes, in_channels=model_cfg.in_channels, **kwargs)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if at_build:
+            raise CheckpointError(f"model.encoder_weights: {weights.path}: timm cannot load it into {kwargs['encoder']} ({first}); "
+                                  f"check the file with `seglab weights import FILE --encoder {weights.spec.ref.cli_name}`") from None
         raise ConfigError(f"model: cannot build {model_cfg.arch!r} with encoder {model_cfg.encoder!r}: {first}") from None
-    if model_cfg.encoder_weights:
-        load_encoder_weights(model, model_cfg.encoder_weights)
+    model.weights_origin = {"encoder": weights_label(weights)} if at_build else {}
+    if weights.path is not None and not at_build:
+        parts = changed_parts(model, lambda: load_encoder_weights(model, weights.path))
+        model.weights_origin.update({part: weights_label(weights) for part in parts})
     if model_cfg.weights:
-        load_model_weights(model, model_cfg.weights)
+        parts = changed_parts(model, lambda: load_model_weights(model, model_cfg.weights))
+        model.weights_origin.update({part: f"file {model_cfg.weights}" for part in parts})
     return model
 
 
@@ -56,4 +80,4 @@ def describe_models(num_classes: int = 12, encoder: str = "resnet34", width: flo
     return rows
 
 
-__all__ = ["MODELS", "build_model", "describe_models", "load_model_weights", "load_encoder_weights"]
+__all__ = ["MODELS", "build_model", "model_encoder_ref", "describe_models", "load_model_weights", "load_encoder_weights"]

@@ -19,12 +19,20 @@ SMP_ARCHS = ("Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepL
 
 
 class SmpSegmenter(nn.Module):
-    def __init__(self, arch: str, num_classes: int, in_channels: int = 3, encoder: str = "resnet34", **kwargs):
+    def __init__(self, arch: str, num_classes: int, in_channels: int = 3, encoder: str = "resnet34",
+                 timm_pretrained: dict | None = None, **kwargs):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        # encoder_weights=None: nothing is ever downloaded; local weights load separately.
-        self.net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes, **kwargs)
+        # encoder_weights=None: smp never downloads; seglab resolves pretrained files itself
+        # (seglab/models/pretrained.py). A tu- encoder's file is handed to timm's own loader
+        # (`timm_pretrained` = timm's pretrained_cfg_overlay: {file, custom_load}), which adapts
+        # the input conv and the checkpoint's layout like timm.create_model(pretrained=True).
+        if timm_pretrained:
+            kwargs.update(encoder_weights=True, pretrained_cfg_overlay=timm_pretrained)
+        else:
+            kwargs["encoder_weights"] = None
+        self.net = smp.create_model(arch, encoder_name=encoder, in_channels=in_channels, classes=num_classes, **kwargs)
         self.arch, self.encoder_name = arch, encoder
         self.size_divisor = 32
         self.min_size = MIN_INPUT.get(arch, 0)

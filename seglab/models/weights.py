@@ -19,6 +19,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{path}: cannot load as a weights-only state dict ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
@@ -42,10 +46,38 @@ def _strip_prefix(state_dict: dict, own_keys: set[str]) -> dict:
     return state_dict
 
 
+def adapt_input_convs(state_dict: dict, own: dict) -> dict:
+    """RGB first-conv weights for a model with another number of input channels, as smp and
+    timm adapt them when they load pretrained weights (timm's adapt_input_conv)."""
+    from timm.models import adapt_input_conv
+
+    adapted = dict(state_dict)
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if (target is not None and value.dim() == 4 and target.dim() == 4 and value.shape[1] == 3 and target.shape[1] != 3
+                and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]):
+            adapted[key] = adapt_input_conv(target.shape[1], value)
+    return adapted
+
+
+def changed_parts(model: nn.Module, load) -> list[str]:
+    """Run `load()` and return the model parts whose parameters it wrote (every in-place copy
+    bumps a tensor's version counter), in `parts()` order."""
+    parts = model.parts() if hasattr(model, "parts") else {"model": model}
+
+    def versions():
+        return {name: [(id(t), t._version) for t in (*m.parameters(), *m.buffers())] for name, m in parts.items()}
+
+    before = versions()
+    load()
+    after = versions()
+    return [name for name in parts if before[name] != after[name]]
+
+
 def load_matching(module: nn.Module, state_dict: dict, what: str, source: str = "") -> tuple[list[str], list[str]]:
     """Load every key that exists; a shape mismatch is an error, missing/unexpected keys are reported."""
     own = module.state_dict()
-    state_dict = _strip_prefix(state_dict, set(own))
+    state_dict = adapt_input_convs(_strip_prefix(state_dict, set(own)), own)
     for key, value in state_dict.items():
         if key in own and own[key].shape != value.shape:
             raise CheckpointError(

@@ -42,6 +42,11 @@ class SegmentationTask(Task):
 
         return build_model(cfg.model, labels.num_classes)
 
+    def pretrained_encoder(self, cfg):
+        from seglab.models import model_encoder_ref
+
+        return model_encoder_ref(cfg.model)
+
     def batch_augment(self, cfg, labels):
         from seglab.data.batch_augment import build_batch_augment
 

@@ -29,6 +29,8 @@ DECONV_CHAINS = DECODER_CHAINS[:-1] + ((64, 64, 64),)
 
 @MODELS.register("deconvnet")
 class DeconvNet(nn.Module):
+    pretrained_encoder = "tv-vgg16_bn"  # what `model.encoder_weights: imagenet` loads (torchvision)
+
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, **kwargs):
         super().__init__()
         reject_unknown("deconvnet", kwargs)

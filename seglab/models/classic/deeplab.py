@@ -71,6 +71,8 @@ def _fc_layers(cin: int, channels: int, dilation: int, dropout: float) -> Ordere
 class DeepLabV1(nn.Module):
     """DeepLab-LargeFOV: dilated VGG16, fc6 3x3 with dilation 12 and 1024 channels."""
 
+    pretrained_encoder = "tv-vgg16"  # what `model.encoder_weights: imagenet` loads (torchvision)
+
     def __init__(
         self,
         num_classes: int,
@@ -104,6 +106,8 @@ class DeepLabV1(nn.Module):
 @MODELS.register("deeplabv2")
 class DeepLabV2(nn.Module):
     """DeepLab v2 VGG16 ASPP-L: one fc6/fc7/fc8 branch per dilation rate, scores summed."""
+
+    pretrained_encoder = "tv-vgg16"  # what `model.encoder_weights: imagenet` loads (torchvision)
 
     def __init__(
         self,
@@ -183,6 +187,8 @@ class ASPP(nn.Module):
 @MODELS.register("deeplabv3")
 class DeepLabV3(nn.Module):
     """DeepLab v3 on a dilated VGG16-BN; output_stride 16 (rates 6/12/18) or 8 (rates doubled)."""
+
+    pretrained_encoder = "tv-vgg16_bn"  # what `model.encoder_weights: imagenet` loads (torchvision)
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class FCN(nn.Module):
     """Shared FCN body; subclasses only say which skips they fuse and the final stride."""
 
     name = "fcn"
+    pretrained_encoder = "tv-vgg16"  # what `model.encoder_weights: imagenet` loads (torchvision)
     # (skip, crop offset of its score map), coarse to fine, from the reference prototxts.
     skips: tuple[tuple[str, int], ...] = ()
     # (final upsampling stride, crop offset to the input image).

@@ -68,6 +68,8 @@ def indexed_vgg(in_channels: int, width: float) -> VGGEncoder:
 
 @MODELS.register("segnet")
 class SegNet(nn.Module):
+    pretrained_encoder = "tv-vgg16_bn"  # what `model.encoder_weights: imagenet` loads (torchvision)
+
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, **kwargs):
         super().__init__()
         reject_unknown("segnet", kwargs)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from seglab.errors import CheckpointError, ConfigError
+from seglab.models.weights import adapt_input_convs
 
 # (channels, convs) per stage; the pool after each stage ends it.
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -170,7 +171,8 @@ def load_vgg_state_dict(
         # A features-only dict (`vgg16().features.state_dict()`) has keys like "0.weight".
         return f"features.{key}" if key[:1].isdigit() else key
 
-    source = {canonical(k): v for k, v in state_dict.items()}
+    # A model with other than 3 input channels takes the RGB filters adapted as smp/timm do.
+    source = adapt_input_convs({canonical(k): v for k, v in state_dict.items()}, targets)
     has_bn = any(k.startswith("features.") and k.endswith("running_mean") for k in source)
     has_features = any(k.startswith("features.") for k in source)
     if has_features and has_bn != encoder.batch_norm:

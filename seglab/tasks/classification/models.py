@@ -1,8 +1,9 @@
 """Classifiers: a timm backbone (pooled features) plus a head, as plain nn.Modules.
 
-`model.encoder` names any timm model (created with `pretrained=False`, its own
-classifier removed); weights come from local files only (`model.encoder_weights` for
-the backbone, `model.weights` for the whole classifier). `parts()` is
+`model.encoder` names any timm model (its own classifier removed); `model.encoder_weights`
+is a timm pretrained tag (`imagenet` = timm's default, loaded by timm itself from the
+file seglab/models/pretrained.py resolves in the hub cache) or a local file for the
+backbone; `model.weights` is a file for the whole classifier. `parts()` is
 {encoder, head}, so `optim.encoder_lr` and `optim.freeze: [encoder]` work as for
 segmentation. A new architecture (e.g. separate mask/gender/age heads) is one builder
 decorated with `@CLASSIFIERS.register(name)`.
@@ -18,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.errors import ConfigError
-from seglab.models.weights import load_encoder_weights, load_model_weights
+from seglab.errors import CheckpointError, ConfigError
+from seglab.models.pretrained import EncoderRef, Resolved, is_weights_path, resolve_value, weights_label
+from seglab.models.weights import changed_parts, load_encoder_weights, load_model_weights
 from seglab.registry import Registry
 
 CLASSIFIERS = Registry("classifier")
@@ -91,23 +93,33 @@ class TimmClassifier(nn.Module):
         return {"encoder": self.encoder, "head": self.head}
 
 
-def timm_backbone(name: str, in_channels: int = 3, **kwargs) -> nn.Module:
+def timm_backbone(name: str, in_channels: int = 3, pretrained: Resolved | None = None, **kwargs) -> nn.Module:
+    """A timm model without its classifier; with `pretrained` (a resolved timm tag), timm loads
+    that file itself (pretrained_cfg_overlay), adapting the input conv as it does for the hub."""
     name = name.removeprefix("tu-")
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"model.encoder: {name!r} is not a timm model{hint}")
+    if pretrained is not None:
+        name = pretrained.spec.timm_name
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained.path), "custom_load": pretrained.spec.timm_custom_load})
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, **kwargs)
+        return timm.create_model(name, num_classes=0, in_chans=in_channels, **{"pretrained": False, **kwargs})
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model.encoder: cannot build timm model {name!r}: {str(e).splitlines()[0]}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if pretrained is not None:
+            raise CheckpointError(f"model.encoder_weights: {pretrained.path}: timm cannot load it into {name} ({first}); "
+                                  f"check the file with `seglab weights import FILE --encoder tu-{name}`") from None
+        raise ConfigError(f"model.encoder: cannot build timm model {name!r}: {first}") from None
 
 
 @CLASSIFIERS.register("classifier")
 def classifier(encoder: str, num_classes: int, in_channels: int = 3, head: str = "linear", drop_rate: float = 0.0,
-               arcface_scale: float = 30.0, arcface_margin: float = 0.5, **timm_kwargs) -> TimmClassifier:
+               arcface_scale: float = 30.0, arcface_margin: float = 0.5, pretrained: Resolved | None = None,
+               **timm_kwargs) -> TimmClassifier:
     """timm backbone + linear or ArcFace head."""
-    backbone = timm_backbone(encoder, in_channels, **timm_kwargs)
+    backbone = timm_backbone(encoder, in_channels, pretrained, **timm_kwargs)
     if head == "linear":
         top = LinearHead(backbone.num_features, num_classes, drop_rate)
     elif head == "arcface":
@@ -118,12 +130,24 @@ def classifier(encoder: str, num_classes: int, in_channels: int = 3, head: str =
 
 
 def build_classifier(cfg, num_classes: int) -> nn.Module:
-    c = cfg.classification
-    builder = CLASSIFIERS.get(cfg.model.arch, "model.arch")
-    model = builder(encoder=cfg.model.encoder, num_classes=num_classes, in_channels=cfg.model.in_channels, head=c.head,
-                    drop_rate=c.drop_rate, arcface_scale=c.arcface_scale, arcface_margin=c.arcface_margin, **cfg.model.params)
-    if cfg.model.encoder_weights:
-        load_encoder_weights(model, cfg.model.encoder_weights)
-    if cfg.model.weights:
-        load_model_weights(model, cfg.model.weights)
+    c, m = cfg.classification, cfg.model
+    builder = CLASSIFIERS.get(m.arch, "model.arch")
+    value = m.encoder_weights
+    ref = encoder_backbone_ref(m.encoder) if value and not is_weights_path(value) else None
+    weights = resolve_value(ref, value, m.encoder_weights_resolved)
+    model = builder(encoder=m.encoder, num_classes=num_classes, in_channels=m.in_channels, head=c.head,
+                    drop_rate=c.drop_rate, arcface_scale=c.arcface_scale, arcface_margin=c.arcface_margin,
+                    pretrained=weights if weights.spec is not None else None, **m.params)
+    model.weights_origin = {"encoder": weights_label(weights)} if weights.spec is not None else {}
+    if weights.spec is None and weights.path is not None:
+        parts = changed_parts(model, lambda: load_encoder_weights(model, weights.path))
+        model.weights_origin.update({part: weights_label(weights) for part in parts})
+    if m.weights:
+        parts = changed_parts(model, lambda: load_model_weights(model, m.weights))
+        model.weights_origin.update({part: f"file {m.weights}" for part in parts})
     return model
+
+
+def encoder_backbone_ref(encoder: str) -> EncoderRef:
+    """A classifier's backbone is always a timm model (with or without `tu-`)."""
+    return EncoderRef("timm", encoder.removeprefix("tu-"))

@@ -60,6 +60,11 @@ class ClassificationTask(Task):
 
         return build_classifier(cfg, labels.num_classes)
 
+    def pretrained_encoder(self, cfg):
+        from seglab.tasks.classification.models import encoder_backbone_ref
+
+        return encoder_backbone_ref(cfg.model.encoder)
+
     def batch_augment(self, cfg, labels):
         c = cfg.classification
         if c.mixup_alpha <= 0 and c.cutmix_alpha <= 0:
