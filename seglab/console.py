@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -57,6 +58,9 @@ def run_log(run_dir: str | Path, name: str = "train.log") -> Iterator[Path]:
     """Every log line while the block runs is appended to RUN/name with a timestamp (a
     resumed run adds to the same file)."""
     path = Path(run_dir) / name
+    if any(os.environ.get(key, "0") != "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        yield path  # one writer per run: the other processes of a multi-GPU run keep their console only
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))

@@ -69,15 +69,16 @@ class TrainingProgress(L.Callback):
     def on_train_start(self, trainer, module) -> None:
         self.started = self.last = time.monotonic()
         self.steps_at_start = trainer.global_step
-        log.info(f"training: {trainer.max_epochs} epochs of {trainer.num_training_batches} batches "
-                 f"(progress every {self.every:g} s; trainer.progress_bar=true for a bar)")
+        if trainer.is_global_zero:
+            log.info(f"training: {trainer.max_epochs} epochs of {trainer.num_training_batches} batches "
+                     f"(progress every {self.every:g} s; trainer.progress_bar=true for a bar)")
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self.epoch_started = time.monotonic()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         now = time.monotonic()
-        if now - self.last < self.every:
+        if now - self.last < self.every or not trainer.is_global_zero:
             return
         self.last = now
         per_epoch = trainer.num_training_batches
