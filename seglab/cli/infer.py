@@ -120,7 +120,7 @@ def cmd_ensemble(args) -> None:
         return
     if not args.out:
         raise SystemExit("seglab ensemble --split test: give --out (a file, or a folder for png)")
-    _write_submission(members, args.split, args.out, args.format, data, args.batch_size)
+    _write_submission(members, args.split, args.out, args.format, data, args.batch_size, args.palette)
     _record_inputs(args, args.out)
 
 
@@ -183,6 +183,7 @@ def register(sub) -> None:
     en.add_argument("--out", help="submission for test; scores JSON for a labelled split (default: scores printed only)")
     en.add_argument("--format", help="submission format (default: the first member's); forces writing predictions")
     en.add_argument("--original-size", action="store_true", help="score at each image's original size")
+    en.add_argument("--palette", action="store_true", help="with --format png: colour-palette PNGs (class indices unchanged)")
     en.set_defaults(func=cmd_ensemble)
 
     ps = sub.add_parser("pseudo", help="pseudo-label a split from confident (ensemble) predictions, for data.extra_train")
