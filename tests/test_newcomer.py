@@ -256,3 +256,13 @@ def test_device_checks_against_the_hardware(monkeypatch):
     assert device_problems("cuda", 1) == device_problems("gpu", "auto") == []
     with pytest.raises(SeglabError, match=r"--device cuda:3: this machine has 1 GPU\(s\), cuda:0 to cuda:0 \(use --device cuda:0\)"):
         pick_device("cuda:3")
+
+
+def test_many_missing_images_of_any_source_collapse_to_one_line():
+    from seglab.data import collapse_missing
+
+    lines = [f"train.csv: id{i}: image file not found: /data/img{i}.jpg" for i in range(300)] + ["train.csv: row 7: bad label"]
+    assert collapse_missing(lines, "train") == [
+        "data.train: 300 image files not found (e.g. /data/img0.jpg, /data/img1.jpg, /data/img2.jpg); paths are read "
+        "relative to data.root: check data.root", "train.csv: row 7: bad label"]
+    assert collapse_missing(lines[:3], "val") == lines[:3]  # a few stay one line each

@@ -110,7 +110,7 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
         if not _configured(cfg, split):
             continue
         try:
-            problems.extend(open_source(cfg, split, labels).problems(check_files, deep))
+            problems.extend(collapse_missing(open_source(cfg, split, labels).problems(check_files, deep), split))
         except DataValidationError as e:
             problems.extend(e.problems)
         except SeglabError as e:
@@ -118,6 +118,18 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
             if split in ("train", "val") and cfg.data.fold is not None:
                 problems.extend(_pool_problems(cfg, labels, check_files, deep))
     return list(dict.fromkeys(problems))  # a fold shares its pool's file: listed once
+
+
+def collapse_missing(problems: list[str], split: str, shown: int = 3) -> list[str]:
+    """Many "image file not found" lines of one split as one line with a few examples and the
+    likely fix (a wrong data.root moves every image at once)."""
+    missing = [p for p in problems if ": image file not found: " in p]
+    if len(missing) <= shown:
+        return problems
+    examples = ", ".join(p.rsplit(": image file not found: ", 1)[1] for p in missing[:shown])
+    summary = (f"data.{split}: {len(missing)} image files not found (e.g. {examples}); "
+               f"paths are read relative to data.root: check data.root")
+    return [summary] + [p for p in problems if ": image file not found: " not in p]
 
 
 def _pool_problems(cfg, labels: LabelSpec | None, check_files: bool, deep: bool) -> list[str]:
