@@ -115,12 +115,16 @@ def evaluate_fold(run_dir: Path, k: int, split: dict, task, labels, device: str 
     from seglab.inference.ensemble import Member
     from seglab.inference.predict import evaluate
 
-    scores, metric = evaluate([Member(load_run(run_dir, "best", device))], "val")
+    from seglab.core.module import monitorable
+
+    run = load_run(run_dir, "best", device)
+    scores, metric = evaluate([Member(run)], "val")
     best = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     n_val = split["per_fold"][k]["images"]
     return {
         "n_train": split["samples"] - n_val, "n_val": n_val, "best_epoch": best.get("epoch"),
-        **{key: scores[key] for key in task.metric_names(labels)}, task.per_class_key: scores[task.per_class_key],
+        # with submission.classes also the submission_* scores: eval.monitor may name one
+        **{key: scores[key] for key in monitorable(task, labels, run.merge)}, task.per_class_key: scores[task.per_class_key],
         "metric_state": metric.state(),
     }
 

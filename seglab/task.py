@@ -13,9 +13,11 @@ registered in `TASKS`, that answers:
 | its model and loss | `build_model`, `pretrained_encoder`, `loss_targets`, `allowed_losses`, `build_loss` |
 | one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
 | logits -> probabilities -> decision | `probabilities`, `thresholds`, `decide`, `resize`, `postprocess` |
+| training classes -> submission classes | `merge_probabilities`, `merge_targets`, `merge_thresholds` (`submission.classes`) |
 | its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
 | what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
-| its validation pictures | `visualizer` |
+| its validation pictures | `visualizer`, `suspect_panel` |
+| which labels look wrong | `per_image_loss` (`seglab data corrections-template`) |
 | what k-fold stratifies on | `stratification_key` |
 | pseudo-labels | `write_pseudo_labels` |
 
@@ -120,6 +122,35 @@ class Task:
         """One decided prediction (numpy) after the configured post-processing."""
         return prediction
 
+    # ------------------------------------------------------------ submission classes
+
+    def merge_probabilities(self, probs, merge):
+        """Probabilities [B, C_train, ...] in submission space [B, C_sub, ...] (`merge` a
+        ClassMerge): a merged class's probability is the sum of its members' (one class per
+        pixel or image: the events are disjoint, so the sum is their union's probability)."""
+        import torch
+
+        index = torch.as_tensor(merge.index, device=probs.device)
+        out = probs.new_zeros((probs.shape[0], merge.submission.num_classes, *probs.shape[2:]))
+        return out.index_add_(1, index, probs)
+
+    def merge_targets(self, target, merge):
+        """Targets in submission space: class indices through the merge (ignore stays ignore)."""
+        import torch
+
+        lut = torch.as_tensor(merge.index, device=target.device, dtype=target.dtype)
+        inside = target < len(merge.index)
+        return torch.where(inside, lut[target.clamp(0, len(merge.index) - 1).long()], target)
+
+    def merge_thresholds(self, thresholds, merge):
+        """Decision thresholds [C_train] in submission space (None when the decision takes none):
+        a merged class takes its members' lowest."""
+        if thresholds is None:
+            return None
+        import torch
+
+        return torch.stack([thresholds[group].min() for group in merge.groups()])
+
     # ------------------------------------------------------------ metric and report
 
     def metric(self, labels, device=None):
@@ -140,7 +171,25 @@ class Task:
         """The Lightning callback that draws this task's validation pictures, or None."""
         return None
 
+    def suspect_panel(self, image, target, probs, labels, title: str):
+        """A picture of one suspected label mistake (uint8 H x W x 3), or None when the task draws none."""
+        return None
+
     # ------------------------------------------------------------ workflows
+
+    def per_image_loss(self, probs, target):
+        """[B] each image's mean negative log-likelihood of its target (ignored pixels left
+        out): class maps [B, H, W] or class indices [B] against softmax probabilities."""
+        import torch
+
+        classes = probs.shape[1]
+        valid = target < classes
+        picked = probs.gather(1, target.clamp(0, classes - 1).long().unsqueeze(1)).squeeze(1)
+        nll = -picked.clamp_min(1e-7).log() * valid
+        dims = tuple(range(1, nll.dim()))
+        if not dims:
+            return nll
+        return nll.sum(dims) / valid.sum(dims).clamp_min(1).to(nll.dtype)
 
     def stratification_key(self, source, labels):
         """[N, K] 0/1 per sample: what k-fold keeps balanced across folds."""

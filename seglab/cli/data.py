@@ -31,7 +31,7 @@ def cmd_data_synth(args) -> None:
 def cmd_data_inspect(args) -> None:
     from seglab.data.inspect import format_inspection, inspect_coco
 
-    report = inspect_coco(args.json, args.root, args.paint_order)
+    report = inspect_coco(args.json, args.root, args.paint_order, corrections=args.corrections)
     print(json.dumps(report, indent=2) if args.json_output else format_inspection(report))
 
 
@@ -46,6 +46,15 @@ def cmd_data_validate(args) -> None:
     problems = config_problems(cfg) + problems
     for p in problems:
         print(p)
+    if cfg.data.corrections:
+        from seglab.data import corrections_summary
+        from seglab.errors import SeglabError
+
+        try:
+            applied = corrections_summary(cfg, labels)[0]
+            print(f"corrections applied ({cfg.data.corrections}): " + (", ".join(f"{k} {n}" for k, n in applied.items()) or "none"))
+        except SeglabError:
+            pass  # already listed among the problems
     if labels is not None:
         for line in label_map_lines(labels) + [split_counts(cfg, labels)] + void_lines(cfg, labels):
             print(line)
@@ -72,6 +81,27 @@ def cmd_data_split(args) -> None:
     print(f"validate on fold 0: data.folds={path.resolve()} data.fold=0")
 
 
+def cmd_data_corrections_template(args) -> None:
+    from seglab.core.run import load_run
+    from seglab.inference.ensemble import is_kfold_dir, kfold_runs
+    from seglab.inference.suspects import find_suspects, write_template
+
+    path = Path(args.run)
+    kfold = is_kfold_dir(path)
+    suspects = []
+    for run_dir in kfold_runs(path) if kfold else [path]:  # k-fold: each fold on its held-out images (out of fold)
+        run = load_run(run_dir, args.checkpoint, args.device)
+        suspects += find_suspects(run, "val" if kfold else args.split, args.top, not args.no_panels)
+    suspects = sorted(suspects, key=lambda s: -s.loss)[: args.top]
+    out = Path(args.out) if args.out else path / "corrections_template.yaml"
+    panels = None if args.no_panels else out.parent / f"{out.stem}_panels"
+    what = f"{path} ({'out-of-fold' if kfold else args.split} predictions, checkpoint {args.checkpoint})"
+    write_template(suspects, out, what, panels)
+    records = sum(len(s.records) for s in suspects)
+    print(f"{len(suspects)} images, {records} candidate record(s), all commented out -> {out}"
+          + (f" (panels in {panels})" if panels and suspects else ""))
+
+
 def cmd_data_rle_decode(args) -> None:
     from seglab.submission.rle import decode_to_pngs
 
@@ -95,6 +125,7 @@ def register(sub) -> None:
     i.add_argument("json", help="a COCO annotation file")
     i.add_argument("--root", help="image root (default: the JSON's folder)")
     i.add_argument("--paint-order", default="area_desc", help="which overlapping annotation wins a pixel: area_desc, annotation_order or class_index")
+    i.add_argument("--corrections", help="a corrections file (data.corrections) applied before counting; its records are counted per kind (default: none)")
     i.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_data_inspect)
     v = d.add_parser("validate", help="list every problem a config and its splits have")
@@ -110,6 +141,15 @@ def register(sub) -> None:
     sp.add_argument("--split", default="train", help="which configured split is the pool (default train)")
     sp.add_argument("--seed", type=int, help="default: the config's seed")
     sp.set_defaults(func=cmd_data_split)
+    ct = d.add_parser("corrections-template", help="candidate label mistakes of a trained run (highest loss), as a commented-out corrections file with panels")
+    ct.add_argument("run", help="a run folder, or a k-fold folder (each fold judged on its held-out images)")
+    ct.add_argument("--split", default="val", help="labelled split to judge (default val; k-fold: each fold's val)")
+    ct.add_argument("--top", type=int, default=20, help="how many images (default 20)")
+    ct.add_argument("--checkpoint", default="best", help="best, last or a .ckpt path (default best)")
+    ct.add_argument("--out", help="the template file (default RUN/corrections_template.yaml)")
+    ct.add_argument("--no-panels", action="store_true", help="skip the picture of each image")
+    ct.add_argument("--device", help="e.g. cpu or cuda:0 (default: cuda when available)")
+    ct.set_defaults(func=cmd_data_corrections_template)
     rd = d.add_parser("rle-decode", help="turn an image_name,class,rle CSV back into one PNG mask per image x class")
     rd.add_argument("csv", help="image_name,class,rle CSV")
     rd.add_argument("--out", required=True, help="folder for the PNG masks (required)")

@@ -71,6 +71,9 @@ class DataConfig(Strict):
     remap: dict[str, str] = Field(
         default_factory=dict, description="merge classes after mapping: {UNKNOWN: Background} or {UNKNOWN: ignore}"
     )
+    corrections: str | None = Field(
+        None, description="label corrections (YAML or CSV, relative to root): relabel/drop annotations, drop images, set classification labels or mask-status fields, applied at load time to train and val"
+    )
     paint_order: Literal["area_desc", "annotation_order", "class_index"] = Field(
         "area_desc", description="overlapping annotations: which one owns a pixel (area_desc = small objects on top)"
     )
@@ -414,6 +417,9 @@ class LoggingConfig(Strict):
 class SubmissionConfig(Strict):
     format: str = Field("coco_csv", description="submission writer (`seglab predict --format`); default by task: coco_csv, rle or the data's own (maskstatus info.csv, id_label)")
     size: tuple[int, int] = Field((256, 256), description="coco_csv: [height, width] the class map is resized to (nearest)")
+    classes: dict[str, list[str]] | None = Field(
+        None, description="merge map from training classes to submission classes, e.g. {UNKNOWN: [UNKNOWN_a, UNKNOWN_b]}; unnamed classes map to themselves; probabilities are merged before the decision, validation also reports submission_* metrics"
+    )
 
 
 class PostprocessConfig(Strict):
@@ -486,6 +492,8 @@ class ClassificationConfig(Strict):
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (timm Mixup); 0 = off")
     mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed when mixup or cutmix is on")
     mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix instead of mixup when both are on")
+    snapmix_alpha: float = Field(0.0, ge=0, description="SnapMix Beta(alpha, alpha) box sizes, labels weighted by class activation maps (paper: 5); 0 = off; not with mixup/cutmix")
+    snapmix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed by SnapMix")
     uda: UdaConfig = Field(default_factory=UdaConfig)
 
 

@@ -42,6 +42,11 @@ class LabModule(L.LightningModule):
         self.register_buffer("thresholds", self.task.thresholds(cfg, labels), persistent=False)
         self.batch_augment = self.task.batch_augment(cfg, labels)
         self.val_metric = self.task.metric(labels)
+        # submission.classes: the training classes merged into the submission's, scored there too.
+        from seglab.data.labels import class_merge
+
+        self.merge = class_merge(labels, cfg.submission.classes)
+        self.submission_metric = self.task.metric(self.merge.submission) if self.merge else None
         self.best_score: float | None = None
         self.history_rows = 0  # rows this run has in history.jsonl; kept in checkpoints to trim replays on resume
         self.last_val_result: dict | None = None
@@ -129,6 +134,8 @@ class LabModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self.val_metric.to(self.device).reset()
+        if self.submission_metric is not None:
+            self.submission_metric.to(self.device).reset()
         self._val_loss = torch.zeros(2, device=self.device)
 
     def validation_step(self, batch, batch_idx):
@@ -139,16 +146,23 @@ class LabModule(L.LightningModule):
         probs = self.task.probabilities(logits)
         pred = self.task.decide(probs, self.thresholds)
         self.val_metric.update(pred, target)
+        if self.merge is not None:
+            merged = self.task.merge_probabilities(probs, self.merge)
+            decided = self.task.decide(merged, self.task.merge_thresholds(self.thresholds, self.merge))
+            self.submission_metric.update(decided, self.task.merge_targets(target, self.merge))
         return {"pred": pred, "probs": probs}
 
     def on_validation_epoch_end(self):
         self.val_metric.reduce()
         val_loss = self.trainer.strategy.reduce(self._val_loss, reduce_op="sum")
         scores = self.val_metric.compute(list(self.labels.classes))
+        if self.merge is not None:
+            self.submission_metric.reduce()
+            scores.update(submission_scores(self.submission_metric.compute(list(self.merge.submission.classes))))
         scores["loss"] = float(val_loss[0] / val_loss[1].clamp(min=1))
         self.last_val_result = {**scores, **self.task.history_extra(self.val_metric)}
         # Values are already reduced over processes, so every rank logs the same number.
-        for key in self.task.metric_names(self.labels) + ("loss",):
+        for key in monitorable(self.task, self.labels, self.merge) + ("loss",):
             if not math.isnan(scores[key]):
                 self.log(f"val/{key}", scores[key], sync_dist=False)
         for name, value in scores[self.task.per_class_key].items():
@@ -182,6 +196,8 @@ class LabModule(L.LightningModule):
         mark = "  (best)" if better else ""
         # Logged (not printed): the table reaches RUN/train.log too.
         logging.getLogger("seglab").info("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"))
+        if self.merge is not None:
+            logging.getLogger("seglab").info(self.task.format_table(unprefixed(scores), "  in submission classes (submission.classes)"))
 
     # ------------------------------------------------------------ checkpoints
 
@@ -217,6 +233,27 @@ class LabModule(L.LightningModule):
             rows = rows[:keep] if keep is not None else [r for r in rows if r["epoch"] < self.current_epoch]
             self.history_rows = len(rows)
             write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+SUBMISSION = "submission_"  # prefix of the scores in submission classes (what eval.monitor may name)
+
+
+def submission_scores(scores: dict) -> dict:
+    """A metric's scores in submission classes, each key prefixed (submission_mIoU, ...)."""
+    return {SUBMISSION + k: v for k, v in scores.items()}
+
+
+def unprefixed(scores: dict) -> dict:
+    return {k[len(SUBMISSION):]: v for k, v in scores.items() if k.startswith(SUBMISSION)}
+
+
+def monitorable(task, labels, merge) -> tuple[str, ...]:
+    """Every scalar a validation reports: the task's in training classes, and with
+    submission.classes the same again in submission classes."""
+    names = task.metric_names(labels)
+    if merge is not None:
+        names += tuple(SUBMISSION + n for n in task.metric_names(merge.submission))
+    return names
 
 
 def improves(value: float, best: float | None, mode: str) -> bool:

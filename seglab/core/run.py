@@ -41,6 +41,24 @@ class Run:
     def name(self) -> str:
         return f"{self.path}:{self.checkpoint}"
 
+    @property
+    def merge(self):
+        """Training classes -> submission classes (`submission.classes`), or None."""
+        return self.module.merge
+
+    @property
+    def submission_labels(self) -> LabelSpec:
+        """The classes a submission names: the merged ones, or the training ones."""
+        return self.merge.submission if self.merge else self.labels
+
+    def to_submission(self, probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities of this run's training classes in its submission classes."""
+        return self.task.merge_probabilities(probs, self.merge) if self.merge else probs
+
+    @property
+    def submission_thresholds(self) -> torch.Tensor | None:
+        return self.task.merge_thresholds(self.thresholds, self.merge) if self.merge else self.thresholds
+
 
 def pick_device(name: str | None = None) -> torch.device:
     if name:

@@ -24,7 +24,7 @@ from seglab.core.module import LabModule
 from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError
-from seglab.io import check_writable, write_json, write_text
+from seglab.io import atomic_open, check_writable, write_json, write_text
 from seglab.models.pretrained import describe_origin
 
 log = logging.getLogger("seglab")
@@ -60,6 +60,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
 
         record_resume(run_dir, resumed["overrides"], resumed["from_epoch"])
     write_json(run_dir / "labels.json", labels.to_json())
+    keep_corrections(cfg, run_dir)
 
     with run_log(run_dir):
         quiet_lightning()
@@ -85,6 +86,15 @@ def _fit(cfg, build_cfg, run_dir: Path, labels, task, resume: bool, last: Path) 
         raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def keep_corrections(cfg, run_dir: Path) -> None:
+    """A copy of data.corrections in the run folder: which labels a run saw stays known
+    after the file is edited (its content is also in the mask-cache key)."""
+    if cfg.data.corrections:
+        source = cfg.data.resolve(cfg.data.corrections)
+        with atomic_open(run_dir / f"corrections{source.suffix.lower() or '.yaml'}", "wb") as f:
+            f.write(source.read_bytes())
 
 
 def resolve_weights(cfg, task):
@@ -114,8 +124,16 @@ def preflight(cfg, run_dir: Path | None, splits):
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
     if labels is not None:
+        from seglab.core.module import monitorable
+        from seglab.data.labels import class_merge
+
         task = get_task(cfg.task)
-        allowed = task.metric_names(labels) + ("loss",)
+        try:
+            merge = class_merge(labels, cfg.submission.classes)
+        except SeglabError as e:
+            problems.append(str(e))
+            merge = None
+        allowed = monitorable(task, labels, merge) + ("loss",)
         if cfg.eval.monitor not in allowed:
             problems.append(f"eval.monitor: {cfg.eval.monitor!r} is not a {task.name} metric (use one of {', '.join(allowed)})")
     if problems:

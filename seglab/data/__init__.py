@@ -117,6 +117,11 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
             problems.append(str(e))
             if split in ("train", "val") and cfg.data.fold is not None:
                 problems.extend(_pool_problems(cfg, labels, check_files, deep))
+    if cfg.data.corrections and any(s in splits for s in ("train", "val")):
+        try:
+            problems.extend(corrections_summary(cfg, labels)[1])
+        except SeglabError as e:
+            problems.append(str(e))
     return list(dict.fromkeys(problems))  # a fold shares its pool's file: listed once
 
 
@@ -130,6 +135,20 @@ def collapse_missing(problems: list[str], split: str, shown: int = 3) -> list[st
     summary = (f"data.{split}: {len(missing)} image files not found (e.g. {examples}); "
                f"paths are read relative to data.root: check data.root")
     return [summary] + [p for p in problems if ": image file not found: " not in p]
+
+
+def corrections_summary(cfg, labels: LabelSpec | None) -> tuple[dict[str, int], list[str]]:
+    """data.corrections records applied per kind over the labelled splits (train, val; with
+    data.fold the train pool), and one problem per record that matched no image."""
+    from seglab.data.corrections import load_corrections, summarise
+
+    corrections = load_corrections(cfg.data, "train")
+    if corrections is None:
+        return {}, []
+    splits = ("train",) if cfg.data.fold is not None else ("train", "val")
+    applied = [SOURCES.get(cfg.data.format, "data.format")(cfg.data, s, labels).applied
+               for s in splits if _configured(cfg, s)]
+    return summarise(corrections, applied)
 
 
 def _pool_problems(cfg, labels: LabelSpec | None, check_files: bool, deep: bool) -> list[str]:

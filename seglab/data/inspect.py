@@ -8,18 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.sources.coco import annotation_mask, paint_sequence, read_coco, segmentation_problem, validate_coco
+from seglab.data.corrections import Applied, fix_coco, read_corrections, summarise
+from seglab.data.sources.coco import annotation_class, annotation_mask, paint_sequence, read_coco, segmentation_problem, validate_coco
 from seglab.data.labels import LabelSpec
 
 
-def inspect_coco(json_path: str | Path, root: str | Path | None = None, paint_order: str = "area_desc", labels: LabelSpec | None = None) -> dict:
-    """Counts per class, pixel share per class, overlapping pixels per class pair, sizes, problems."""
+def inspect_coco(json_path: str | Path, root: str | Path | None = None, paint_order: str = "area_desc", labels: LabelSpec | None = None,
+                 corrections: str | Path | None = None) -> dict:
+    """Counts per class, pixel share per class, overlapping pixels per class pair, sizes, problems
+    (after a corrections file, when one is given: its records are counted per kind)."""
     json_path = Path(json_path)
     coco = read_coco(json_path, root if root is not None else json_path.parent)
     names = {c["id"]: str(c.get("name", c["id"])) for c in coco.categories}
     if labels is None:
         labels = LabelSpec(("Background",) + tuple(names[c["id"]] for c in coco.categories), 255,
                            {c["id"]: i + 1 for i, c in enumerate(coco.categories)})
+    applied, unmatched = {}, []
+    if corrections is not None:
+        fixes = read_corrections(Path(corrections))
+        taken = Applied()
+        coco = fix_coco(coco, fixes, labels, taken)
+        applied, unmatched = summarise(fixes, [taken])
     class_name = lambda idx: labels.classes[idx] if idx < labels.num_classes else "ignore"
     ann_per_class: Counter = Counter()
     images_per_class: Counter = Counter()
@@ -32,8 +41,7 @@ def inspect_coco(json_path: str | Path, root: str | Path | None = None, paint_or
         sizes[(h, w)] += 1
         masks, classes = [], []
         for ann in coco.annotations.get(img["id"], []):
-            cat = ann.get("category_id")
-            cls = labels.source_to_class.get(cat) if type(cat) is int else None
+            cls = annotation_class(ann, labels)
             if cls is None or segmentation_problem(ann.get("segmentation"), h, w):
                 continue  # reported in problems
             masks.append(annotation_mask(ann["segmentation"], h, w))
@@ -63,7 +71,8 @@ def inspect_coco(json_path: str | Path, root: str | Path | None = None, paint_or
         "pixel_share": {class_name(i): int(n) / total for i, n in enumerate(pixels) if n and total},
         "overlap_pixels": {f"{a} / {b}": n for (a, b), n in overlap.most_common()},
         "image_sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
-        "problems": validate_coco(coco, labels, check_files=True),
+        "corrections": applied,
+        "problems": validate_coco(coco, labels, check_files=True) + unmatched,
     }
 
 
@@ -80,6 +89,8 @@ def format_inspection(report: dict) -> str:
     if not report["overlap_pixels"]:
         lines.append("  none")
     lines.append("\nimage sizes: " + ", ".join(f"{s} x{n}" for s, n in report["image_sizes"].items()))
+    if report.get("corrections"):
+        lines.append("\ncorrections applied: " + ", ".join(f"{k} {n}" for k, n in report["corrections"].items()))
     lines.append(f"\nproblems: {len(report['problems'])}")
     lines.extend(f"  - {p}" for p in report["problems"][:50])
     if len(report["problems"]) > 50:

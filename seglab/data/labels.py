@@ -140,3 +140,58 @@ def resolve_value_labels(data_cfg, values_seen: list[int] | None = None) -> Labe
             raise ConfigError(f"data.mask_value_map.{value}: class index {idx} out of range for {len(classes)} classes")
     classes, final = apply_remap(classes, mapping, data_cfg.remap, data_cfg.ignore_index)
     return LabelSpec(tuple(classes), data_cfg.ignore_index, final)
+
+
+@dataclass(frozen=True)
+class ClassMerge:
+    """Training classes -> the submission's (`submission.classes`): a team may split a grab-bag
+    class (UNKNOWN) into several training classes and merge them back when predicting.
+
+    `index[c]` is the submission class of training class c. A merged class sits where its
+    first member sits in the training list; classes no group names map to themselves.
+    """
+
+    train: LabelSpec
+    submission: LabelSpec
+    index: tuple[int, ...]
+
+    def groups(self) -> list[list[int]]:
+        """The training classes of each submission class."""
+        return [[c for c, s in enumerate(self.index) if s == k] for k in range(self.submission.num_classes)]
+
+
+def class_merge(labels: LabelSpec, merge_map: dict[str, list[str]] | None) -> ClassMerge | None:
+    """The merge `submission.classes` describes for these training classes (None: no merge)."""
+    if not merge_map:
+        return None
+    group_of: dict[str, str] = {}
+    for target, members in merge_map.items():
+        if not members:
+            raise ConfigError(f"submission.classes.{target}: an empty list (name the training classes it merges)")
+        for name in members:
+            if name not in labels.classes:
+                raise ConfigError(f"submission.classes.{target}: {name!r} is not a training class ({', '.join(labels.classes)})")
+            if name in group_of:
+                raise ConfigError(f"submission.classes: {name!r} is in both {group_of[name]!r} and {target!r}")
+            group_of[name] = target
+    for target in merge_map:
+        if target in labels.classes and group_of.get(target) != target:
+            raise ConfigError(f"submission.classes: {target!r} is also a training class outside its group; "
+                              "add it to the group or give the group another name")
+    names: list[str] = []
+    index = []
+    for c in labels.classes:
+        name = group_of.get(c, c)
+        if name not in names:
+            names.append(name)
+        index.append(names.index(name))
+    to_class = {src: (index[c] if c < len(index) else c) for src, c in labels.source_to_class.items()}
+    # A facet survives where every merged group agrees on its value (a mask-status class merge rarely does).
+    facets = {}
+    for facet, values in labels.facets.items():
+        merged = {}
+        for c, k in enumerate(index):
+            merged.setdefault(k, set()).add(values[c])
+        if all(len(v) == 1 for v in merged.values()):
+            facets[facet] = tuple(next(iter(merged[k])) for k in range(len(names)))
+    return ClassMerge(labels, LabelSpec(tuple(names), labels.ignore_index, to_class, labels.target, facets), tuple(index))

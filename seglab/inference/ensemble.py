@@ -83,17 +83,23 @@ def resolve_members(specs: list, weights: list[float] | None = None, tta: TTACon
             members.append(Member(load_run(path, ckpt, device), weight, tta))
     if sum(m.weight for m in members) <= 0:
         raise ConfigError("--weights: the weights sum to zero")
-    check_compatible(members)
+    check_compatible(members, ("submission",))
     return members, base
 
 
-def check_compatible(members: list[Member]) -> None:
-    """Members average probabilities of one task over one class list."""
+def check_compatible(members: list[Member], spaces: tuple[str, ...] = ("train",)) -> None:
+    """Members average probabilities of one task over one class list: their submission
+    classes always, their training classes too where the "train" space is asked for."""
     first = members[0].run
     for m in members[1:]:
         if m.run.cfg.task != first.cfg.task:
             raise SeglabError(f"{m.run.path}: a {m.run.cfg.task} run; the ensemble's first member is a {first.cfg.task} run")
-        if list(m.run.labels.classes) != list(first.labels.classes):
+        if list(m.run.submission_labels.classes) != list(first.submission_labels.classes):
+            raise SeglabError(
+                f"{m.run.path}: submits classes {list(m.run.submission_labels.classes)}, but the ensemble's first member "
+                f"submits {list(first.submission_labels.classes)}; members must share one class list (after submission.classes merges)"
+            )
+        if "train" in spaces and list(m.run.labels.classes) != list(first.labels.classes):
             raise SeglabError(
                 f"{m.run.path}: trained for classes {list(m.run.labels.classes)}, but the ensemble's are {list(first.labels.classes)}; "
                 "members must share one class list"

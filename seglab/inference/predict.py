@@ -95,14 +95,20 @@ def _view_key(cfg) -> str:
     return json.dumps([cfg.data.image_size, [s.model_dump() for s in cfg.augment.eval]])
 
 
+SPACES = ("train", "submission")  # class spaces: the runs' training classes, or their submission.classes
+
+
 @torch.no_grad()
 def stream(members: list[Member], split: str, data_config=None, with_targets: bool = False,
-           batch_size: int | None = None) -> Iterator[tuple[dict, torch.Tensor, LabDataset]]:
-    """(reference batch, weighted mean probabilities on the first member's device, reference dataset).
+           batch_size: int | None = None, spaces: tuple[str, ...] = ("train",)) -> Iterator[tuple[dict, dict, LabDataset]]:
+    """(reference batch, {space: weighted mean probabilities} on the first member's device,
+    reference dataset), for each class space asked: "train" (the members' one training class
+    list) and/or "submission" (each member's probabilities merged into its submission classes
+    before averaging, so members trained on different splits of a class combine).
 
     Dense probabilities are at the reference batch's size (its data.image_size, else the
     images' own). `data_config` as for `reference`."""
-    check_compatible(members)  # members built by hand, too: never average mismatched class lists
+    check_compatible(members, spaces)  # members built by hand, too: never average mismatched class lists
     ref_cfg, ref_labels = reference(members, data_config)
     ref = build_dataset(ref_cfg, split, ref_labels, train=False, with_targets=with_targets)
     loader = lambda dataset: eval_loader(dataset, ref_cfg, batch_size=batch_size)  # noqa: E731
@@ -120,23 +126,31 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
         size = tuple(ref_batch["image"].shape[-2:])
         views = {key: next(s) for key, s in streams.items()}
         views[ref_key] = ref_batch
-        mean = None
+        means: dict[str, torch.Tensor] = {}
         for m in members:
             if m.weight == 0:
                 continue
             p = member_probs(m, views[_view_key(m.run.cfg)]["image"].to(m.run.device)).to(first.device)
             p = first.task.resize(p, size) * (m.weight / total_weight)
-            mean = p if mean is None else mean.add_(p)
-        yield ref_batch, mean, ref
+            for space in spaces:
+                q = m.run.to_submission(p) if space == "submission" else p
+                means[space] = q.clone() if space not in means else means[space].add_(q)
+        yield ref_batch, means, ref
 
 
-def final_output(run, probs: torch.Tensor) -> np.ndarray:
+def in_space(run, space: str) -> tuple:
+    """(class list, decision thresholds) of a run in a class space."""
+    return (run.submission_labels, run.submission_thresholds) if space == "submission" else (run.labels, run.thresholds)
+
+
+def final_output(run, probs: torch.Tensor, space: str = "train") -> np.ndarray:
     """One image's probabilities [1, C, ...] -> its decision after post-processing (numpy):
     a class map [H, W], C x H x W booleans, or a class index."""
-    pred = run.task.decide(probs, run.thresholds)[0]
+    labels, thresholds = in_space(run, space)
+    pred = run.task.decide(probs, thresholds)[0]
     if pred.dim() == 2:
-        pred = pred.to(torch.uint8 if run.labels.num_classes <= 256 else torch.int32)
-    return run.task.postprocess(pred.cpu().numpy(), run.cfg, run.labels)
+        pred = pred.to(torch.uint8 if labels.num_classes <= 256 else torch.int32)
+    return run.task.postprocess(pred.cpu().numpy(), run.cfg, labels)
 
 
 def resolution(cfg, original_size: bool) -> str:
@@ -145,29 +159,34 @@ def resolution(cfg, original_size: bool) -> str:
     return f"{cfg.data.image_size[0]}x{cfg.data.image_size[1]} (data.image_size)" if cfg.data.image_size else "each image's own size"
 
 
-def decide(run, probs: torch.Tensor) -> torch.Tensor:
+def decide(run, probs: torch.Tensor, space: str = "train") -> torch.Tensor:
     """A batch's decisions as `evaluate` scores them: the task's decision with the run's
     thresholds, then its post-processing when the config asks for morphology."""
-    pred = run.task.decide(probs, run.thresholds)
+    labels, thresholds = in_space(run, space)
+    pred = run.task.decide(probs, thresholds)
     if run.cfg.postprocess.morphology:
-        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, run.labels)) for p in pred])
+        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, labels)) for p in pred])
     return pred.to(run.device)
 
 
 @torch.no_grad()
 def scored(members: list[Member], split: str, data_config=None, original_size: bool = False,
-           batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(probabilities, targets) on the first member's device: batch by batch at the dataset's
-    resolution, or one image at a time at its original size against its original target.
-    What `evaluate` and `tune-thresholds` score."""
+           batch_size: int | None = None, spaces: tuple[str, ...] = ("train",)) -> Iterator[tuple[dict, dict]]:
+    """({space: probabilities}, {space: targets}) on the first member's device: batch by batch
+    at the dataset's resolution, or one image at a time at its original size against its
+    original target. What `evaluate` and `tune-thresholds` score."""
     run = members[0].run
-    for batch, probs, dataset in stream(members, split, data_config, True, batch_size):
+
+    def targets(target: torch.Tensor) -> dict:
+        return {s: run.task.merge_targets(target, run.merge) if s == "submission" and run.merge else target for s in spaces}
+
+    for batch, probs, dataset in stream(members, split, data_config, True, batch_size, spaces):
         if not original_size:
-            yield probs, batch["target"].to(run.device)
+            yield probs, targets(batch["target"].to(run.device))
             continue
         for j, index in enumerate(batch["index"].tolist()):
             target = torch.as_tensor(np.asarray(dataset.source.load_target(index)))[None].to(run.device)
-            yield at_original_size(run, probs[j : j + 1], dataset.source, index), target
+            yield {s: at_original_size(run, p[j : j + 1], dataset.source, index) for s, p in probs.items()}, targets(target)
 
 
 @torch.no_grad()
@@ -177,14 +196,23 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
     metric object: at the dataset's resolution (as validation scores), or with
     `original_size` against the original targets, scoring exactly what `predict` writes.
     The decision, tuned thresholds and post-processing apply."""
+    from seglab.core.module import submission_scores
+
     run = members[0].run
     ref = reference(members, data_config)
-    metric = run.task.metric(ref.labels, run.device)
+    # Members trained on different class lists meet only in their shared submission classes.
+    same = all(list(m.run.labels.classes) == list(run.labels.classes) for m in members)
+    spaces = (("train",) if same else ()) + (("submission",) if run.merge or not same else ())
+    metrics = {s: run.task.metric(in_space(run, s)[0], run.device) for s in spaces}
     count = 0
-    for probs, target in scored(members, split, ref, original_size, batch_size):
-        count += len(target)
-        metric.update(decide(run, probs), target)
-    scores = metric.compute(list(ref.labels.classes))
+    for probs, target in scored(members, split, ref, original_size, batch_size, spaces):
+        count += len(target[spaces[0]])
+        for s, metric in metrics.items():
+            metric.update(decide(run, probs[s], s), target[s])
+    scores, metric = {}, metrics[spaces[0]]
+    for s, m in metrics.items():
+        computed = m.compute(list(in_space(run, s)[0].classes))
+        scores.update(submission_scores(computed) if s == "submission" and "train" in spaces else computed)
     views = [m.tta.model_dump() for m in members]
     scores.update(split=split, images=count, resolution=resolution(ref.cfg, original_size),
                   members=[m.name for m in members], weights=[m.weight for m in members],
@@ -196,13 +224,16 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
 
 
 @torch.no_grad()
-def predictions(members: list[Member], split: str = "test", data_config=None, batch_size: int | None = None) -> Iterator[Prediction]:
-    """One Prediction per image, in split order, at the image's original size."""
+def predictions(members: list[Member], split: str = "test", data_config=None, batch_size: int | None = None,
+                space: str = "submission") -> Iterator[Prediction]:
+    """One Prediction per image, in split order, at the image's original size, in the
+    submission's classes (what writers write) or, with space="train", the training ones
+    (what pseudo-labels train on)."""
     run = members[0].run
-    for batch, probs, dataset in stream(members, split, data_config, False, batch_size):
+    for batch, probs, dataset in stream(members, split, data_config, False, batch_size, (space,)):
         for j, index in enumerate(batch["index"].tolist()):
-            p = at_original_size(run, probs[j : j + 1], dataset.source, index)
-            yield Prediction(batch["id"][j], dataset.source.image_path(index), p[0], final_output(run, p))
+            p = at_original_size(run, probs[space][j : j + 1], dataset.source, index)
+            yield Prediction(batch["id"][j], dataset.source.image_path(index), p[0], final_output(run, p, space))
 
 
 def at_original_size(run, probs: torch.Tensor, source, index: int) -> torch.Tensor:

@@ -107,6 +107,6 @@ def write_pseudo_labels(members, out, split: str = "test", threshold: float = 0.
         raise ConfigError(f"--min-confident {min_confident}: must be in [0, 1]")
     run = members[0].run
     ref = reference(members, data_config)
-    stream = ((p.id, p.image_path, p.probs) for p in predictions(members, split, ref, batch_size))
+    stream = ((p.id, p.image_path, p.probs) for p in predictions(members, split, ref, batch_size, space="train"))  # pseudo-labels train
     summary = run.task.write_pseudo_labels(stream, out, ref.cfg, ref.labels, threshold, min_confident, run.thresholds)
     return {"split": split, "members": [m.name for m in members], **summary}

@@ -120,6 +120,7 @@ def tune_thresholds(run_dir: str | Path, split: str = "val", checkpoint: str = "
     before = DiceScore(len(names), device=run.device)
     images = 0
     for probs, target in scored([member], split, original_size=original_size):
+        probs, target = probs["train"], target["train"]  # thresholds are per training class
         images += len(target)
         search.update(probs, target)
         before.update(decide(run, probs), target)

@@ -63,6 +63,11 @@ class MulticlassTask(SegmentationTask):
                                     num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k,
                                     mean=cfg.augment.mean, std=cfg.augment.std)
 
+    def suspect_panel(self, image, target, probs, labels, title):
+        from seglab.visualization.figures import prediction_panel
+
+        return prediction_panel(image, target, probs.argmax(0).cpu().numpy(), list(labels.classes), labels.ignore_index, title)
+
     def confident_target(self, probs, threshold, labels, thresholds=None):
         """Class map [H, W] with pixels whose winning probability is below `threshold` set to ignore."""
         import numpy as np

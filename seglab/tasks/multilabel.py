@@ -56,6 +56,26 @@ class MultilabelTask(SegmentationTask):
             return probs > 0.5
         return probs > thresholds.to(probs.device, probs.dtype).view(1, -1, *([1] * (probs.dim() - 2)))
 
+    def merge_probabilities(self, probs, merge):
+        """A merged class's probability is the maximum of its members' (classes overlap, so a
+        sum would count a pixel twice): with equal thresholds, its mask is exactly the union
+        of the members' masks. Members with different thresholds decide at their lowest."""
+        import torch
+
+        return torch.stack([probs[:, group].amax(1) for group in merge.groups()], 1)
+
+    def merge_targets(self, target, merge):
+        """C x H x W booleans in submission space: a merged class's mask is its members' union."""
+        import torch
+
+        return torch.stack([target[:, group].any(1) for group in merge.groups()], 1)
+
+    def per_image_loss(self, probs, target):
+        """[B] mean binary cross-entropy over each image's classes and pixels."""
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), target.float(), reduction="none").flatten(1).mean(1)
+
     def metric(self, labels, device=None):
         from seglab.metrics.dice import DiceScore
 

@@ -18,6 +18,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from seglab.data.corrections import Applied, fix_samples, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, images_under, read_image, truncated_jpeg
 from seglab.data.labels import LabelSpec
 from seglab.data.sources import SOURCES, maskstatus
@@ -71,6 +72,9 @@ class SampleSource:
         self.cache_key = (self.name,)
         classes = list(labels.classes) if labels is not None else self._classes_or_none(data_cfg)
         self.samples, self.found = self.read(data_cfg, path, split, classes)
+        self.applied = Applied()  # the data.corrections records this split took
+        self.samples = fix_samples(self.samples, load_corrections(data_cfg, split), classes, self.applied,
+                                   self.age_bounds(data_cfg))
         self.has_targets = bool(self.samples) and all(s.label is not None for s in self.samples)
 
     def _classes_or_none(self, data_cfg) -> list[str]:
@@ -89,6 +93,11 @@ class SampleSource:
     @staticmethod
     def facets(data_cfg) -> dict[str, tuple[int, ...]]:
         return {}
+
+    @staticmethod
+    def age_bounds(data_cfg) -> tuple[int, int] | None:
+        """The age bands of mask-status classes (what an `age` correction is banded by); None elsewhere."""
+        return None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -205,6 +214,10 @@ class MaskStatusSource(SampleSource):
     @staticmethod
     def facets(data_cfg) -> dict[str, tuple[int, ...]]:
         return maskstatus.FACETS
+
+    @staticmethod
+    def age_bounds(data_cfg) -> tuple[int, int]:
+        return tuple(data_cfg.age_bounds)
 
     @staticmethod
     def read(data_cfg, folder: Path, split: str, classes: list[str]):

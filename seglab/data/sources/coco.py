@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 
 from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir
+from seglab.data.corrections import RELABELLED, Applied, fix_coco, load_corrections
 from seglab.data.images import read_image
 from seglab.data.labels import LabelSpec, resolve_coco_labels
 from seglab.data.sources import SOURCES
@@ -310,6 +311,14 @@ def mask_dtype(labels: LabelSpec):
     return np.uint8 if max(labels.ignore_index, labels.num_classes - 1) <= 255 else np.uint16
 
 
+def annotation_class(ann: dict, labels: LabelSpec) -> int | None:
+    """An annotation's class index: a correction's (data.corrections) if it has one, else its category's."""
+    if ann.get(RELABELLED) is not None:
+        return ann[RELABELLED]
+    cat = ann.get("category_id")
+    return labels.source_to_class.get(cat) if _is_int(cat) else None
+
+
 def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
     """The class map of image `index`: background 0, one class per pixel by `paint_order`."""
     img = coco.images[index]
@@ -321,11 +330,11 @@ def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -
         problem = segmentation_problem(ann.get("segmentation"), h, w)
         if problem:
             raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): {problem}")
-        cat = ann.get("category_id")
-        if not _is_int(cat) or cat not in labels.source_to_class:
-            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): unknown category id {_short(cat)}")
+        cls = annotation_class(ann, labels)
+        if cls is None:
+            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): unknown category id {_short(ann.get('category_id'))}")
         masks.append(annotation_mask(ann["segmentation"], h, w))
-        classes.append(labels.source_to_class[cat])
+        classes.append(cls)
     for i in paint_sequence(anns, masks, classes, paint_order):
         mask[masks[i]] = classes[i]
     return mask
@@ -340,10 +349,9 @@ def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray
         problem = segmentation_problem(ann.get("segmentation"), h, w)
         if problem:
             raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): {problem}")
-        cat = ann.get("category_id")
-        if cat not in labels.source_to_class:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {cat!r}")
-        cls = labels.source_to_class[cat]
+        cls = annotation_class(ann, labels)
+        if cls is None:
+            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {ann.get('category_id')!r}")
         if cls < labels.num_classes:  # Background / ignore: no channel in a multi-label mask
             mask[cls] |= annotation_mask(ann["segmentation"], h, w)
     return mask
@@ -359,16 +367,19 @@ class CocoSource:
         path = data_cfg.split_path(split)
         if path is None:
             raise ConfigError(f"data.{split} is not set in the config")
-        self.coco: CocoFile = read_coco(path, data_cfg.root)
+        corrections = load_corrections(data_cfg, split)
+        self.applied = Applied()  # the data.corrections records this split took
+        self.coco: CocoFile = fix_coco(read_coco(path, data_cfg.root), corrections, labels, self.applied)
         self.name = str(path)
         self.labels = labels
         self.paint_order = data_cfg.paint_order
         self.has_targets = self.coco.has_annotations
         if labels is not None:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-            self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order)
+            fixed = corrections.cache_part() if corrections else ()
+            self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order, *fixed)
             self.cache = ArrayCache(cache_dir, f"masks/{path.stem}", *self.cache_key)
-            self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint())
+            self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint(), *fixed)
 
     @staticmethod
     def resolve_labels(data_cfg) -> LabelSpec:
@@ -404,10 +415,20 @@ class CocoSource:
             return self.bitmask_cache.get(self.sample_id(i), lambda: rasterise_coco_multilabel(self.coco, i, self.labels))
         return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
 
+    def annotation_masks(self, i: int) -> list[tuple[int, int, np.ndarray]]:
+        """(annotation id, class, [H, W] boolean mask) of image i's annotations after
+        corrections (what `seglab data corrections-template` checks one by one)."""
+        img = self.coco.images[i]
+        h, w = img["height"], img["width"]
+        return [(ann.get("id"), annotation_class(ann, self.labels), annotation_mask(ann["segmentation"], h, w))
+                for ann in self.coco.annotations.get(img["id"], [])
+                if annotation_class(ann, self.labels) is not None and not segmentation_problem(ann.get("segmentation"), h, w)]
+
     def classes_present(self, i: int) -> set[int]:
         """The classes of image i's annotations, read without rasterising anything."""
         anns = self.coco.annotations.get(self.coco.images[i]["id"], [])
-        return {self.labels.source_to_class.get(a.get("category_id"), self.labels.ignore_index) for a in anns}
+        found = (annotation_class(a, self.labels) for a in anns)
+        return {self.labels.ignore_index if c is None else c for c in found}
 
     def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
         return validate_coco(self.coco, self.labels, check_files, deep)

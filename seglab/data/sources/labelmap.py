@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from seglab.data.cache import file_stamp
+from seglab.data.corrections import Applied, fix_ids, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image, truncated_jpeg
 from seglab.data.labels import LabelSpec, resolve_value_labels
 from seglab.data.sources import SOURCES
@@ -44,7 +45,9 @@ class LabelMapSource:
         missing = [s for s in stems if s not in images]
         if missing:
             raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
-        self.stems = stems
+        self.applied = Applied()  # the data.corrections records this split took
+        kept = fix_ids([images[s].name for s in stems], load_corrections(data_cfg, split), self.applied, "labelmap")
+        self.stems = [stems[i] for i in kept]
         self.images = images
         self.labels = labels
         self.has_targets = self.mask_dir.is_dir()

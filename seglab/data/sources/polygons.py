@@ -31,6 +31,7 @@ import numpy as np
 
 from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir, file_stamp
+from seglab.data.corrections import Applied, fix_polygons, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
 from seglab.data.sources import SOURCES
@@ -112,6 +113,11 @@ class PolygonSource:
             raise DataError(f"{self.image_root}: image folder not found (data.root / data.image_dir)")
         if path.is_file():
             self.ids = self._read_list(path)
+        corrections = load_corrections(data_cfg, split)
+        self.applied = Applied()  # the data.corrections records this split took
+        fixes = corrections.match(self.ids, self.applied) if corrections else {}
+        self.fixes = {self.ids[i]: fix for i, fix in fixes.items() if not fix.drop}
+        self.ids = [sid for i, sid in enumerate(self.ids) if not (i in fixes and fixes[i].drop)]
         self.has_targets = self.json_root.is_dir()
         self.labels = labels
         self.paint_order = data_cfg.paint_order
@@ -119,7 +125,8 @@ class PolygonSource:
         if labels is not None:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
             # Keyed by the label spec (classes, remap, task) and paint order; per file by its content.
-            key = (labels.fingerprint(), self.paint_order, json.dumps(sorted(self.class_of_name.items())))
+            key = (labels.fingerprint(), self.paint_order, json.dumps(sorted(self.class_of_name.items())),
+                   *(corrections.cache_part() if corrections else ()))
             self.cache = BitmaskCache(cache_dir, "polygons", *key)
             self.class_map_cache = ArrayCache(cache_dir, "masks/polygons", *key)
             # Per-file content is in each entry's key; the resized cache keys on the json folder too.
@@ -180,26 +187,42 @@ class PolygonSource:
         anns, data = read_polygon_json(self.json_path(i))
         size = self.original_size(i)
         key = f"{hashlib.sha1(data).hexdigest()}|{size}"
-        make = lambda: self.rasterise(anns, size, self.json_path(i))  # noqa: E731
+        make = lambda: self.rasterise(self.corrected(i, anns), size, self.json_path(i))  # noqa: E731
         if self.labels.target == "binary_masks":
             return self.cache.get(self.ids[i], make, key)
         return self.class_map_cache.get(f"{self.ids[i]}|{key}", make)
 
-    def _polygons(self, anns: list[dict], size: tuple[int, int], where: Path) -> list[tuple[int, np.ndarray]]:
+    def corrected(self, i: int, anns: list[dict]) -> list[tuple[int, dict, int | None]]:
+        """Image i's annotations after data.corrections: (index, annotation, corrected class or None)."""
+        return fix_polygons(anns, self.fixes.get(self.ids[i]), self.labels, self.json_path(i))
+
+    def annotation_masks(self, i: int) -> list[tuple[int, int, np.ndarray]]:
+        """(index in the JSON, class, [H, W] boolean mask) of image i's annotations after
+        corrections (what `seglab data corrections-template` checks one by one)."""
+        anns, _ = read_polygon_json(self.json_path(i))
+        h, w = self.original_size(i)
+        corrected, out = self.corrected(i, anns), []
+        for (k, _, _), (cls, pts) in zip(corrected, self._polygons(corrected, (h, w), self.json_path(i))):
+            m = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(m, [pts], 1)
+            out.append((k, cls, m.astype(bool)))
+        return out
+
+    def _polygons(self, anns: list[tuple[int, dict, int | None]], size: tuple[int, int], where: Path) -> list[tuple[int, np.ndarray]]:
         h, w = size
         out = []
-        for k, ann in enumerate(anns):
+        for k, ann, corrected in anns:
             label = ann.get("label")
             if not isinstance(label, str) or label not in self.class_of_name:
                 raise DataError(f"{where}: annotations[{k}]: unknown label {label!r} (not in data.classes)")
             problem = polygon_problem(ann.get("points"), h, w)
             if problem:
                 raise DataError(f"{where}: annotations[{k}] ({label}): {problem}")
-            cls = self.labels.source_to_class[self.class_of_name[label]]
+            cls = self.labels.source_to_class[self.class_of_name[label]] if corrected is None else corrected
             out.append((cls, np.round(np.asarray(ann["points"], np.float64)).astype(np.int32)))
         return out
 
-    def rasterise(self, anns: list[dict], size: tuple[int, int], where: Path) -> np.ndarray:
+    def rasterise(self, anns: list[tuple[int, dict, int | None]], size: tuple[int, int], where: Path) -> np.ndarray:
         h, w = size
         polys = self._polygons(anns, size, where)
         if self.labels.target == "binary_masks":
@@ -236,6 +259,8 @@ class PolygonSource:
                 continue
             try:
                 anns, _ = read_polygon_json(self.json_path(i))
+                if self.labels is not None:
+                    fix_polygons(anns, self.fixes.get(sample), self.labels, self.json_path(i))  # bad indices, classes
             except DataError as e:
                 problems.append(f"{self.name}: {sample}: {e}")
                 continue

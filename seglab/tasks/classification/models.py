@@ -36,6 +36,10 @@ class LinearHead(nn.Module):
     def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         return self.fc(self.drop(features))
 
+    def cam_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [C, D], bias [C]) that turn feature maps into class activation maps (SnapMix)."""
+        return self.fc.weight, self.fc.bias
+
 
 def arcface_logits(cos: torch.Tensor, target: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
     """ArcFace (Deng et al. 2019): s * cos(theta_y + m) for the true class y, s * cos(theta_j) for the others.
@@ -68,6 +72,10 @@ class ArcFaceHead(nn.Module):
 
     def cosine(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(self.drop(features).float()), F.normalize(self.weight.float()))
+
+    def cam_weights(self) -> tuple[torch.Tensor, None]:
+        """The normalised class centres: a CAM up to the features' norm, which only scales it."""
+        return F.normalize(self.weight.float()), None
 
     def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         cos = self.cosine(features)

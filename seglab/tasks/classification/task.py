@@ -1,7 +1,8 @@
 """Image classification: one class per image, softmax, argmax, macro F1 from one
 confusion matrix.
 
-One training step, in order: normalise on the device -> optional mixup/cutmix (timm) ->
+One training step, in order: normalise on the device -> optional mixup/cutmix (timm) or
+SnapMix (snapmix.py: labels weighted by class activation maps) ->
 backbone features -> head (with the ArcFace margin for the true class when the head is
 arcface) -> loss; plus, when on, the consistency loss on a weak and a strong view of
 unlabelled images.
@@ -10,6 +11,13 @@ unlabelled images.
 from __future__ import annotations
 
 from seglab.task import TASKS, Task
+
+
+def weighted_loss(criterion, logits, target, weight):
+    """The loss weighted by one number for the batch, or by one per image (SnapMix)."""
+    if isinstance(weight, float):
+        return weight * criterion(logits, target)
+    return sum(w * criterion(logits[i : i + 1], target[i : i + 1]) for i, w in enumerate(weight)) / len(weight)
 
 
 @TASKS.register("classification")
@@ -34,6 +42,9 @@ class ClassificationTask(Task):
             problems.append("data.image_size: classification batches need one input size, e.g. [224, 224]")
         if cfg.sliding_window.enabled:
             problems.append("sliding_window.enabled: a classifier sees the whole image; turn it off")
+        c = cfg.classification
+        if c.snapmix_alpha > 0 and (c.mixup_alpha > 0 or c.cutmix_alpha > 0):
+            problems.append("classification.snapmix_alpha: SnapMix replaces mixup/cutmix; set mixup_alpha and cutmix_alpha to 0")
         if cfg.augment.batch:
             problems.append("augment.batch: mixes masks (segmentation); classification mixes with classification.mixup_alpha / cutmix_alpha")
         return problems
@@ -67,6 +78,10 @@ class ClassificationTask(Task):
 
     def batch_augment(self, cfg, labels):
         c = cfg.classification
+        if c.snapmix_alpha > 0:
+            from seglab.tasks.classification.snapmix import SnapMix
+
+            return SnapMix(c.snapmix_alpha, c.snapmix_prob, cfg.seed)
         if c.mixup_alpha <= 0 and c.cutmix_alpha <= 0:
             return None
         from timm.data import Mixup
@@ -78,8 +93,13 @@ class ClassificationTask(Task):
         unlabelled = batch.get("unlabelled")
         labelled = batch.get("labelled", batch)
         x, target = module.normalise(labelled["image"]), labelled["target"]
+        from seglab.tasks.classification.snapmix import SnapMix
+
         pairs = [(target, 1.0)]
-        if module.batch_augment is not None:
+        if isinstance(module.batch_augment, SnapMix):
+            # Weights per image (CAM mass), so the loss is taken per image: one criterion call each.
+            pairs = module.batch_augment(module, x, target)
+        elif module.batch_augment is not None:
             # timm's batch mixing, in place: x <- lam * x + (1 - lam) * x.flip(0) (or a pasted box for
             # cutmix, lam corrected to the box's area). The loss mixes the same way over both targets,
             # so class weights, label smoothing, focal and the ArcFace margin all stay per target.
@@ -87,7 +107,8 @@ class ClassificationTask(Task):
             pairs = [(target, lam), (target.flip(0), 1.0 - lam)]
         encoder, head = module.net("encoder"), module.model.head
         features = encoder(x)
-        loss = sum(w * module.criterion(head(features, t), t) for t, w in pairs if w > 0)
+        loss = sum(weighted_loss(module.criterion, head(features, t), t, w) for t, w in pairs
+                   if not isinstance(w, float) or w > 0)
         if unlabelled is not None:
             import torch
 
@@ -139,6 +160,12 @@ class ClassificationTask(Task):
         from seglab.visualization.gallery import ClassificationVisualizer
 
         return ClassificationVisualizer(run_dir, labels.classes, cfg.logging.viz_every_n_epochs, cfg.logging.viz_worst_k)
+
+    def suspect_panel(self, image, target, probs, labels, title):
+        from seglab.visualization.gallery import misclassified_gallery
+
+        conf, pred = (float(v) for v in probs.max(0))
+        return misclassified_gallery([(image, title, labels.classes[int(target)], labels.classes[int(pred)], conf)], ncols=1)
 
     def stratification_key(self, source, labels):
         """Which classes each sample holds (k-fold keeps rare classes in every fold)."""

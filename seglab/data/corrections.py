@@ -1,0 +1,439 @@
+"""Label corrections: known mistakes in the organiser's labels fixed at load time, never
+by editing their files (`data.corrections: FILE`).
+
+A corrections file (YAML: a list of mappings; CSV: the same keys as columns; `#` lines
+are comments) holds one record per fix:
+
+    image       sample id (COCO file_name, polygon/imagefolder/csv/maskstatus sample id) or
+                a folder of them (a polygon ID folder, a mask-status person folder)
+    annotation  COCO annotation id, or the index in a polygon JSON's 'annotations' list;
+                omitted for image-level records
+    action      relabel | drop | mask | gender | age
+    value       relabel: a training class name; mask: wear, incorrect or not_worn;
+                gender: male or female; age: years (banded by data.age_bounds)
+    note        free text, ignored
+
+With `annotation`, relabel/drop change that annotation; without it, drop removes the
+image and relabel sets a classification image's class; mask/gender/age change one facet
+of a mask-status class. Records apply to the labelled splits (train, val, folds), never
+to test: a submission covers every test image.
+
+Every source calls this module once (`match` and one `fix_*` function): the rules live
+here, not in copies. A record that no image of train/val matches is a problem listed by
+`seglab data validate` and by the preflight of `train`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from seglab.errors import DataError
+
+FIELDS = ("image", "annotation", "action", "value", "note")
+ACTIONS = ("relabel", "drop", "mask", "gender", "age")
+FACET_ACTIONS = ("mask", "gender", "age")
+KINDS = ("relabel annotation", "drop annotation", "drop image", "relabel image", "mask", "gender", "age")
+
+
+@dataclass(frozen=True)
+class Record:
+    where: str          # "FILE: line N", for messages
+    image: str
+    annotation: int | str | None
+    action: str
+    value: str | int | None
+
+    @property
+    def kind(self) -> str:
+        if self.action in FACET_ACTIONS:
+            return self.action
+        return f"{self.action} {'annotation' if self.annotation is not None else 'image'}"
+
+    @property
+    def slot(self) -> tuple:
+        """What the record changes; two records on one slot of one sample contradict."""
+        if self.annotation is not None:
+            return ("annotation", self.annotation)
+        return ("image", self.action if self.action in FACET_ACTIONS else "label")
+
+
+def _conflict(a: Record, b: Record) -> bool:
+    if a.slot == b.slot:
+        return True
+    if "drop image" in (a.kind, b.kind):
+        return True  # a dropped image has nothing left to fix
+    # A whole new class and a facet of the class are two answers to one question.
+    whats = {a.slot, b.slot}
+    return ("image", "label") in whats and any(("image", f) in whats for f in FACET_ACTIONS)
+
+
+@dataclass
+class SampleFix:
+    """Every record that applies to one sample."""
+
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def drop(self) -> bool:
+        return any(r.kind == "drop image" for r in self.records)
+
+    def annotation_records(self) -> dict:
+        return {r.annotation: r for r in self.records if r.annotation is not None}
+
+    def image_records(self) -> list[Record]:
+        return [r for r in self.records if r.annotation is None and r.kind != "drop image"]
+
+
+@dataclass
+class Applied:
+    """What one source took from the corrections file: the records that matched, counted by kind."""
+
+    lines: set[str] = field(default_factory=set)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, record: Record) -> None:
+        if record.where not in self.lines:
+            self.lines.add(record.where)
+            self.counts[record.kind] += 1
+
+
+class Corrections:
+    def __init__(self, path: Path, records: list[Record], content: bytes):
+        self.path, self.records = path, records
+        self.fingerprint = hashlib.sha1(content).hexdigest()
+
+    def cache_part(self) -> tuple[str, ...]:
+        """What a mask cache key gains: the file's content (changed corrections, new masks)."""
+        return (f"corrections:{self.fingerprint}",)
+
+    def match(self, sample_ids: list[str], applied: Applied) -> dict[int, SampleFix]:
+        """Sample index -> its fix, for the samples some record names (by id or by a folder
+        above the id). Contradictory records meeting on one sample are an error."""
+        index = {sid: i for i, sid in enumerate(sample_ids)}
+        under: dict[str, list[int]] = {}
+        for i, sid in enumerate(sample_ids):
+            parts = sid.split("/")
+            for k in range(1, len(parts)):
+                under.setdefault("/".join(parts[:k]), []).append(i)
+        fixes: dict[int, SampleFix] = {}
+        for r in self.records:
+            key = r.image.strip("/")
+            hits = [index[key]] if key in index else under.get(key, [])
+            if hits and r.annotation is not None and key not in index:
+                raise DataError(f"{r.where}: {r.image!r} is a folder; an annotation record names one image")
+            for i in hits:
+                fix = fixes.setdefault(i, SampleFix())
+                for other in fix.records:
+                    if _conflict(other, r):
+                        raise DataError(f"{r.where}: contradicts {other.where} (both change {sample_ids[i]!r}); keep one")
+                fix.records.append(r)
+                applied.add(r)
+        return fixes
+
+
+def load_corrections(data_cfg, split: str) -> Corrections | None:
+    """The configured corrections for a labelled split; None without data.corrections or for test."""
+    if not getattr(data_cfg, "corrections", None) or split == "test":
+        return None
+    return read_corrections(data_cfg.resolve(data_cfg.corrections))
+
+
+_READ: dict[tuple, Corrections] = {}
+
+
+def read_corrections(path: Path) -> Corrections:
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the corrections file (data.corrections): {e.strerror or e}") from None
+    key = (str(path.resolve()), hashlib.sha1(content).hexdigest())
+    if key not in _READ:  # every split and fold asks; the file is parsed once
+        raw = _csv_rows(path, content) if path.suffix.lower() == ".csv" else _yaml_rows(path, content)
+        records = [_record(path, line, row) for line, row in raw]
+        _check_contradictions(records)
+        _READ[key] = Corrections(path, records, content)
+    return _READ[key]
+
+
+def _yaml_rows(path: Path, content: bytes) -> list[tuple[int, dict]]:
+    import yaml
+
+    class LineLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        return {"__line__": node.start_mark.line + 1, **loader.construct_mapping(node, deep=True)}
+
+    LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        doc = yaml.load(content.decode("utf-8"), Loader=LineLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f": line {mark.line + 1}" if mark else ""
+        raise DataError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if doc is None:
+        return []
+    if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
+        raise DataError(f"{path}: a corrections file is a list of records (- image: ..., action: ...)")
+    return [(r.pop("__line__"), r) for r in doc]
+
+
+def _csv_rows(path: Path, content: bytes) -> list[tuple[int, dict]]:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    kept = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")]
+    if not kept:
+        return []
+    rows = list(csv.reader(io.StringIO("\n".join(line for _, line in kept))))
+    header = [h.strip() for h in rows[0]]
+    unknown = [h for h in header if h not in FIELDS]
+    if unknown:
+        raise DataError(f"{path}: line {kept[0][0]}: unknown column(s) {unknown} (columns: {', '.join(FIELDS)})")
+    out = []
+    for (n, _), row in zip(kept[1:], rows[1:]):
+        if len(row) > len(header):
+            raise DataError(f"{path}: line {n}: {len(row)} fields for {len(header)} columns")
+        out.append((n, {h: v.strip() for h, v in zip(header, row) if v.strip() != ""}))
+    return out
+
+
+def _as_id(value):
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _record(path: Path, line: int, row: dict) -> Record:
+    where = f"{path}: line {line}"
+    unknown = [k for k in row if k not in FIELDS]
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {unknown} (keys: {', '.join(FIELDS)})")
+    image, action = row.get("image"), row.get("action")
+    if not isinstance(image, (str, int)) or str(image).strip() == "":
+        raise DataError(f"{where}: 'image' (a sample id or folder) is missing")
+    if action not in ACTIONS:
+        raise DataError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
+    annotation = _as_id(row.get("annotation"))
+    if annotation is not None and (isinstance(annotation, bool) or not isinstance(annotation, (int, str))):
+        raise DataError(f"{where}: annotation {annotation!r} must be an annotation id or index")
+    value = row.get("value")
+    if action == "drop":
+        if value is not None:
+            raise DataError(f"{where}: drop takes no value (got {value!r})")
+    elif value is None or str(value).strip() == "":
+        raise DataError(f"{where}: {action} needs a value")
+    if action in FACET_ACTIONS:
+        if annotation is not None:
+            raise DataError(f"{where}: {action} changes an image's class; it takes no annotation")
+        value = _facet_value(where, action, value)
+    elif action == "relabel":
+        value = str(value).strip()
+    return Record(where, str(image).strip(), annotation, action, value)
+
+
+def _facet_value(where: str, action: str, value):
+    from seglab.data.sources import maskstatus
+
+    text = str(value).strip().lower()
+    if action == "mask":
+        if text not in maskstatus.MASK_NAMES:
+            raise DataError(f"{where}: mask {value!r} is not one of {', '.join(maskstatus.MASK_NAMES)}")
+        return text
+    if action == "gender":
+        if text not in maskstatus.GENDERS:
+            raise DataError(f"{where}: gender {value!r} is not one of {', '.join(maskstatus.GENDERS)}")
+        return text
+    if not text.isdigit():
+        raise DataError(f"{where}: age {value!r} is not a whole number of years")
+    return int(text)
+
+
+def _check_contradictions(records: list[Record]) -> None:
+    seen: dict[str, list[Record]] = {}
+    for r in records:
+        for other in seen.get(r.image.strip("/"), []):
+            if _conflict(other, r):
+                raise DataError(f"{r.where}: contradicts {other.where} (both change {r.image!r}); keep one")
+        seen.setdefault(r.image.strip("/"), []).append(r)
+
+
+# ---------------------------------------------------------------------- per layout
+
+
+def _class_of(record: Record, classes) -> int:
+    if record.value not in classes:
+        shown = ", ".join(list(classes)[:12]) + (" ..." if len(classes) > 12 else "")
+        raise DataError(f"{record.where}: relabel to {record.value!r}: not a training class ({shown})")
+    return list(classes).index(record.value)
+
+
+def _only_images(fix: SampleFix, layout: str) -> None:
+    for r in fix.records:
+        if r.kind != "drop image":
+            raise DataError(f"{r.where}: {layout} data takes only image drops here ({r.kind} is not possible)")
+
+
+RELABELLED = "seglab_relabel"  # the class index a corrected COCO annotation takes (read by annotation_class)
+
+
+def fix_coco(coco, corrections: Corrections | None, labels, applied: Applied):
+    """A COCO file with dropped images gone and annotation records applied (the file is untouched)."""
+    if corrections is None:
+        return coco
+    fixes = corrections.match([img["file_name"] for img in coco.images], applied)
+    if not fixes:
+        return coco
+    images, annotations = [], dict(coco.annotations)
+    for i, img in enumerate(coco.images):
+        fix = fixes.get(i)
+        if fix is None:
+            images.append(img)
+            continue
+        if fix.drop:
+            annotations.pop(img["id"], None)
+            continue
+        if fix.image_records():
+            r = fix.image_records()[0]
+            raise DataError(f"{r.where}: {r.kind} needs an annotation id on COCO data")
+        images.append(img)
+        # Compared as text: a file may write annotation ids as strings, a CSV record always does.
+        wanted = {str(k): r for k, r in fix.annotation_records().items()}
+        anns = coco.annotations.get(img["id"], [])
+        missing = [k for k, r in wanted.items() if k not in {str(a.get("id")) for a in anns}]
+        if missing:
+            ids = [a.get("id") for a in anns]
+            r = wanted[missing[0]]
+            raise DataError(f"{r.where}: image {img['file_name']!r} has no annotation {r.annotation!r} (its ids: {ids})")
+        kept = []
+        for ann in anns:
+            r = wanted.get(str(ann.get("id")))
+            if r is None:
+                kept.append(ann)
+            elif r.action == "relabel":
+                cls = _class_of(r, labels.classes) if labels is not None else None
+                kept.append({**ann, RELABELLED: cls})
+        annotations[img["id"]] = kept
+    return replace(coco, images=images, annotations=annotations)
+
+
+def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list[tuple[int, dict, int | None]]:
+    """(index in the file, annotation, class index or None = its own label) of one polygon
+    JSON, dropped ones left out."""
+    if fix is None:
+        return [(k, a, None) for k, a in enumerate(anns)]
+    if fix.image_records():
+        r = fix.image_records()[0]
+        raise DataError(f"{r.where}: {r.kind} needs an annotation index on polygon data")
+    wanted = fix.annotation_records()
+    for k, r in wanted.items():
+        if not isinstance(k, int) or not 0 <= k < len(anns):
+            raise DataError(f"{r.where}: {where} has no annotations[{k}] (it has {len(anns)})")
+    out = []
+    for k, ann in enumerate(anns):
+        r = wanted.get(k)
+        if r is None:
+            out.append((k, ann, None))
+        elif r.action == "relabel":
+            out.append((k, ann, _class_of(r, labels.classes)))
+    return out
+
+
+def fix_samples(samples: list, corrections: Corrections | None, classes, applied: Applied, age_bounds=None) -> list:
+    """Classification samples with drops and new labels (age_bounds given: mask-status facets too)."""
+    if corrections is None:
+        return samples
+    fixes = corrections.match([s.id for s in samples], applied)
+    out = []
+    for i, sample in enumerate(samples):
+        fix = fixes.get(i)
+        if fix is None:
+            out.append(sample)
+            continue
+        if fix.drop:
+            continue
+        label = sample.label
+        for r in fix.records:
+            if r.annotation is not None:
+                raise DataError(f"{r.where}: classification data has no annotations (remove 'annotation')")
+            if r.action == "relabel":
+                from seglab.data.sources.classification import class_index
+
+                label = class_index(r.value, list(classes))
+                if label is None:
+                    _class_of(r, classes)
+        facets = [r for r in fix.records if r.action in FACET_ACTIONS]
+        if facets:
+            if age_bounds is None:
+                raise DataError(f"{facets[0].where}: {facets[0].action} is a mask-status field; this data has none")
+            label = _set_facets(label, facets, age_bounds)
+        out.append(replace(sample, label=label))
+    return out
+
+
+def _set_facets(label: int, records: list[Record], age_bounds) -> int:
+    from seglab.data.sources import maskstatus
+
+    mask, gender, band = maskstatus.decode(label)
+    for r in records:
+        if r.action == "mask":
+            mask = maskstatus.MASK_NAMES.index(r.value)
+        elif r.action == "gender":
+            gender = maskstatus.GENDERS[r.value]
+        else:
+            band = maskstatus.age_band(r.value, tuple(age_bounds))
+    return maskstatus.encode(mask, gender, band)
+
+
+def fix_ids(ids: list[str], corrections: Corrections | None, applied: Applied, layout: str) -> list[int]:
+    """Positions of the sample ids that stay, for layouts whose only fix is dropping an image."""
+    if corrections is None:
+        return list(range(len(ids)))
+    fixes = corrections.match(ids, applied)
+    for fix in fixes.values():
+        _only_images(fix, layout)
+    return [i for i in range(len(ids)) if not (i in fixes and fixes[i].drop)]
+
+
+def format_record(image: str, action: str, value=None, annotation=None) -> str:
+    """One record as a YAML list item on one line (what `seglab data corrections-template` writes)."""
+    import json
+
+    parts = [f"image: {json.dumps(image)}"]
+    if annotation is not None:
+        parts.append(f"annotation: {json.dumps(annotation)}")
+    parts.append(f"action: {action}")
+    if value is not None:
+        parts.append(f"value: {json.dumps(value)}")
+    return "- {" + ", ".join(parts) + "}"
+
+
+def facet_value(facet: str, value: int):
+    """A mask-status facet's value as a record writes it (mask: wear/incorrect/not_worn, gender: male/female)."""
+    from seglab.data.sources import maskstatus
+
+    if facet == "mask":
+        return maskstatus.MASK_NAMES[value]
+    if facet == "gender":
+        return list(maskstatus.GENDERS)[value]
+    return None  # an age record takes years, which a class (an age band) does not tell
+
+
+def summarise(corrections: Corrections, applied: list[Applied]) -> tuple[dict[str, int], list[str]]:
+    """Records applied per kind over the labelled splits, and one problem per record nothing matched."""
+    lines, counts = set(), Counter()
+    for a in applied:
+        for r in corrections.records:
+            if r.where in a.lines and r.where not in lines:
+                lines.add(r.where)
+                counts[r.kind] += 1
+    unmatched = [f"{r.where}: {r.image!r} matches no image of the labelled splits (train, val)"
+                 for r in corrections.records if r.where not in lines]
+    return {k: counts[k] for k in KINDS if counts[k]}, unmatched
