@@ -6,7 +6,6 @@ import logging
 
 import pytest
 
-from seglab import progress as progress_module
 from seglab.console import DropNoise, quiet_lightning, run_log
 from seglab.progress import progress, progress_line
 from tests.workflow_helpers import seglab_process, tiny_config
