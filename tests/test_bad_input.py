@@ -366,7 +366,7 @@ def test_resume_with_another_model_or_classes(tiny_run, tmp_path, capsys):
     shutil.copytree(tiny_run, run)
     labels_before = (run / "labels.json").read_text()
     for override, message in [
-        ("data.remap={star: Background}", "last.ckpt: trained for 7 classes"),
+        ("data.remap={star: Background}", "data.remap cannot change in a resumed run"),
         ("model.arch=Unet", "model.arch cannot change in a resumed run"),
     ]:
         assert main(["train", "--resume", str(run), override, "trainer.max_epochs=9"]) == 2

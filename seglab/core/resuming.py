@@ -20,6 +20,7 @@ FIXED_KEYS = {
     "data.classes": "the class list (the output channels)",
     "data.category_map": "the category -> class map (what each output channel means)",
     "data.mask_value_map": "the pixel value -> class map (what each output channel means)",
+    "data.remap": "the class list after merging (the output channels)",
     "data.format": "the data format (the label space)",
 }
 
