@@ -48,7 +48,7 @@ class CocoFile:
         (`train/_annotations.coco.json`: per-split folders often share one file name)."""
         try:
             return str(self.path.resolve().relative_to(Path(self.configured_root).resolve()))
-        except (ValueError, OSError):
+        except (ValueError, OSError, TypeError):  # not under data.root, or no root given
             return self.path.name
 
     configured_root: Path | None = None  # data.root (the images' root may be the JSON's folder)
