@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-cls test venv browser clean readme-config
+.PHONY: demo demo-cls test venv browser clean readme-config gpu-check-prep gpu-tables
 
 venv: $(STAMP)
 
@@ -76,3 +76,25 @@ demo-cls: $(STAMP)
 	echo "evaluation (TTA)  runs/demo_cls/evaluate_val.json"; \
 	echo "validation PNGs   runs/demo_cls/viz/ (misclassified examples, confusion matrix, per-class F1)"; \
 	echo "submission        runs/demo_cls/info.csv"
+
+# The GPU check's luggage, git-ignored (benchmarks/README.md, "GPU check"): the wheels the GPU
+# machine's image lacks (CPython 3.12, x86-64; the pins of requirements.txt and the
+# dependencies they bring), and a subset of the trashbags data (400 training images and the
+# valid split): about 45 MB, under the 64 MB a GPU call can carry with the repository.
+TRASHBAGS ?= ../shared/data/trashbags
+GPU_WHEELS := segmentation-models-pytorch==0.6.0 albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 \
+	stringzilla==5.3.2 pycocotools==2.0.11 pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing-extensions==4.16.0 iterative-stratification==0.1.9
+GPU_SDISTS := adamp==0.3.0
+gpu-check-prep: $(STAMP)
+	rm -rf benchmarks/wheels benchmarks/gpu_data
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d benchmarks/wheels $(GPU_WHEELS)
+	$(BIN)/pip wheel -q --no-deps -w benchmarks/wheels $(GPU_SDISTS)
+	$(BIN)/python benchmarks/gpu_check.py --prepare-data benchmarks/gpu_data/trashbags --data $(TRASHBAGS)
+	du -sh benchmarks/wheels benchmarks/gpu_data
+
+# benchmarks/README.md's GPU tables, from benchmarks/results/*.json (a test checks they are current).
+gpu-tables: $(STAMP)
+	$(BIN)/python benchmarks/gpu_tables.py --update benchmarks/README.md

@@ -22,7 +22,7 @@ import time
 BASELINES = ("tv_fcn_resnet50", "tv_deeplabv3_resnet50")
 
 
-def build(name: str, classes: int, encoder: str):
+def build(name: str, classes: int, encoder: str, width: float = 1.0):
     import torch
 
     if name.startswith("tv_"):
@@ -34,15 +34,16 @@ def build(name: str, classes: int, encoder: str):
     from seglab.models import MODELS, build_model
     import inspect
 
-    params = {} if "encoder" in inspect.signature(MODELS.get(name)).parameters else {"width": 1.0}
+    params = {} if "encoder" in inspect.signature(MODELS.get(name)).parameters else {"width": width}
     model = build_model(ModelConfig(arch=name, encoder=encoder, params=params), classes)
     return None, model, model
 
 
-def measure(name: str, size: int, batch: int, classes: int, encoder: str, steps: int, warmup: int, device: str, amp: bool) -> dict:
+def measure(name: str, size: int, batch: int, classes: int, encoder: str, steps: int, warmup: int, device: str, amp: bool,
+            width: float = 1.0) -> dict:
     import torch
 
-    _, fn, module = build(name, classes, encoder)
+    _, fn, module = build(name, classes, encoder, width)
     dev = torch.device(device)
     module.to(dev).train()
     opt = torch.optim.SGD(module.parameters(), lr=1e-4)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -32,15 +31,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from data_throughput import DEFAULT_DATA, NaiveCourseDataset  # noqa: E402
 
-MODELS = {"unet_r34": ("Unet", "resnet34"), "fcn8s": ("fcn8s", "")}
+MODELS = {"unet_r34": ("Unet", "resnet34", {}), "fcn8s": ("fcn8s", "resnet34", {})}
+# The same architectures, tiny: the GPU check's CPU smoke run (benchmarks/gpu_check.py --smoke).
+SMALL = {"unet_r34": ("Unet", "tu-test_resnet", {"decoder_channels": [32, 16, 16, 16, 16]}), "fcn8s": ("fcn8s", "resnet34", {"width": 0.125})}
 
 
-def build(model_key: str, classes: int):
+def build(model_key: str, classes: int, small: bool = False):
     from seglab.config import ModelConfig
     from seglab.models import build_model
 
-    arch, encoder = MODELS[model_key]
-    return build_model(ModelConfig(arch=arch, encoder=encoder or "resnet34"), classes)
+    arch, encoder, params = (SMALL if small else MODELS)[model_key]
+    return build_model(ModelConfig(arch=arch, encoder=encoder, params=params), classes)
 
 
 def _sync(device):
@@ -48,9 +49,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def plain_loop(model_key, batches, device, classes, steps, warmup, fast: bool) -> dict:
+def plain_loop(model_key, batches, device, classes, steps, warmup, fast: bool, small: bool = False) -> dict:
     """A hand-written loop; `batches` yields (images, masks) already prepared."""
-    model = build(model_key, classes).to(device).train()
+    model = build(model_key, classes, small).to(device).train()
     if fast and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -59,25 +60,27 @@ def plain_loop(model_key, batches, device, classes, steps, warmup, fast: bool) -
         step_fn = torch.compile(model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, images = [], 0
+    # Wall time over the steps after the warm-up, fetching the batches included: the naive
+    # loop's data loading is part of its cost (the random batches cost nothing to fetch).
+    images, t0 = 0, None
     it = iter(batches)
     for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
         x, y = next(it)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if fast and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        _sync(device)
-        t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast and device.type == "cuda"):
             loss = torch.nn.functional.cross_entropy(step_fn(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
             images += x.shape[0]
-    return {"img_per_s": images / sum(times), "peak_gb": _peak(device)}
+    _sync(device)
+    return {"img_per_s": images / (time.perf_counter() - t0), "peak_gb": _peak(device)}
 
 
 def random_batches(batch, size, classes, device):
@@ -87,8 +90,9 @@ def random_batches(batch, size, classes, device):
         yield x, y
 
 
-def naive_batches(batch, size, workers):
-    ds = NaiveCourseDataset(DEFAULT_DATA, DEFAULT_DATA / "annotations.json", size)
+def naive_batches(batch, size, workers, data: Path = DEFAULT_DATA):
+    """Batches of the course-style Dataset over `data` (a folder with annotations.json and images/)."""
+    ds = NaiveCourseDataset(data, data / "annotations.json", size)
     while True:
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
         for x, y in loader:
@@ -120,19 +124,27 @@ class StepTimer:
         self.callback, self.t0, self.t1, self.images = _CB(), None, None, 0
 
 
-def seglab_train(model_key, device, size, batch, steps, warmup, workers, classes_unused) -> dict:
+def coco_classes(data: Path = DEFAULT_DATA) -> int:
+    """Classes of the COCO file in `data`: its categories plus Background."""
+    return len(json.loads((data / "annotations.json").read_text())["categories"]) + 1
+
+
+def seglab_train(model_key, device, size, batch, steps, warmup, workers, data: Path = DEFAULT_DATA, small: bool = False,
+                 callbacks: tuple = ()) -> dict:
+    """`seglab.core.training.train` for warmup + steps batches of one epoch (no validation);
+    img/s over the batches after the warm-up, from the first one's start to the epoch's end."""
     import seglab.core.training as training
     from seglab.config import load_config
 
-    arch, encoder = MODELS[model_key]
+    arch, encoder, params = (SMALL if small else MODELS)[model_key]
     gpu = device.type == "cuda"
     run = Path(tempfile.mkdtemp()) / "run"
     cfg_file = run.parent / "bench.yaml"
     cfg_file.write_text(f"""
-data: {{format: coco, root: '{DEFAULT_DATA}', train: annotations.json, val: annotations.json, image_size: [{size}, {size}],
+data: {{format: coco, root: '{data}', train: annotations.json, val: annotations.json, image_size: [{size}, {size}],
         batch_size: {batch}, num_workers: {workers}, cache_dir: '{run.parent / "cache"}'}}
 augment: {{train: [{{name: HorizontalFlip, p: 0.5}}]}}
-model: {{arch: {arch}, encoder: {encoder or 'resnet34'}}}
+model: {{arch: {arch}, encoder: {encoder}, params: {json.dumps(params)}}}
 loss: [{{name: ce}}]
 schedule: {{name: none}}
 trainer: {{max_epochs: 1, precision: '{'bf16' if gpu else '32'}', channels_last: {str(gpu).lower()}, compile: {str(gpu).lower()},
@@ -142,7 +154,7 @@ logging: {{viz_every_n_epochs: 0}}
     cfg = load_config(cfg_file)
     timer = StepTimer(warmup)
     make_callbacks = training.make_callbacks
-    training.make_callbacks = lambda *a, **k: make_callbacks(*a, **k) + [timer.callback]
+    training.make_callbacks = lambda *a, **k: make_callbacks(*a, **k) + [timer.callback, *callbacks]
     try:
         if gpu:
             torch.cuda.reset_peak_memory_stats()
@@ -150,6 +162,8 @@ logging: {{viz_every_n_epochs: 0}}
     finally:
         training.make_callbacks = make_callbacks
         shutil.rmtree(run.parent, ignore_errors=True)
+    if timer.t0 is None:
+        raise ValueError(f"the epoch had no batch after the {warmup} warm-up batches: use more images or fewer steps")
     return {"img_per_s": timer.images / (timer.t1 - timer.t0), "peak_gb": _peak(device)}
 
 
@@ -176,9 +190,9 @@ def main() -> None:
             ("plain loop (ceiling)" + (": bf16+channels_last+compile" if gpu else ": fp32"),
              lambda: plain_loop(key, random_batches(args.batch, args.size, args.classes, device), device, args.classes, args.steps, args.warmup, fast=True)),
             ("plain loop fp32", lambda: plain_loop(key, random_batches(args.batch, args.size, args.classes, device), device, args.classes, args.steps, args.warmup, fast=False)),
-            ("naive course-style fp32 (real data)", lambda: plain_loop(key, naive_batches(args.batch, args.size, args.workers), device, 3, args.steps, args.warmup, fast=False)),
+            ("naive course-style fp32 (real data)", lambda: plain_loop(key, naive_batches(args.batch, args.size, args.workers), device, coco_classes(), args.steps, args.warmup, fast=False)),
             ("seglab train" + (" bf16+channels_last+compile" if gpu else " fp32") + " (real data)",
-             lambda: seglab_train(key, device, args.size, args.batch, args.steps, args.warmup, args.workers, args.classes)),
+             lambda: seglab_train(key, device, args.size, args.batch, args.steps, args.warmup, args.workers)),
         ]
         if not gpu:
             runs.pop(1)  # on a CPU the ceiling already is the fp32 loop

@@ -379,6 +379,11 @@ class CombinedLoss(nn.Module):
         self._last: dict[str, torch.Tensor] = {}
 
     @property
+    def last_values(self) -> dict[str, torch.Tensor]:
+        """Each term's unweighted value of the last call, detached, still on the device."""
+        return dict(self._last)
+
+    @property
     def last_components(self) -> dict[str, float]:
         # Stored as detached tensors and converted on read: calling .item() in forward would
         # force a GPU sync every step even when nobody logs.

@@ -8,8 +8,8 @@ list comes first; each figure is shown once; the worst images come worst class f
 each panel with that class's TP/FP/FN map. Every piece that is missing is shown as "not
 available" so a report can be written while a run is still going.
 
-The validation pictures are grouped by file-name prefix (PICTURE_SECTIONS): a visualizer
-that writes new kinds of pictures adds its prefix there, or they land in "Other pictures".
+The validation pictures are grouped by file-name prefix (PICTURE_SECTIONS) and by the
+sections a visualizer lists in its folder's sections.json; the rest land in "Other pictures".
 """
 
 from __future__ import annotations
@@ -213,6 +213,16 @@ def _gallery_section(run_dir: Path, report_dir: Path, metrics) -> str:
                 parts.append(_img(companion, report_dir))
                 shown.add(companion)
             parts.append("</div>")
+    # A visualizer may name the sections of the other figures it wrote (sections.json: {"sections": {title: [file names]}}).
+    listed, _ = _read_json(epoch_dir / "sections.json")
+    for title, names in (listed.get("sections", {}) if isinstance(listed, dict) else {}).items():
+        # Plain file names only: a path from a file is never followed out of the folder.
+        paths = [epoch_dir / n for n in names if isinstance(n, str) and Path(n).name == n and (epoch_dir / n).is_file()
+                 and epoch_dir / n not in shown]
+        if paths:
+            parts.append(f"<h3>{_esc(title)}</h3>")
+            parts += [f'<div class="gallery">{_img(p, report_dir, p.stem)}</div>' for p in paths]
+            shown.update(paths)
     others = [p for p in pictures if p not in shown]
     if others:
         parts.append("<h3>Other pictures</h3>")

@@ -12,7 +12,7 @@ registered in `TASKS`, that answers:
 | its defaults and config checks | `defaults`, `config_problems` (torch-free: at config load), `preflight_problems` |
 | its model and loss | `build_model`, `pretrained_encoder`, `loss_targets`, `allowed_losses`, `build_loss` |
 | one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
-| logits -> probabilities -> decision | `probabilities`, `thresholds`, `decide`, `resize`, `postprocess` |
+| logits -> probabilities -> decision | `probabilities` (and back: `logits`), `thresholds`, `decide`, `resize`, `postprocess` |
 | training classes -> submission classes | `merge_probabilities`, `merge_targets`, `merge_thresholds` (`submission.classes`) |
 | its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
 | what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
@@ -107,6 +107,10 @@ class Task:
     def probabilities(self, logits):
         raise NotImplementedError
 
+    def logits(self, probs):
+        """Logits whose probabilities are `probs` (the loss of blended sliding-window tiles)."""
+        raise NotImplementedError
+
     def thresholds(self, cfg, labels):
         """Per-class decision thresholds [C] from the config, or None when the decision takes none."""
         return None
@@ -118,8 +122,11 @@ class Task:
         """Probabilities at another spatial size (what TTA scales and original-size output need)."""
         return probs
 
-    def postprocess(self, prediction, cfg, labels):
-        """One decided prediction (numpy) after the configured post-processing."""
+    morphology: bool = False          # whether its decisions are masks that post-processing (morphology) can clean
+
+    def postprocess(self, prediction, cfg, labels, plan=None):
+        """One decided prediction (numpy) after post-processing: the config's, or `plan`
+        ({class index: steps}, a tuned RUN/postprocess.json) when given."""
         return prediction
 
     # ------------------------------------------------------------ submission classes

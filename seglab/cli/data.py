@@ -109,6 +109,21 @@ def cmd_data_rle_decode(args) -> None:
     print(f"wrote {count} masks (one PNG per image x class) under {args.out}")
 
 
+def cmd_data_cache(args) -> None:
+    from seglab.data.cache_build import build_caches
+
+    cfg = load_cli_config(args)
+    if args.workers is not None and args.workers < 1:
+        from seglab.errors import SeglabError
+
+        raise SeglabError(f"--workers {args.workers}: use 1 or more processes")
+    summary = build_caches(cfg, args.workers)
+    splits = ", ".join(f"{split} {n}" for split, n in summary["samples"].items())
+    where = cfg.data.cache_dir or "the default cache folder (~/.cache/seglab or $SEGLAB_CACHE)"
+    print(f"cached {sum(summary['samples'].values())} samples ({splits}) in {summary['seconds']:.1f} s "
+          f"with {summary['workers']} worker(s) under {where}")
+
+
 def register(sub) -> None:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a built-in example dataset: COCO (competition A), polygons (B) or mask status (C)")
@@ -141,6 +156,11 @@ def register(sub) -> None:
     sp.add_argument("--split", default="train", help="which configured split is the pool (default train)")
     sp.add_argument("--seed", type=int, help="default: the config's seed")
     sp.set_defaults(func=cmd_data_split)
+    c = d.add_parser("cache", help="fill the mask (and, with data.image_size, resized image) caches of every split up front, on every core")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*", help="key.path=value overrides (the caches are those a run with them reads)")
+    c.add_argument("--workers", type=int, help="processes (default: every core)")
+    c.set_defaults(func=cmd_data_cache)
     ct = d.add_parser("corrections-template", help="candidate label mistakes of a trained run (highest loss), as a commented-out corrections file with panels")
     ct.add_argument("run", help="a run folder, or a k-fold folder (each fold judged on its held-out images)")
     ct.add_argument("--split", default="val", help="labelled split to judge (default val; k-fold: each fold's val)")

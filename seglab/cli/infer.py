@@ -155,6 +155,26 @@ def cmd_tune_thresholds(args) -> None:
           + (f"  (saved {record['path']})" if "path" in record else "  (not saved: --dry-run)"))
 
 
+def cmd_tune_postprocess(args) -> None:
+    from seglab.errors import SeglabError
+    from seglab.inference.tta import parse_tta
+    from seglab.inference.tune_postprocess import DEFAULT_KERNELS, format_record, tune_postprocess
+
+    try:
+        kernels = [int(v) for v in args.kernels.split(",")] if args.kernels else DEFAULT_KERNELS
+    except ValueError:
+        raise SeglabError(f"--kernels {args.kernels!r}: comma-separated kernel sizes in pixels, e.g. 3,5") from None
+    tta = None
+    if args.no_tta or args.flips is not None or args.scales is not None:
+        from seglab.core.run import read_run_files
+
+        tta = parse_tta(args.flips, args.scales, read_run_files(args.run_dir)[0].tta, off=args.no_tta)
+    record = tune_postprocess(args.run_dir, args.split, args.checkpoint, args.device, kernels, args.min_gain,
+                              args.original_size, save=not args.dry_run, tta=tta)
+    print(format_record(record))
+    print(f"saved {record['path']}: evaluate and predict use it from now on" if "path" in record else "not saved: --dry-run")
+
+
 def _add_data_flags(p) -> None:
     p.add_argument("overrides", nargs="*", help="data.key=value overrides of the data config, e.g. data.root=/elsewhere")
     p.add_argument("--data", help="config (or run folder) whose split is read (default: the run's own config)")
@@ -200,3 +220,13 @@ def register(sub) -> None:
     th.add_argument("--original-size", action="store_true", help="search at each image's original size")
     th.add_argument("--dry-run", action="store_true", help="print, do not save")
     th.set_defaults(func=cmd_tune_thresholds)
+
+    tp = sub.add_parser("tune-postprocess", help="per class, the post-processing steps (opening, closing, fill holes, "
+                                                 "largest component) that raise its score on a split; saved to RUN/postprocess.json")
+    add_run_flags(tp)
+    tp.add_argument("--split", default="val")
+    tp.add_argument("--kernels", help="opening/closing kernel sizes to try, in pixels (default 3,5)")
+    tp.add_argument("--min-gain", type=float, default=0.0, help="keep a step only when it raises the class's score by more than this")
+    tp.add_argument("--original-size", action="store_true", help="tune at each image's original size (the size predict writes at)")
+    tp.add_argument("--dry-run", action="store_true", help="print, do not save")
+    tp.set_defaults(func=cmd_tune_postprocess)

@@ -322,7 +322,7 @@ class TrainerConfig(Strict):
     num_nodes: int = Field(1, gt=0, description="nodes for multi-node DDP")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
     val_every_n_epochs: int = Field(1, gt=0, description="validate every N epochs")
-    log_every_n_steps: int = Field(10, gt=0, description="log training scalars every N steps")
+    log_every_n_steps: int = Field(10, gt=0, description="log training scalars, and check the losses are finite (one read-back from the GPU), every N steps")
     deterministic: bool = Field(False, description="deterministic algorithms (slower; for exact reproducibility)")
     limit_train_batches: Union[int, float] = Field(1.0, description="fraction or count of training batches per epoch (quick checks)")
     limit_val_batches: Union[int, float] = Field(1.0, description="fraction or count of validation batches")

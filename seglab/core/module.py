@@ -5,6 +5,15 @@ module says what happens around a step and after each validation, and asks the t
 for everything task-specific: its model, loss, training step, probabilities, decision,
 metric and table. uint8 images are normalised here, on the device (4x less to copy
 than float32).
+
+The training step reads nothing back from the device: a value read back (`.item()`,
+`float(t)`, `if t:`) makes the host wait until the GPU has finished every queued kernel,
+so the host cannot prepare the next step meanwhile. The losses of the steps since the
+last check stay on the device and are read back together, in one transfer, every
+`trainer.log_every_n_steps` optimiser steps (where Lightning reads the logged scalars
+back for the loggers anyway), before any checkpoint is written and before validation:
+a non-finite loss still stops the run naming its step and images, and never reaches a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -52,6 +62,9 @@ class LabModule(L.LightningModule):
         self.last_val_result: dict | None = None
         self.stage_now = "training"  # named by the out-of-memory message
         self._compiled: dict[str, torch.nn.Module] = {}  # a plain dict: kept out of the module tree and checkpoints
+        self._unchecked: list[UncheckedLoss] = []  # training losses not yet read back (check_losses)
+        self._checked_at_step = -1
+        self.checked_loss: float | None = None  # mean training loss of the steps checked last (host side)
 
     # ------------------------------------------------------------------ model
 
@@ -73,14 +86,18 @@ class LabModule(L.LightningModule):
         """uint8 [B, 3, H, W] images -> logits."""
         return self.net()(self.normalise(images))
 
-    def validation_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of a validation batch: tile by tile when sliding_window.in_validation asks."""
+    def validation_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits for the loss, probabilities for the decision) of a validation batch. Tile by
+        tile when sliding_window.in_validation asks: then the tiles' probabilities are blended,
+        as evaluate and predict blend them, and the loss sees the logits of the blend."""
         window = self.cfg.sliding_window
         if window.enabled and window.in_validation:
             from seglab.core.sliding import sliding_window_from_config
 
-            return sliding_window_from_config(self, images, window)
-        return self(images)
+            probs = sliding_window_from_config(lambda t: self.task.probabilities(self(t)), images, window)
+            return self.task.logits(probs), probs
+        logits = self(images)
+        return logits, self.task.probabilities(logits)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -113,19 +130,46 @@ class LabModule(L.LightningModule):
         loss = self.task.training_loss(self, batch)
         labelled = batch.get("labelled", batch)
         size = labelled["image"].shape[0]
-        if not torch.isfinite(loss):
-            raise SeglabError(
-                f"non-finite loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}, "
-                f"images {list(labelled['id'])[:8]}; the last good checkpoint is kept. "
-                "Try a lower optim.lr, trainer.precision=32, or check these images' labels"
-            )
-        self._train_loss += torch.stack([loss.detach().float(), torch.ones((), device=self.device)])
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        components = getattr(self.criterion, "last_components", {})
+        detached = loss.detach().float()
+        # Checked later, in one read-back for many steps (check_losses): no sync here.
+        self._unchecked.append(UncheckedLoss(detached, self.global_step, self.current_epoch, list(labelled["id"])[:8]))
+        self._train_loss += torch.stack([detached, torch.ones((), device=self.device)])
+        # Loggers read these back every trainer.log_every_n_steps steps, when the losses are
+        # checked; the progress bar shows the checked mean (LossBar), so its refresh reads nothing back.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=size)
+        components = getattr(self.criterion, "last_values", {})
         if len(components) > 1:
             for name, value in components.items():
                 self.log(f"train/loss_{name}", value, on_step=True, on_epoch=False, batch_size=size)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        step = self.global_step
+        if step % self.cfg.trainer.log_every_n_steps == 0 and step != self._checked_at_step:
+            self._checked_at_step = step
+            self.check_losses()
+
+    def on_train_epoch_end(self):
+        self.check_losses()
+
+    def check_losses(self) -> None:
+        """Read back the losses of the steps since the last check (one transfer) and stop
+        the run at the first non-finite one, naming its step, epoch and images. Their
+        mean becomes `checked_loss`, the loss the progress bar shows."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return
+        values = torch.stack([u.value for u in unchecked]).cpu()
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        if bad:
+            first, last = unchecked[bad[0]], unchecked[-1]
+            raise SeglabError(
+                f"non-finite loss ({values[bad[0]].item()}) at step {first.step}, epoch {first.epoch}, "
+                f"images {first.ids}; found by the check after step {last.step} (losses of steps {unchecked[0].step}-"
+                f"{last.step} are read back together, every trainer.log_every_n_steps); the last good checkpoint "
+                "is kept. Try a lower optim.lr, trainer.precision=32, or check these images' labels"
+            )
+        self.checked_loss = float(values.mean())
 
     # ------------------------------------------------------------- validation
 
@@ -133,17 +177,17 @@ class LabModule(L.LightningModule):
         self.stage_now = "validation"
 
     def on_validation_epoch_start(self):
+        self.check_losses()  # the last training steps before validation
         self.val_metric.to(self.device).reset()
         if self.submission_metric is not None:
             self.submission_metric.to(self.device).reset()
         self._val_loss = torch.zeros(2, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        logits = self.validation_logits(batch["image"])
+        logits, probs = self.validation_outputs(batch["image"])
         target = batch["target"]
         n = torch.tensor(float(len(target)), device=self.device)
         self._val_loss += torch.stack([self.criterion(logits, target).detach().float() * n, n])
-        probs = self.task.probabilities(logits)
         pred = self.task.decide(probs, self.thresholds)
         self.val_metric.update(pred, target)
         if self.merge is not None:
@@ -209,6 +253,7 @@ class LabModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint):
+        self.check_losses()  # a non-finite loss never reaches a checkpoint
         checkpoint["seglab"] = self.checkpoint_meta()
         if hasattr(self, "_train_loss"):
             checkpoint["seglab"]["train_loss"] = self._train_loss.detach().cpu()
@@ -233,6 +278,15 @@ class LabModule(L.LightningModule):
             rows = rows[:keep] if keep is not None else [r for r in rows if r["epoch"] < self.current_epoch]
             self.history_rows = len(rows)
             write_text(self.run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class UncheckedLoss(NamedTuple):
+    """A training step's loss, still on the device, and what names the step if it is bad."""
+
+    value: torch.Tensor
+    step: int
+    epoch: int
+    ids: list
 
 
 SUBMISSION = "submission_"  # prefix of the scores in submission classes (what eval.monitor may name)

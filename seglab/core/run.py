@@ -17,6 +17,7 @@ from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
 
 THRESHOLDS_FILE = "thresholds.json"
+PLAN_FILE = "postprocess.json"  # written by tune-postprocess (seglab.inference.postprocess.PLAN_FILE)
 
 
 @dataclass
@@ -28,6 +29,17 @@ class Run:
     task: Task
     module: LabModule  # eval mode, on its device
     thresholds_source: str = "config"  # where module.thresholds came from
+    postprocess_plan: dict | None = None  # {class index: steps} from RUN/postprocess.json; None = the config's
+    postprocess_source: str = "config"
+
+    @property
+    def plan(self) -> dict:
+        """The post-processing each class gets: the tuned plan, else the config's."""
+        if self.postprocess_plan is not None:
+            return self.postprocess_plan
+        from seglab.inference.postprocess import plan_from_config
+
+        return plan_from_config(self.cfg.postprocess, self.labels.classes) if self.task.morphology else {}
 
     @property
     def device(self) -> torch.device:
@@ -105,9 +117,10 @@ def read_run_files(run_dir: str | Path) -> tuple[Config, LabelSpec]:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device | str | None = None,
-             tuned_thresholds: bool = True) -> Run:
+             tuned_thresholds: bool = True, tuned_postprocess: bool = True) -> Run:
     """The run's trained module (eval mode) with everything needed to decide; its thresholds
-    are the tuned ones from RUN/thresholds.json when present (and `tuned_thresholds`)."""
+    are the tuned ones from RUN/thresholds.json when present (and `tuned_thresholds`), its
+    post-processing the per-class plan of RUN/postprocess.json (and `tuned_postprocess`)."""
     run_dir = Path(run_dir)
     cfg, labels = read_run_files(run_dir)
     # The trained weights replace any pretrained file the config named; do not read it again.
@@ -127,6 +140,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device
         if tuned is not None:
             module.thresholds.copy_(tuned)
             run.thresholds_source = str(run_dir / THRESHOLDS_FILE)
+    if tuned_postprocess and (run_dir / PLAN_FILE).is_file():
+        from seglab.inference.postprocess import read_plan
+
+        run.postprocess_plan = read_plan(run_dir / PLAN_FILE, list(labels.classes))
+        run.postprocess_source = str(run_dir / PLAN_FILE)
     module.to(device if isinstance(device, torch.device) else pick_device(device)).eval()
     return run
 

@@ -21,6 +21,7 @@ from seglab.core.combinations import device_problems
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
 from seglab.core.module import LabModule
+from seglab.core.progress import LossBar
 from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError
@@ -243,7 +244,7 @@ def make_loggers(cfg, run_dir: Path) -> list:
 
 
 def make_callbacks(cfg, run_dir: Path, labels, task, has_logger: bool) -> list:
-    """Best checkpoint, lr monitor, the task's validation pictures, averaging, exact resume."""
+    """Best checkpoint, lr monitor, the task's validation pictures, averaging, exact resume, the progress bar."""
     from seglab.averaging import build_averaging_callbacks
 
     callbacks = [
@@ -262,7 +263,9 @@ def make_callbacks(cfg, run_dir: Path, labels, task, has_logger: bool) -> list:
             log.info("logging.viz_every_n_epochs: task %s draws no validation pictures yet", task.name)
     callbacks.extend(build_averaging_callbacks(cfg.averaging, cfg.eval.monitor, cfg.eval.mode, cfg.trainer.max_epochs))
     callbacks.append(ExactResume(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.checkpoint_every_n_steps))
-    if not cfg.trainer.progress_bar:
+    if cfg.trainer.progress_bar:
+        callbacks.append(LossBar())
+    else:  # no bar: a progress line with the ETA every few seconds
         from seglab.progress import TrainingProgress
 
         callbacks.append(TrainingProgress())

@@ -11,7 +11,9 @@ labels of a pixel therefore always describe the pixel shown, whatever the mask t
 
     cutmix      a random box (area share 1 - lambda, lambda ~ Beta(alpha, alpha))
     copy_paste  the pixels of chosen classes (objects) of the partner, optionally
-                mirrored, scaled and shifted first (shape matters more than place)
+                mirrored, scaled and shifted first (shape matters more than place);
+                `unit: instance` pastes single objects (connected components of a
+                class) instead of every pixel of the classes
 
 Config: `augment.batch: [{name: cutmix, p: 0.5}, {name: copy_paste, p: 0.5, classes: [Battery]}]`,
 applied in order. To add one, subclass `BatchAugment`, write `sample`, and register
@@ -119,12 +121,25 @@ class CopyPaste(BatchAugment):
     and mask are mirrored left-right with probability `hflip_p`, scaled by a factor from
     `scale_range` and shifted by up to `translate` of the image size (nearest-neighbour
     resampling: every pasted pixel is a source pixel with its own label).
+
+    `unit: instance` pastes `objects` single objects instead (Ghiasi et al.'s unit): an
+    object is one 8-connected component of one class's mask in the partner (multilabel:
+    of one channel), drawn uniformly among the partner's objects of `classes`. Inside the
+    object's footprint the partner's pixels and ALL its labels replace this image's: a
+    multilabel object keeps the other classes it overlaps (its full C-channel mask). Masks
+    carry no instance ids, so touching objects of one class paste as one (connected
+    components are the general method: they work for every mask source).
     """
 
     def __init__(self, p: float = 0.5, classes: Sequence[int | str] | None = None, hflip_p: float = 0.0,
-                 scale_range: Sequence[float] = (1.0, 1.0), translate: float = 0.0,
-                 *, class_names: Sequence[str] | None = None, ignore_index: int = 255):
+                 scale_range: Sequence[float] = (1.0, 1.0), translate: float = 0.0, unit: str = "class",
+                 objects: int = 1, *, class_names: Sequence[str] | None = None, ignore_index: int = 255):
         super().__init__(p)
+        if unit not in ("class", "instance"):
+            raise ValueError(f"unit must be 'class' or 'instance', got {unit!r}")
+        if isinstance(objects, bool) or not isinstance(objects, int) or objects < 1:
+            raise ValueError(f"objects must be a whole number >= 1 (objects pasted per image, unit: instance), got {objects!r}")
+        self.unit, self.objects = unit, objects
         if not 0 <= hflip_p <= 1:
             raise ValueError(f"hflip_p must be in [0, 1], got {hflip_p}")
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
@@ -135,7 +150,7 @@ class CopyPaste(BatchAugment):
         self.ignore_index = ignore_index
         self.classes = None if classes is None else _class_indices(classes, class_names)
 
-    def objects(self, masks: torch.Tensor) -> torch.Tensor:
+    def objects_mask(self, masks: torch.Tensor) -> torch.Tensor:
         """[B, H, W] bool: pixels of the pasted classes."""
         if masks.dim() == 4:  # multilabel [B, C, H, W]: a pixel is an object if any chosen channel is on
             chosen = masks.bool() if self.classes is None else masks[:, list(self.classes)].bool()
@@ -144,26 +159,57 @@ class CopyPaste(BatchAugment):
             return (masks != 0) & (masks != self.ignore_index)
         return torch.isin(masks, torch.as_tensor(self.classes, device=masks.device, dtype=masks.dtype))
 
+    def instances(self, masks: torch.Tensor, applied: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """[B, H, W] bool: for each applied image, the footprint of `self.objects` objects
+        (connected components of one class each) drawn from its mask; empty elsewhere."""
+        import cv2
+
+        out = np.zeros((masks.shape[0], *masks.shape[-2:]), bool)
+        chosen = self.objects_mask(masks)
+        for i in np.flatnonzero(applied):
+            m = masks[i].cpu().numpy()
+            found = []  # (component labels, component id)
+            if m.ndim == 3:
+                binaries = [m[c].astype(bool) for c in range(m.shape[0]) if self.classes is None or c in self.classes]
+            else:
+                present = [int(c) for c in np.unique(m[chosen[i].cpu().numpy()])]
+                binaries = [m == c for c in present]
+            for binary in binaries:
+                if binary.any():
+                    n, comp = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+                    found += [(comp, k) for k in range(1, n)]
+            if found:
+                for j in rng.choice(len(found), min(self.objects, len(found)), replace=False):
+                    comp, k = found[j]
+                    out[i] |= comp == k
+        return torch.as_tensor(out, device=masks.device)
+
     def sample(self, images, masks, rng):
         b, _, h, w = images.shape
         applied, partner = self._choose(b, rng)
         index = torch.as_tensor(partner, device=images.device)
         src_images, src_masks = images[index], masks[index]
+        # Drawn before the warp: an object is picked whole, then moves with the image.
+        footprint = self.instances(src_masks, applied, rng) if self.unit == "instance" else None
         flip = rng.random(b) < self.hflip_p
         scale = rng.uniform(*self.scale_range, b)
         shift = rng.uniform(-1, 1, (b, 2)) * 2 * self.translate  # normalised coordinates span 2
         inside = torch.ones(b, h, w, dtype=torch.bool, device=images.device)
         if flip.any() or self.scale_range != (1.0, 1.0) or self.translate > 0:
-            src_images, src_masks, inside = _warp(src_images, src_masks, flip, scale, shift)
-        region = self.objects(src_masks) & inside & torch.as_tensor(applied, device=images.device).view(b, 1, 1)
+            src_images, src_masks, inside, footprint = _warp(src_images, src_masks, flip, scale, shift, footprint)
+        chosen = self.objects_mask(src_masks) if footprint is None else footprint
+        region = chosen & inside & torch.as_tensor(applied, device=images.device).view(b, 1, 1)
         return {"region": region, "src_images": src_images, "src_masks": src_masks, "partner": partner,
                 "applied": applied, "flip": flip, "scale": scale, "shift": shift}
 
 
-def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np.ndarray, shift: np.ndarray):
-    """Mirror / scale about the centre / shift each image and mask alike (nearest neighbour).
+def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+          footprint: torch.Tensor | None = None):
+    """Mirror / scale about the centre / shift each image and mask (and object footprint
+    [B, H, W], when given) alike (nearest neighbour).
 
-    Returns the warped images and masks (same dtypes) and where the result lies inside the source.
+    Returns the warped images and masks (same dtypes), where the result lies inside the
+    source, and the warped footprint (None when none was given).
     """
     b, _, h, w = images.shape
     device = images.device
@@ -176,13 +222,16 @@ def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np
     theta = torch.as_tensor(m, dtype=torch.float32, device=device)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     mask_channels = masks.float() if masks.dim() == 4 else masks.float().unsqueeze(1)
-    stack = torch.cat([images.float(), mask_channels, torch.ones(b, 1, h, w, device=device)], 1)
+    extra = [] if footprint is None else [footprint.float().unsqueeze(1)]
+    stack = torch.cat([images.float(), mask_channels, *extra, torch.ones(b, 1, h, w, device=device)], 1)
     with torch.autocast(device.type, enabled=False):
         out = F.grid_sample(stack, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     out_images = out[:, :3].round().to(images.dtype)
-    out_masks = out[:, 3:-1] if masks.dim() == 4 else out[:, 3]
+    end = 3 + mask_channels.shape[1]
+    out_masks = out[:, 3:end] if masks.dim() == 4 else out[:, 3]
     out_masks = (out_masks > 0.5) if masks.dtype == torch.bool else out_masks.round().to(masks.dtype)
-    return out_images, out_masks, out[:, -1] > 0.5
+    out_footprint = None if footprint is None else out[:, end] > 0.5
+    return out_images, out_masks, out[:, -1] > 0.5, out_footprint
 
 
 def _class_indices(classes: Sequence[int | str], class_names: Sequence[str] | None) -> tuple[int, ...] | None:

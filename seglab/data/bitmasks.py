@@ -29,7 +29,8 @@ def pack(mask: np.ndarray) -> bytes:
 def unpack(data: bytes | Path) -> np.ndarray:
     with np.load(io.BytesIO(data) if isinstance(data, bytes) else data) as z:
         shape = tuple(int(v) for v in z["shape"])
-        return np.unpackbits(z["bits"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+        # unpackbits gives 0/1 bytes: viewed as booleans, not copied (121 MB for 29 x 2048 x 2048).
+        return np.unpackbits(z["bits"], axis=-1, count=shape[-1]).view(bool).reshape(shape)
 
 
 class BitmaskCache:

@@ -84,22 +84,77 @@ def selected_classes(cfg: PostprocessConfig, classes: Sequence[str]) -> list[int
     return [classes.index(c) for c in cfg.classes]
 
 
-def postprocess(pred: np.ndarray, cfg: PostprocessConfig, classes: Sequence[str]) -> np.ndarray:
-    """C x H x W booleans (multilabel) or a class map [H, W] (multiclass, class 0 = Background)."""
+# A plan: {class index: the steps for that class}. The config gives every selected class the
+# same steps; `seglab tune-postprocess` chooses them per class (RUN/postprocess.json).
+Plan = dict
+
+
+def plan_from_config(cfg: PostprocessConfig, classes: Sequence[str]) -> Plan:
+    """The config's morphology for each class it selects ({} when it asks for none)."""
     if not cfg.morphology:
+        return {}
+    return {c: cfg for c in selected_classes(cfg, list(classes))}
+
+
+def apply_plan(pred: np.ndarray, plan: Plan) -> np.ndarray:
+    """C x H x W booleans (multilabel) or a class map [H, W] (multiclass, class 0 = Background)
+    through each class's steps."""
+    plan = {c: steps for c, steps in plan.items() if steps.morphology}
+    if not plan:
         return pred
-    classes = list(classes)
-    if pred.ndim == 3:
-        out = pred.copy()
-        for c in selected_classes(cfg, classes):
-            out[c] = clean_mask(pred[c], cfg)
-        return out
     out = pred.copy()
-    for c in selected_classes(cfg, classes):
+    if pred.ndim == 3:
+        for c, steps in sorted(plan.items()):
+            out[c] = clean_mask(pred[c], steps)
+        return out
+    for c, steps in sorted(plan.items()):
         if c == 0:
             continue  # Background is what the other classes leave
         before = pred == c
-        after = clean_mask(before, cfg)
+        after = clean_mask(before, steps)
         out[before & ~after] = 0
         out[after & ~before & (pred == 0)] = c  # additions never overwrite another class
     return out
+
+
+def postprocess(pred: np.ndarray, cfg: PostprocessConfig, classes: Sequence[str]) -> np.ndarray:
+    """C x H x W booleans (multilabel) or a class map [H, W] (multiclass, class 0 = Background)."""
+    return apply_plan(pred, plan_from_config(cfg, classes))
+
+
+# ------------------------------------------------------------------ a tuned plan in the run folder
+
+PLAN_FILE = "postprocess.json"
+STEP_KEYS = ("opening", "closing", "fill_holes", "largest_component")
+
+
+def steps_text(steps: PostprocessConfig | None) -> str:
+    """'opening 3 + largest component', or 'none'."""
+    if steps is None or not steps.morphology:
+        return "none"
+    parts = [f"{k} {getattr(steps, k)}" for k in ("opening", "closing") if getattr(steps, k)]
+    parts += [k.replace("_", " ") for k in ("fill_holes", "largest_component") if getattr(steps, k)]
+    return " + ".join(parts)
+
+
+def read_plan(path, classes: Sequence[str]) -> Plan:
+    """RUN/postprocess.json's per-class steps, checked against the run's classes."""
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from seglab.errors import SeglabError
+
+    path = Path(path)
+    try:
+        chosen = json.loads(path.read_text())["classes"]
+        plan = {}
+        for name, steps in chosen.items():
+            if name not in classes:
+                raise SeglabError(f"{path}: class {name!r} is not one of the run's classes; run tune-postprocess again")
+            plan[list(classes).index(name)] = PostprocessConfig(**{k: steps.get(k, PostprocessConfig.model_fields[k].default)
+                                                                   for k in STEP_KEYS})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError) as e:
+        raise SeglabError(f"{path}: not a post-processing file ({type(e).__name__}); delete it or run tune-postprocess again") from None
+    return plan

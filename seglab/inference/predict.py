@@ -150,7 +150,19 @@ def final_output(run, probs: torch.Tensor, space: str = "train") -> np.ndarray:
     pred = run.task.decide(probs, thresholds)[0]
     if pred.dim() == 2:
         pred = pred.to(torch.uint8 if labels.num_classes <= 256 else torch.int32)
-    return run.task.postprocess(pred.cpu().numpy(), run.cfg, labels)
+    return run.task.postprocess(pred.cpu().numpy(), run.cfg, labels, tuned_plan(run, labels))
+
+
+def tuned_plan(run, labels) -> dict | None:
+    """The run's tuned post-processing (RUN/postprocess.json) for a class list, by class
+    name (a class a merge made has none), or None: the config's applies."""
+    if run.postprocess_plan is None:
+        return None
+    if list(labels.classes) == list(run.labels.classes):
+        return run.postprocess_plan
+    names = list(labels.classes)
+    return {names.index(run.labels.classes[c]): steps for c, steps in run.postprocess_plan.items()
+            if run.labels.classes[c] in names}
 
 
 def resolution(cfg, original_size: bool) -> str:
@@ -161,11 +173,12 @@ def resolution(cfg, original_size: bool) -> str:
 
 def decide(run, probs: torch.Tensor, space: str = "train") -> torch.Tensor:
     """A batch's decisions as `evaluate` scores them: the task's decision with the run's
-    thresholds, then its post-processing when the config asks for morphology."""
+    thresholds, then its post-processing (the tuned plan, else the config's)."""
     labels, thresholds = in_space(run, space)
     pred = run.task.decide(probs, thresholds)
-    if run.cfg.postprocess.morphology:
-        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, labels)) for p in pred])
+    plan = tuned_plan(run, labels)
+    if plan or (plan is None and run.cfg.postprocess.morphology):
+        pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, labels, plan)) for p in pred])
     return pred.to(run.device)
 
 
@@ -220,6 +233,8 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
     if run.thresholds is not None:
         scores["thresholds"] = dict(zip(ref.labels.classes, run.thresholds.tolist()))
         scores["thresholds_from"] = run.thresholds_source
+    if run.postprocess_plan is not None:
+        scores["postprocess_from"] = run.postprocess_source
     return scores, metric
 
 

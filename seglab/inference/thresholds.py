@@ -8,7 +8,8 @@ Each class gets the best grid value (ties: the one nearest 0.5); the result is s
 as RUN/thresholds.json, which evaluate and predict use from then on. The probabilities
 are exactly those `evaluate` decides on (the run's TTA and sliding window, the same
 resolution); with post-processing configured, each candidate mask is post-processed
-before it is scored, so "after" is what `evaluate` then reports.
+before it is scored (a tuned RUN/postprocess.json's per-class steps when present), so
+"after" is what `evaluate` then reports.
 """
 
 from __future__ import annotations
@@ -76,12 +77,9 @@ class PostprocessedSearch(ThresholdSearch):
     """The same sums when post-processing runs after thresholding: every grid threshold's
     mask goes through the configured morphology before it is scored (slower, exact)."""
 
-    def __init__(self, num_classes: int, grid, postprocess_cfg, classes, eps: float = DICE_EPS, device=None):
+    def __init__(self, num_classes: int, grid, plan: dict, eps: float = DICE_EPS, device=None):
         super().__init__(num_classes, grid, eps, device)
-        from seglab.inference.postprocess import selected_classes
-
-        self.post = postprocess_cfg
-        self.selected = set(selected_classes(postprocess_cfg, list(classes)))
+        self.plan = {c: steps for c, steps in plan.items() if steps.morphology}  # {class index: steps}
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
@@ -91,8 +89,8 @@ class PostprocessedSearch(ThresholdSearch):
         for k in range(self.num_classes):
             for j, threshold in enumerate(self.grid.cpu()):
                 masks = p[:, k] > threshold
-                if k in self.selected:
-                    masks = torch.stack([torch.from_numpy(clean_mask(m.numpy(), self.post)) for m in masks])
+                if k in self.plan:
+                    masks = torch.stack([torch.from_numpy(clean_mask(m.numpy(), self.plan[k])) for m in masks])
                 dice = dice_per_image(masks[:, None], t[:, k : k + 1], self.eps)[:, 0]
                 self.sums[k, j] += dice.sum(0).to(self.sums.device)
         self.images += probs.shape[0]
@@ -114,8 +112,8 @@ def tune_thresholds(run_dir: str | Path, split: str = "val", checkpoint: str = "
         raise SeglabError(f"{run_dir}: tune-thresholds is for tasks that decide by per-class thresholds (multilabel); "
                           f"a {run.task.name} decision takes none")
     member = Member(run, tta=tta)
-    names, post = list(run.labels.classes), run.cfg.postprocess
-    search = (PostprocessedSearch(len(names), grid, post, names, device=run.device) if post.morphology
+    names, plan = list(run.labels.classes), run.plan  # the tuned post-processing plan, else the config's
+    search = (PostprocessedSearch(len(names), grid, plan, device=run.device) if plan
               else ThresholdSearch(len(names), grid, device=run.device))
     before = DiceScore(len(names), device=run.device)
     images = 0
@@ -129,7 +127,7 @@ def tune_thresholds(run_dir: str | Path, split: str = "val", checkpoint: str = "
     record = {
         "thresholds": dict(zip(names, thresholds)),
         "split": split, "checkpoint": checkpoint, "images": images, "original_size": original_size,
-        "resolution": resolution(run.cfg, original_size), "tta": member.tta.model_dump(), "postprocessed": post.morphology,
+        "resolution": resolution(run.cfg, original_size), "tta": member.tta.model_dump(), "postprocessed": bool(plan),
         "grid": [round(float(t), 6) for t in search.grid.tolist()],
         "dice_before": was["dice"], "dice_after": sum(dices) / len(dices),
         "per_class_dice_before": was["per_class_dice"], "per_class_dice_after": dict(zip(names, dices)),

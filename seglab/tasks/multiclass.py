@@ -39,6 +39,10 @@ class MulticlassTask(SegmentationTask):
     def probabilities(self, logits):
         return logits.float().softmax(1)
 
+    def logits(self, probs):
+        # log p: softmax(log p) = p, and cross-entropy of log p is that of the blended p.
+        return probs.float().clamp_min(1e-12).log()
+
     def decide(self, probs, thresholds=None):
         """Class map [B, H, W] (thresholds do not apply to softmax outputs)."""
         return probs.argmax(1)

@@ -45,6 +45,11 @@ class MultilabelTask(SegmentationTask):
     def probabilities(self, logits):
         return logits.float().sigmoid()
 
+    def logits(self, probs):
+        import torch
+
+        return torch.logit(probs.float(), eps=1e-6)
+
     def thresholds(self, cfg, labels):
         from seglab.inference.postprocess import threshold_vector
 
@@ -85,6 +90,13 @@ class MultilabelTask(SegmentationTask):
         from seglab.metrics.dice import format_dice_table
 
         return format_dice_table(scores, title)
+
+    def visualizer(self, cfg, labels, run_dir):
+        from seglab.visualization.binary_masks import BinaryMaskVisualizer
+
+        return BinaryMaskVisualizer(run_dir, list(labels.classes), every_n_epochs=cfg.logging.viz_every_n_epochs,
+                                    num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k,
+                                    mean=cfg.augment.mean, std=cfg.augment.std)
 
     def confident_target(self, probs, threshold, labels, thresholds=None):
         """C x H x W masks (the run's decision) and the share of decisions whose probability is

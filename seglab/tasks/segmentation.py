@@ -65,10 +65,12 @@ class SegmentationTask(Task):
             return probs
         return F.interpolate(probs.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
-    def postprocess(self, prediction, cfg, labels):
-        from seglab.inference.postprocess import postprocess
+    morphology = True
 
-        return postprocess(prediction, cfg.postprocess, labels.classes)
+    def postprocess(self, prediction, cfg, labels, plan=None):
+        from seglab.inference.postprocess import apply_plan, plan_from_config
+
+        return apply_plan(prediction, plan_from_config(cfg.postprocess, labels.classes) if plan is None else plan)
 
     def stratification_key(self, source, labels):
         """Which classes each sample holds (k-fold keeps rare classes in every fold)."""

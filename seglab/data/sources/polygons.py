@@ -184,10 +184,16 @@ class PolygonSource:
 
     def load_target(self, i: int) -> np.ndarray:
         """C x H x W booleans (multilabel) or a class map [H, W] (multiclass), from the cache."""
-        anns, data = read_polygon_json(self.json_path(i))
+        path = self.json_path(i)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""  # read_polygon_json below names the problem
         size = self.original_size(i)
         key = f"{hashlib.sha1(data).hexdigest()}|{size}"
-        make = lambda: self.rasterise(self.corrected(i, anns), size, self.json_path(i))  # noqa: E731
+        # Parsed only on a cache miss: 29 polygons of a few hundred points take longer to parse
+        # than their cached masks take to read.
+        make = lambda: self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path)  # noqa: E731
         if self.labels.target == "binary_masks":
             return self.cache.get(self.ids[i], make, key)
         return self.class_map_cache.get(f"{self.ids[i]}|{key}", make)

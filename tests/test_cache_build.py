@@ -1,0 +1,50 @@
+"""`seglab data cache`: every split's caches filled up front by a process pool, the same
+entries a run then reads (nothing left to write), with progress and ETA."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from seglab.cli import main
+from seglab.config import load_config
+from seglab.data import build_dataset, resolve_labels
+from seglab.data.cache_build import build_caches, format_eta
+from tests.workflow_helpers import task_data
+
+
+def cache_files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_two_workers_fill_what_a_run_reads(tmp_path):
+    config, overrides = task_data("multilabel", tmp_path / "data")
+    cache = tmp_path / "cache"
+    cfg = load_config(config, overrides + [f"data.cache_dir={cache}", "data.image_size=[24, 24]", "data.num_workers=0"])
+    calls = []
+    summary = build_caches(cfg, workers=2, progress=lambda done, total, elapsed: calls.append((done, total)), every_s=0)
+    n = sum(summary["samples"].values())
+    assert summary["workers"] == 2 and set(summary["samples"]) == {"train", "val", "test"}
+    assert calls[-1] == (n, n) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    files = cache_files(cache)
+    labelled = summary["samples"]["train"] + summary["samples"]["val"]
+    # Resized images of every split, resized masks and full-size bit masks of the labelled ones.
+    assert len([f for f in files if f.parts[0] == "resized"]) == n + labelled
+    assert len([f for f in files if f.parts[0] == "bitmasks"]) == labelled
+    # A run's datasets now find everything: reading every item writes nothing new.
+    labels = resolve_labels(cfg)
+    for split in ("train", "val"):
+        dataset = build_dataset(cfg, split, labels, train=True)
+        for i in range(len(dataset)):
+            dataset[i]
+    assert cache_files(cache) == files
+
+
+def test_the_cli_prints_what_it_cached(tmp_path):
+    config, overrides = task_data("multiclass", tmp_path / "data")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["data", "cache", str(config), *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--workers", "1"])
+    assert code == 0 and "cached 13 samples (train 8, val 3, test 2)" in out.getvalue() and "with 1 worker" in out.getvalue()
+    assert "ETA 0:00:00" in err.getvalue()
+    assert format_eta(3725) == "1:02:05"
