@@ -157,7 +157,7 @@ def register(sub) -> None:
     sp.add_argument("--seed", type=int, help="default: the config's seed")
     sp.set_defaults(func=cmd_data_split)
     c = d.add_parser("cache", help="fill the mask (and, with data.image_size, resized image) caches of every split up front, on every core")
-    c.add_argument("config")
+    c.add_argument("config", help="YAML config")
     c.add_argument("overrides", nargs="*", help="key.path=value overrides (the caches are those a run with them reads)")
     c.add_argument("--workers", type=int, help="processes (default: every core)")
     c.set_defaults(func=cmd_data_cache)

@@ -224,7 +224,7 @@ def register(sub) -> None:
     tp = sub.add_parser("tune-postprocess", help="per class, the post-processing steps (opening, closing, fill holes, "
                                                  "largest component) that raise its score on a split; saved to RUN/postprocess.json")
     add_run_flags(tp)
-    tp.add_argument("--split", default="val")
+    tp.add_argument("--split", default="val", help="a labelled split to tune on")
     tp.add_argument("--kernels", help="opening/closing kernel sizes to try, in pixels (default 3,5)")
     tp.add_argument("--min-gain", type=float, default=0.0, help="keep a step only when it raises the class's score by more than this")
     tp.add_argument("--original-size", action="store_true", help="tune at each image's original size (the size predict writes at)")
