@@ -24,12 +24,33 @@ def _why_not_writable(folder: Path, error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def umask() -> int:
+    """The process's umask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(fd: int) -> None:
+    """Give a file made by `mkstemp` (always 0600) the mode `open()` would have: 0666 less the umask,
+    so configs, metrics, checkpoints and submissions are as readable as any file the user makes."""
+    os.fchmod(fd, 0o666 & ~umask())
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        new_file_mode(fd)
     except OSError as e:
         raise SeglabError(f"{path}: cannot write here ({_why_not_writable(path.parent, e)})") from None
     try:
@@ -104,3 +125,5 @@ def read_json(path: str | Path, what: str = "file") -> tuple[object, bytes]:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to be a {what}") from None
+    except ValueError as e:  # e.g. an integer of thousands of digits (Python's int parsing limit)
+        raise DataError(f"{path}: not a usable JSON {what} ({str(e).split(';')[0][:100]})") from None

@@ -54,10 +54,17 @@ def make_folds_file(cfg: Config, labels, out: Path) -> dict:
 
 
 def run_kfold(cfg: Config | None, out: str | Path, resume: bool = False, device: str | None = None) -> dict:
-    """Train every fold (skipping finished ones), then write and return the k-fold summary."""
+    """Train every fold (skipping finished ones), then write and return the k-fold summary.
+    The k-fold folder is held by this process throughout (like a run folder)."""
+    from seglab.core.runlock import RunLock
+
+    with RunLock(out, "kfold --resume" if resume else "kfold"):
+        return _run_kfold(cfg, Path(out), resume, device)
+
+
+def _run_kfold(cfg: Config | None, out: Path, resume: bool, device: str | None) -> dict:
     from seglab.core.training import preflight, train
 
-    out = Path(out)
     if resume:
         if not (out / "config.yaml").is_file() or not (out / "kfold_split.json").is_file():
             raise SeglabError(f"{out}: nothing to resume (no k-fold config.yaml and kfold_split.json)")

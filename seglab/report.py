@@ -257,10 +257,19 @@ def _config_section(run_dir: Path) -> str:
 
 
 def write_report(run_dir) -> Path:
-    """Write RUN_DIR/report/index.html (and its figures) and return its path."""
+    """Write RUN_DIR/report/index.html (and its figures) and return its path; a folder that
+    cannot be written (read-only, disk full) is one line naming the file."""
     from seglab.errors import SeglabError
 
-    run_dir = Path(run_dir)
+    try:
+        return _write_report(Path(run_dir))
+    except OSError as e:
+        raise SeglabError(f"{e.filename or Path(run_dir) / 'report'}: cannot write the report ({e.strerror or e})") from None
+
+
+def _write_report(run_dir: Path) -> Path:
+    from seglab.errors import SeglabError
+
     if not (run_dir / "config.yaml").is_file():
         raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
     report_dir = run_dir / "report"

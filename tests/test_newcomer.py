@@ -66,7 +66,7 @@ def one_line_error(capsys, argv, *expected) -> str:
 @pytest.mark.parametrize("override, expected", [
     ("data.image_size=[32,40]", "augment.train[0] (RandomResizedCrop): output [24, 24] differs from data.image_size [32, 40]"),
     ("schedule.warmup_epochs=1", "schedule.warmup_epochs=1 covers the whole run (trainer.max_epochs=1); use schedule.warmup_epochs=0"),
-    ("trainer.accelerator=tpu", "trainer.accelerator=tpu: no tpu device on this machine; use trainer.accelerator=cpu"),
+    ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu' is not supported by seglab (use cpu, gpu or auto)"),
 ])
 def test_preflight_stops_before_the_run_folder_exists(config, tmp_path, capsys, override, expected):
     out = tmp_path / "runs" / "exp1"

@@ -57,9 +57,8 @@ def _quiet_broken_pipe() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from seglab.errors import SeglabError
-
     from seglab.console import setup_console
+    from seglab.errors import SeglabError
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
     setup_console()
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except SeglabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {worker_message(str(e))}", file=sys.stderr)
         return 2
     except SystemExit as e:
         if not isinstance(e.code, str):  # argparse and --help: their own code
@@ -87,12 +86,42 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_broken_pipe()
         return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
+    except OSError as e:  # the safety net: a file the specific checks did not foresee (read-only, disk full...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        message = library_message(e)
+        if message is None:
+            raise  # a bug in seglab: the traceback is what a report needs
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _quiet_broken_pipe()
         return 141
     return 0
+
+
+def worker_message(text: str) -> str:
+    """A SeglabError raised in a DataLoader worker comes back wrapped in the worker's traceback
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): its own line."""
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if last.startswith("seglab.errors.") else last
+
+
+def library_message(error: Exception) -> str | None:
+    """One line for the libraries' own exceptions that can reach a user: Lightning's
+    configuration errors, and a seglab error wrapped by a DataLoader worker."""
+    name = f"{type(error).__module__}.{type(error).__name__}"
+    if name.endswith("MisconfigurationException"):
+        return f"trainer settings: {str(error).strip().splitlines()[0]} (see trainer.* in the config)"
+    if "Original Traceback" in str(error) and "seglab.errors." in str(error):
+        return worker_message(str(error))
+    return None
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def register(sub) -> None:
     v = d.add_parser("validate", help="list every problem a config and its splits have")
     v.add_argument("config", help="YAML config (a COCO JSON file? use `seglab data inspect FILE`)")
     v.add_argument("overrides", nargs="*", help="key.path=value overrides")
-    v.add_argument("--deep", action="store_true", help="decode every image fully (finds truncated or corrupt files; slower)")
+    v.add_argument("--deep", action="store_true", help="decode every image and label map fully (truncated or corrupt files, label values outside the class map; slower)")
     v.set_defaults(func=cmd_data_validate)
     sp = d.add_parser("split", help="k folds of a split (groups kept together, stratified) -> OUT/folds.csv for data.folds/data.fold")
     sp.add_argument("config", help="YAML config")

@@ -87,8 +87,30 @@ def _write_submission(members, split: str, out: str, fmt: str | None, data, batc
     if palette and fmt != "png":
         raise ConfigError(f"--palette colours PNG class maps; add --format png (the format is {fmt})")
     context = WriteContext(list(run.submission_labels.classes), ref.cfg, split, palette)  # submission.classes, merged
-    count = writer(predictions(members, split, ref, batch_size), Path(out), context)
+    stream = not_over_inputs(predictions(members, split, ref, batch_size), Path(out), _input_files(members, ref.cfg))
+    count = writer(stream, Path(out), context)
     print(f"wrote {count} predictions ({fmt}) to {out}")
+
+
+def _input_files(members, cfg) -> list[Path]:
+    """Files an output must never replace: the split files and every member's run files."""
+    from seglab.data import SPLITS
+
+    files = [cfg.data.split_path(s) for s in SPLITS] + [cfg.data.resolve(p) for p in cfg.data.extra_train]
+    for m in members:
+        files += [m.run.path / "config.yaml", m.run.path / "labels.json"]
+    return [f for f in files if f is not None]
+
+
+def not_over_inputs(stream, out: Path, inputs: list[Path]):
+    """The predictions, stopping before `out` would replace an input file (a split file, a
+    run's files, or an image the predictions read)."""
+    from seglab.paths import refuse_input_as_output
+
+    refuse_input_as_output(out, inputs)
+    for p in stream:
+        refuse_input_as_output(out, [p.image_path])
+        yield p
 
 
 def cmd_evaluate(args) -> None:
@@ -114,6 +136,12 @@ def cmd_ensemble(args) -> None:
     members, data = _members(args, args.members)
     print(f"ensemble of {len(members)} member(s):\n{describe(members)}", file=sys.stderr)
     if args.split != "test" and not args.format:
+        if args.out:
+            from seglab.inference.predict import reference
+            from seglab.paths import refuse_input_as_output
+
+            data = reference(members, data)
+            refuse_input_as_output(Path(args.out), _input_files(members, data.cfg))
         scores, _ = evaluate(members, args.split, data, args.original_size, args.batch_size)
         scores["data_config"], scores["data_overrides"] = args.inputs["data_config"], args.inputs["data_overrides"]
         _print_scores(scores, args.out)
@@ -128,6 +156,12 @@ def cmd_pseudo(args) -> None:
     from seglab.inference.pseudo import write_pseudo_labels
 
     members, data = _members(args, args.members)
+    from seglab.inference.predict import reference
+    from seglab.paths import refuse_input_as_output
+
+    ref = reference(members, data)
+    refuse_input_as_output(Path(args.out), _input_files(members, ref.cfg))
+    data = ref
     summary = write_pseudo_labels(members, args.out, args.split, args.threshold, args.min_confident, data, args.batch_size)
     _record_inputs(args, args.out)
     print(json.dumps(summary, indent=2))

@@ -23,7 +23,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e.problem})") from None
+        raise ConfigError(f"override {text[:80]!r}: value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting too deep
+        raise ConfigError(f"override {text[:80]!r}: unusable value ({str(e).split(';')[0][:100] or type(e).__name__})") from None
     return key.split("."), value
 
 
@@ -96,7 +98,7 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
         raise ConfigError(f"{source}: {e}") from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
 
     def construct_mapping(self, node, deep=False):
@@ -115,13 +117,15 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting too deep
+        raise ConfigError(f"{path}: unusable value ({str(e).split(';')[0][:100] or type(e).__name__})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return raw

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -24,7 +24,42 @@ SCHEDULE_NAMES = ("none", "cosine", "cosine_restarts", "poly", "step", "multiste
 DATA_FORMATS = ("coco", "labelmap", "polygons", "imagefolder", "csv", "maskstatus")
 
 
-class Strict(BaseModel):
+def _admits_bool(annotation) -> bool:
+    """Whether a field's type has a place for true/false (bool itself, Any, or inside a Union/list/dict)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True  # a section checks its own fields
+    return any(_admits_bool(a) for a in get_args(annotation) if not isinstance(a, (str, int, float)))
+
+
+def _holds_bool(value) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(k) or _holds_bool(v) for k, v in value.items())
+    return False
+
+
+class Checked(BaseModel):
+    """Numbers are numbers: inf and nan are refused (`lr: .inf` would train on NaNs), and so
+    are true/false where a number or a name is expected (YAML reads `batch_size: true`
+    as a bool, which pydantic would quietly take as 1)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and _holds_bool(value) and not _admits_bool(field.annotation):
+            raise ValueError("true/false is not a valid value here (expected a number or a name)")
+        return value
+
+
+class Strict(Checked):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -79,6 +114,9 @@ class DataConfig(Strict):
     )
     ignore_index: int = Field(255, ge=0, description="label value excluded from loss and metric")
     image_size: tuple[int, int] | None = Field(None, description="resize images and masks to [height, width]; null = keep (classification needs one size)")
+    allow_outside_root: bool = Field(
+        False, description="read data-file names that are absolute or climb out with `..` (refused by default); outputs always stay under --out"
+    )
     cache_dir: str | None = Field(None, description="where rasterised masks are cached; default ~/.cache/seglab ($SEGLAB_CACHE)")
     cache_images: bool = Field(
         True, description="with image_size: cache decoded images and masks at that size (raw, H*W*3 bytes each): ~4x faster loading"
@@ -142,14 +180,14 @@ class DataConfig(Strict):
         return self.num_workers
 
 
-class TransformSpec(BaseModel):
+class TransformSpec(Checked):
     """One albumentations transform: its class name plus its keyword arguments."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(description="albumentations class name, e.g. HorizontalFlip")
 
 
-class BatchAugmentSpec(BaseModel):
+class BatchAugmentSpec(Checked):
     """One batch-level augmentation (seglab.data.batch_augment): its name, probability and parameters."""
 
     model_config = ConfigDict(extra="allow")
@@ -193,7 +231,7 @@ class ModelConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model builder")
 
 
-class LossSpec(BaseModel):
+class LossSpec(Checked):
     """One term of the loss: `{name: focal, weight: 0.5, gamma: 2}`; extra keys are the loss's params."""
 
     model_config = ConfigDict(extra="allow")
@@ -330,6 +368,23 @@ class TrainerConfig(Strict):
     compile: Union[bool, str] = Field(False, description="torch.compile the model: false, true or a mode name")
     progress_bar: bool = Field(True, description="show a progress bar")
     checkpoint_every_n_steps: int | None = Field(None, gt=0, description="also save last.ckpt every N steps (mid-epoch resume)")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v):
+        # YAML reads `precision: 16` as a number; Lightning's names are strings.
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _limit(cls, v, info):
+        # Lightning reads an int as a count and a float as a fraction; 0 training batches trains nothing.
+        low = 1 if info.field_name == "limit_train_batches" else 0
+        if isinstance(v, int) and v < low:
+            raise ValueError(f"a batch count must be >= {low}")
+        if isinstance(v, float) and not (0 < v <= 1 if low else 0 <= v <= 1):
+            raise ValueError("a fraction must be in " + ("(0, 1]" if low else "[0, 1]") + " (give an int for a batch count)")
+        return v
 
 
 class EvalConfig(Strict):

@@ -4,7 +4,8 @@ One line per problem, naming the keys and the fix.
 
 - a crop whose size differs from `data.image_size` where a batch must stack;
 - a warmup that covers the whole run;
-- `trainer.accelerator` / `trainer.devices` naming hardware this machine does not have.
+- `--device` naming hardware this machine does not have (`device_problems`; the trainer's
+  accelerator and devices are checked by `training.trainer_problems`).
 """
 
 from __future__ import annotations

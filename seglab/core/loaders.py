@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from seglab.data.resumable import ResumableLoader, SeededShuffle
 
@@ -25,10 +25,31 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def collate(items: list[dict]) -> dict:
+    """PyTorch's default collate, with images of different sizes explained instead of
+    torch.stack's "stack expects each tensor to be equal size"."""
+    try:
+        return default_collate(items)
+    except RuntimeError as e:
+        if "equal size" not in str(e) or not isinstance(items[0], dict):
+            raise
+        from seglab.errors import DataError
+
+        key = next((k for k, v in items[0].items() if torch.is_tensor(v)
+                    and len({tuple(item[k].shape) for item in items}) > 1), None)
+        seen = {}
+        for item in items:
+            seen.setdefault(tuple(item[key].shape[-2:]) if key else (), item.get("id", "?"))
+        sizes = ", ".join(f"{'x'.join(map(str, hw))} ({name!r})" for hw, name in list(seen.items())[:3])
+        raise DataError(f"one batch holds images of different sizes: {sizes}; set data.image_size [height, width] "
+                        "(or a crop in augment.train) so that every image of a batch has one size") from None
+
+
 def _common(dataset, cfg, batch: int, train: bool, world_size: int) -> dict:
     workers = cfg.data.workers()
     return dict(
         batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        collate_fn=collate,
         # BatchNorm cannot train on a last batch of one image.
         drop_last=train and len(dataset) > batch * world_size,
     )

@@ -106,14 +106,24 @@ def read_run_files(run_dir: str | Path) -> tuple[Config, LabelSpec]:
     if not (run_dir / "config.yaml").is_file():
         raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
-    path = run_dir / "labels.json"
+    return cfg, read_labels_file(run_dir / "labels.json")
+
+
+def read_labels_file(path: Path) -> LabelSpec:
+    """RUN/labels.json; missing, cut or hand-edited files are one line naming it."""
     try:
-        labels = LabelSpec.from_json(json.loads(path.read_text()))
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not all(isinstance(c, str) for c in doc["classes"]):
+            raise TypeError("no 'classes' list of names")
+        labels = LabelSpec.from_json(doc)
     except FileNotFoundError:
         raise SeglabError(f"{path}: not found; the run folder is incomplete (was training started?)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise SeglabError(f"{path}: not a class list written by seglab ({type(e).__name__})") from None
-    return cfg, labels
+    except OSError as e:
+        raise SeglabError(f"{path}: cannot read ({e.strerror})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SeglabError(f"{path}: not a class list written by seglab ({type(e).__name__}: {str(e)[:80]}); "
+                          "restore it from a copy or train the run again") from None
+    return labels
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: torch.device | str | None = None,

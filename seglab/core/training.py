@@ -7,17 +7,18 @@ the one LabModule, fit with Lightning, and turn an out-of-memory error into advi
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from seglab.config import to_yaml
 from seglab.console import quiet_lightning, run_log
-from seglab.core.combinations import device_problems
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
 from seglab.core.module import LabModule
@@ -34,10 +35,17 @@ PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "1
 
 
 def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None = None) -> dict:
-    """Train one run into `run_dir`; returns the best validation metrics. `resumed` (the
-    overrides and the epoch of a `--resume`) is recorded in RUN/resumes.jsonl, and the
-    overridden config replaces RUN/config.yaml."""
-    run_dir = Path(run_dir)
+    """Train one run into `run_dir`; returns the best validation metrics. The run folder is
+    held by this process until training ends (`seglab.core.runlock`): a second `train` or
+    `--resume` into it stops at once. `resumed` (the overrides and the epoch of a `--resume`)
+    is recorded in RUN/resumes.jsonl, and the overridden config replaces RUN/config.yaml."""
+    from seglab.core.runlock import RunLock
+
+    with RunLock(run_dir, "train --resume" if resume else "train"):
+        return _train(cfg, Path(run_dir), resume, resumed)
+
+
+def _train(cfg, run_dir: Path, resume: bool, resumed: dict | None) -> dict:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise SeglabError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
@@ -47,6 +55,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
     labels = preflight(cfg, run_dir, ("train", "val"))
     if resume:  # before anything in the run folder is rewritten
         check_checkpoint_meta(load_checkpoint_file(last).get("seglab", {}), cfg, labels, str(last))
+        check_same_label_meaning(run_dir, labels)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if resume:  # the checkpoint holds the trained weights: no pretrained file is read again
         build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoder_weights": None, "weights": None})})
@@ -56,11 +65,12 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
         cfg = build_cfg = resolve_weights(cfg, task)
     if not resume or (resumed and resumed["overrides"]):  # a resume's overrides are part of the run now
         write_text(run_dir / "config.yaml", to_yaml(cfg))
+    if not resume:
+        write_json(run_dir / "labels.json", labels.to_json())  # --resume keeps the run's own (checked above)
     if resumed:
         from seglab.core.resuming import record_resume
 
         record_resume(run_dir, resumed["overrides"], resumed["from_epoch"])
-    write_json(run_dir / "labels.json", labels.to_json())
     keep_corrections(cfg, run_dir)
 
     with run_log(run_dir):
@@ -79,7 +89,12 @@ def _fit(cfg, build_cfg, run_dir: Path, labels, task, resume: bool, last: Path) 
     if not resume:
         log.info("model %s/%s: %s", cfg.model.arch, cfg.model.encoder, describe_origin(module.model, cfg.model.encoder_weights_resolved))
     module.checkpoint_source = str(last)
-    trainer = make_trainer(cfg, run_dir, labels, task)
+    try:
+        trainer = make_trainer(cfg, run_dir, labels, task)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:  # Lightning's own checks, unforeseen
+        if not isinstance(e, MisconfigurationException) and not _from_lightning(e):
+            raise
+        raise SeglabError(f"trainer settings: {str(e).strip().splitlines()[0]} (see trainer.* in the config)") from None
     data = LabData(cfg, train_set, val_set, task.unlabelled_dataset(cfg, labels))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None, weights_only=True)
@@ -87,6 +102,21 @@ def _fit(cfg, build_cfg, run_dir: Path, labels, task, resume: bool, last: Path) 
         raise out_of_memory_error(e, cfg, trainer, module.stage_now) from None
     metrics_path = run_dir / "metrics.json"
     return json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+
+
+def check_same_label_meaning(run_dir: Path, labels) -> None:
+    """`--resume` trains on with the labels the run started with: the class list, the mapping
+    from the data's values/categories to classes (data.category_map, remap, mask_value_map),
+    the ignore index. RUN/labels.json records them and is never rewritten."""
+    from seglab.core.run import read_labels_file
+
+    recorded = read_labels_file(run_dir / "labels.json")
+    now = labels.to_json()
+    if recorded.to_json() != now:
+        changed = [k for k in now if recorded.to_json().get(k) != now[k]]
+        raise SeglabError(f"{run_dir / 'labels.json'}: the config now gives other labels ({', '.join(changed)} changed, "
+                          "e.g. data.category_map, data.classes, data.remap); --resume continues with the labels the run "
+                          "started with: undo the change, or train a new run")
 
 
 def keep_corrections(cfg, run_dir: Path) -> None:
@@ -120,7 +150,7 @@ def preflight(cfg, run_dir: Path | None, splits):
             check_writable(run_dir)
         except SeglabError as e:
             problems.append(str(e))
-    problems += config_problems(cfg) + device_problems(cfg.trainer.accelerator, cfg.trainer.devices)
+    problems += config_problems(cfg)
     problems += weights_problems(cfg, get_task(cfg.task))
     labels, data_problems = collect_problems(cfg, splits)
     problems += data_problems
@@ -163,7 +193,8 @@ def config_problems(cfg) -> list[str]:
     task = get_task(cfg.task)
     return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
             + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
-            + task.preflight_problems(cfg) + weights_problems(cfg, task, cache=False) + combination_problems(cfg))
+            + task.preflight_problems(cfg) + weights_problems(cfg, task, cache=False) + trainer_problems(cfg)
+            + combination_problems(cfg))
 
 
 def weights_problems(cfg, task, cache: bool = True) -> list[str]:
@@ -184,6 +215,53 @@ def weights_problems(cfg, task, cache: bool = True) -> list[str]:
     if cache and offline() and not any(cached_file(f) for f in spec.files):
         return [missing_message(spec, "HF_HUB_OFFLINE is set")]
     return []
+
+
+def trainer_problems(cfg) -> list[str]:
+    """Trainer settings Lightning would refuse only once it is built (with its own exception
+    types), and input channels the images cannot have: found here, with the others."""
+    import typing
+
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    t, problems = cfg.trainer, []
+    accelerators = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+    if t.accelerator not in accelerators:
+        problems.append(f"trainer.accelerator: unknown accelerator {t.accelerator!r} (use {', '.join(sorted(accelerators))})")
+    elif t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(f"trainer.accelerator: {t.accelerator!r} but no CUDA GPU is available on this machine (use cpu or auto)")
+    elif t.accelerator in ("gpu", "cuda") and isinstance(t.devices, int) and t.devices > torch.cuda.device_count():
+        problems.append(f"trainer.devices: {t.devices} GPUs asked, this machine has {torch.cuda.device_count()}")
+    elif t.accelerator == "mps" and not torch.backends.mps.is_available():
+        problems.append("trainer.accelerator: 'mps' but Apple's MPS is not available on this machine (use cpu or auto)")
+    elif t.accelerator == "tpu":
+        problems.append("trainer.accelerator: 'tpu' is not supported by seglab (use cpu, gpu or auto)")
+    strategies = {"auto", *StrategyRegistry.available_strategies()}
+    if t.strategy not in strategies:
+        close = difflib.get_close_matches(t.strategy, strategies, n=1)
+        problems.append(f"trainer.strategy: unknown strategy {t.strategy!r}" + (f"; did you mean {close[0]!r}?" if close else " (auto, ddp, ...)"))
+    try:  # Lightning's list of precision strings (a private name: if it moves, Lightning's own check remains)
+        from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+        allowed = {str(v) for group in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(group)} | set(PRECISIONS)
+        if t.precision not in allowed:
+            problems.append(f"trainer.precision: {t.precision!r} is not a precision (use 32, bf16, 16 or a Lightning string "
+                            "such as bf16-mixed, 16-mixed, 32-true)")
+    except ImportError:
+        pass
+    if cfg.model.in_channels != 3:
+        problems.append(f"model.in_channels: {cfg.model.in_channels}, but seglab reads every image as 3-channel RGB "
+                        "(greyscale images are replicated to three channels): use 3")
+    return problems
+
+
+def _from_lightning(error: Exception) -> bool:
+    """Whether an exception was raised inside Lightning (its configuration checks)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "lightning" in tb.tb_frame.f_code.co_filename
 
 
 def out_of_memory_error(error: Exception, cfg, trainer: L.Trainer, stage: str) -> SeglabError:

@@ -106,17 +106,22 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
     `deep` decodes every image fully to find truncated or corrupt files.
     """
     problems: list[str] = []
+    opened = {}
     for split in splits:
         if not _configured(cfg, split):
             continue
         try:
-            problems.extend(collapse_missing(open_source(cfg, split, labels).problems(check_files, deep), split))
+            opened[split] = open_source(cfg, split, labels)
+            problems.extend(collapse_missing(opened[split].problems(check_files, deep), split))
         except DataValidationError as e:
             problems.extend(e.problems)
         except SeglabError as e:
             problems.append(str(e))
             if split in ("train", "val") and cfg.data.fold is not None:
                 problems.extend(_pool_problems(cfg, labels, check_files, deep))
+    # A labelmap split left unset means "every image": such a split overlaps by definition, not by mistake.
+    named = {k: v for k, v in opened.items() if getattr(cfg.data, k) is not None or (k != "test" and cfg.data.fold is not None)}
+    problems.extend(overlap_problems(named))
     if cfg.data.corrections and any(s in splits for s in ("train", "val")):
         try:
             problems.extend(corrections_summary(cfg, labels)[1])
@@ -135,6 +140,41 @@ def collapse_missing(problems: list[str], split: str, shown: int = 3) -> list[st
     summary = (f"data.{split}: {len(missing)} image files not found (e.g. {examples}); "
                f"paths are read relative to data.root: check data.root")
     return [summary] + [p for p in problems if ": image file not found: " not in p]
+
+
+def overlap_problems(sources: dict) -> list[str]:
+    """Splits that share an image file or a group (a person): a validation or test score
+    measured on images the model trained on (or on the same person) is silently optimistic.
+    Extra training sets (pseudo-labels of the test images) are left out on purpose."""
+    from seglab.data.sources.combined import ConcatSource
+
+    seen: dict[str, tuple[dict, dict]] = {}
+    for split, source in sources.items():
+        base = source.sources[0] if isinstance(source, ConcatSource) else source
+        files, groups = {}, {}
+        for i in range(len(base)):
+            try:
+                files.setdefault(str(Path(base.image_path(i)).resolve()), base.sample_id(i))
+            except (SeglabError, OSError):
+                continue  # a name the reader refuses is reported by the source itself
+            group = base.group(i)
+            if group is not None:
+                groups.setdefault(group, base.sample_id(i))
+        seen[split] = (files, groups)
+    problems = []
+    names = list(seen)
+    for a_index, a in enumerate(names):
+        for b in names[a_index + 1:]:
+            shared = [seen[b][0][f] for f in seen[a][0] if f in seen[b][0]]
+            if shared:
+                problems.append(f"data.{a} and data.{b} share {len(shared)} image file(s), e.g. {shared[0]!r}: "
+                                "a split must not contain images of another")
+                continue
+            people = [g for g in seen[a][1] if g in seen[b][1]]
+            if people:
+                problems.append(f"data.{a} and data.{b} share {len(people)} group(s) (person/ID), e.g. {people[0]!r} "
+                                f"({seen[a][1][people[0]]!r} and {seen[b][1][people[0]]!r}): keep each group in one split")
+    return problems
 
 
 def corrections_summary(cfg, labels: LabelSpec | None) -> tuple[dict[str, int], list[str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.cache import atomic_write_bytes
+from seglab.data.cache import DECODING, atomic_write_bytes
 
 BITMASK_CACHE_VERSION = "1"
 
@@ -41,7 +41,7 @@ class BitmaskCache:
     """
 
     def __init__(self, cache_dir: Path, name: str, *key_parts: str):
-        key = hashlib.sha1("|".join((BITMASK_CACHE_VERSION,) + key_parts).encode()).hexdigest()[:16]
+        key = hashlib.sha1("|".join((BITMASK_CACHE_VERSION, DECODING) + tuple(map(str, key_parts))).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / "bitmasks" / f"{name}-{key}"
 
     def path(self, sample_id: str, content_key: str = "") -> Path:

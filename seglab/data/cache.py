@@ -13,7 +13,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seglab.io import new_file_mode
+
 CACHE_VERSION = "2"
+# How files become arrays is part of every key: arrays decoded by an older rule (before EXIF
+# orientation was applied to images and label maps alike) are never served again.
+DECODING = "pil-exif-transpose"
+# Besides this, each source keys its caches on the label spec, the paint order, the label
+# files' content and the data.corrections file's content (`Corrections.cache_part()`).
 
 
 def default_cache_dir() -> Path:
@@ -23,6 +30,7 @@ def default_cache_dir() -> Path:
 def atomic_write_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    new_file_mode(fd)  # submissions are PNGs too: the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         if not cv2.imwrite(tmp, array):
@@ -53,7 +61,7 @@ class ArrayCache:
     """
 
     def __init__(self, cache_dir: Path, name: str, *key_parts: str, compress: bool = True):
-        key = hashlib.sha1("|".join((CACHE_VERSION,) + key_parts).encode()).hexdigest()[:16]
+        key = hashlib.sha1("|".join((CACHE_VERSION, DECODING) + tuple(map(str, key_parts))).encode()).hexdigest()[:16]
         self.dir = Path(cache_dir) / name.split("/")[0] / f"{name.split('/')[-1]}-{key}"
         self.compress = compress
 
@@ -77,6 +85,7 @@ class ArrayCache:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    new_file_mode(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -90,3 +99,13 @@ def file_stamp(path: Path) -> str:
     """Size and mtime: a changed image file gets a new cache entry."""
     st = os.stat(path)
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_digest(path: Path) -> str:
+    """The content hash of a (small) label file: an edit is seen even when it keeps the
+    size and lands within the file system's mtime resolution, or when the mtime is restored."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -32,6 +32,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
+from seglab.config.loading import UniqueKeyLoader
 from seglab.errors import DataError
 
 FIELDS = ("image", "annotation", "action", "value", "note")
@@ -161,18 +164,21 @@ def read_corrections(path: Path) -> Corrections:
     return _READ[key]
 
 
+class _LineLoader(UniqueKeyLoader):
+    """The config's safe, repeated-key-refusing loader, with each record's line number kept
+    so that errors can name it."""
+
+
+def _mapping_with_line(loader, node):
+    return {"__line__": node.start_mark.line + 1, **loader.construct_mapping(node, deep=True)}
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_with_line)
+
+
 def _yaml_rows(path: Path, content: bytes) -> list[tuple[int, dict]]:
-    import yaml
-
-    class LineLoader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node):
-        return {"__line__": node.start_mark.line + 1, **loader.construct_mapping(node, deep=True)}
-
-    LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        doc = yaml.load(content.decode("utf-8"), Loader=LineLoader)  # noqa: S506 (a SafeLoader subclass)
+        doc = yaml.load(content.decode("utf-8"), Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         mark = getattr(e, "problem_mark", None)
         at = f": line {mark.line + 1}" if mark else ""

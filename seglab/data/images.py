@@ -1,4 +1,13 @@
-"""Reading images: RGB uint8 arrays, truncated and corrupt files reported by name."""
+"""Reading images and label maps: the one decoding path of training, validation and
+inference. Truncated and corrupt files are reported by name.
+
+EXIF orientation is applied (PIL's `ImageOps.exif_transpose`) to images *and* label
+maps alike, and sizes are reported after it: a phone photo whose pixels are stored
+sideways is seen upright, with its mask turned the same way (or found to disagree).
+A palette ('P') label PNG is read as its indices, which are the class values (the
+palette only colours them for people); an RGB label PNG holds colours, not classes,
+and is an error.
+"""
 
 from __future__ import annotations
 
@@ -21,28 +30,98 @@ def images_under(folder: Path) -> list[Path]:
                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
 
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING = (5, 6, 7, 8)  # orientations that swap height and width
+LABEL_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I")  # one value per pixel
+
+
+def header_size(im) -> tuple[int, int]:
+    """(height, width) as seen after EXIF orientation, from an open PIL image's header."""
+    w, h = im.size
+    try:
+        turned = im.getexif().get(EXIF_ORIENTATION) in TRANSPOSING
+    except Exception:  # a broken EXIF block: PIL's exif_transpose ignores it too
+        turned = False
+    return (w, h) if turned else (h, w)
+
+
 def image_size(path: Path, where: str) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
+    """(height, width) from the file's header (after EXIF orientation), without decoding the pixels."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.size[1], im.size[0]
+            return header_size(im)
     except Exception as e:  # PIL raises many types for broken files
         raise DataError(f"{where}: unreadable image {path}: {e}") from None
 
 
+def _decode(path: Path, where: str, what: str):
+    """The upright PIL image (EXIF orientation applied), fully decoded."""
+    from PIL import Image, ImageOps
+
+    if not Path(path).is_file():
+        raise DataError(f"{where}: {what} file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except Exception as e:  # PIL raises many types for broken files
+        raise DataError(f"{where}: unreadable or truncated {what} {path}: {type(e).__name__}: {str(e)[:120]}") from None
+
+
 def read_image(path: Path, where: str, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; grayscale is replicated to three channels."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        reason = "file not found" if not Path(path).exists() else "unreadable or truncated image"
-        raise DataError(f"{where}: {reason}: {path}")
-    if truncated_jpeg(path):  # OpenCV decodes a cut JPEG without error, greying the missing part
+    """RGB uint8 [H, W, 3], upright; grayscale is replicated to three channels."""
+    if not Path(path).is_file():
+        raise DataError(f"{where}: file not found: {path}")
+    if truncated_jpeg(path):  # decoders fill a cut JPEG with grey rather than fail
         raise DataError(f"{where}: truncated image (JPEG data ends early): {path}")
-    if expect_hw is not None and img.shape[:2] != tuple(expect_hw):
-        raise DataError(f"{where}: image is {img.shape[0]}x{img.shape[1]} but the record says {expect_hw[0]}x{expect_hw[1]}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    im = _decode(path, where, "image")
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: keep the high byte, as OpenCV does
+        array = (np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        array = np.repeat(array[..., None], 3, axis=2)
+    else:
+        array = np.asarray(im.convert("RGB"))
+    if expect_hw is not None and array.shape[:2] != tuple(expect_hw):
+        raise DataError(f"{where}: image is {array.shape[0]}x{array.shape[1]} but the record says {expect_hw[0]}x{expect_hw[1]}")
+    return np.ascontiguousarray(array)
+
+
+def read_label_map(path: Path, where: str, expect_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A label PNG as [H, W] integers (uint8 or uint16), upright like its image. A palette PNG
+    gives its indices; RGB or grey+alpha files are refused (colours are not class values);
+    a size other than the image's is an error, never resized to fit."""
+    im = _decode(path, where, "label")
+    if im.mode not in LABEL_MODES:
+        hint = " (colours, not class indices)" if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr") else ""
+        raise DataError(f"{path}: label map is a {im.mode} image{hint}; expected one class value per pixel "
+                        "(8- or 16-bit greyscale, or a palette PNG whose indices are the classes)")
+    array = np.asarray(im)
+    array = array.astype(np.uint8) if array.dtype == bool else array
+    if array.dtype not in (np.uint8, np.uint16):
+        if array.min() < 0 or array.max() > 65535:
+            raise DataError(f"{path}: label values {int(array.min())}..{int(array.max())} do not fit 16 bits")
+        array = array.astype(np.uint16)
+    if expect_hw is not None and array.shape[:2] != tuple(expect_hw):
+        raise DataError(f"{path}: label map is {array.shape[0]}x{array.shape[1]} but its image is "
+                        f"{expect_hw[0]}x{expect_hw[1]}; a label map must match its image pixel for pixel")
+    return np.ascontiguousarray(array)
+
+
+def label_header_problem(path: Path, image_hw: tuple[int, int]) -> str | None:
+    """What the header of a label PNG already says is wrong (mode, size), without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode, hw = im.mode, header_size(im)
+    except Exception as e:  # PIL raises many types for broken files
+        return f"unreadable label file {path}: {e}"
+    if mode not in LABEL_MODES:
+        return f"{path}: label map is a {mode} image; expected one class value per pixel (greyscale or palette indices)"
+    if hw != tuple(image_hw):
+        return f"{path}: label map is {hw[0]}x{hw[1]} but its image is {image_hw[0]}x{image_hw[1]}"
+    return None
 
 
 def truncated_jpeg(path: Path) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -114,12 +114,19 @@ def read_rle_csv(path: str | Path, size: tuple[int, int], classes: Sequence[str]
 
 
 def decode_to_pngs(path: str | Path, out_dir: str | Path, size: tuple[int, int]) -> int:
-    """`seglab data rle-decode`: one 0/255 PNG per row, OUT/<image stem>/<class>.png."""
+    """`seglab data rle-decode`: one 0/255 PNG per row, OUT/<image stem>/<class>.png, written
+    whole or not at all (see `seglab.paths.OutputFolder`); image names are confined to OUT."""
     from seglab.data.cache import atomic_write_png
+    from seglab.paths import OutputFolder, outside_problem
 
-    count = 0
-    for name, cls, mask in iter_rle_csv(path, size):
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cls)
-        atomic_write_png(Path(out_dir) / Path(name).stem / f"{safe}.png", mask.astype(np.uint8) * 255)
-        count += 1
-    return count
+    with OutputFolder(out_dir, "data rle-decode") as folder:
+        for line, (name, cls, mask) in enumerate(iter_rle_csv(path, size), start=2):
+            where = f"{path}: line {line} ({name!r}, {cls!r})"
+            problem = outside_problem(name)
+            if problem:
+                raise DataError(f"{where}: image name {problem}; nothing was written")
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cls)
+            stem = PurePosixPath(name.replace("\\", "/")).stem
+            atomic_write_png(folder.path(f"{stem}/{safe}.png", where), mask.astype(np.uint8) * 255)
+            folder.count += 1
+    return folder.count

@@ -37,19 +37,27 @@ def write_coco_csv(predictions: Iterable, out: Path, ctx: WriteContext) -> int:
 @WRITERS.register("png")
 def write_png_folder(predictions: Iterable, out: Path, ctx: WriteContext) -> int:
     """PNGs at each image's original size, at the image's relative path: a class map
-    (multiclass), or one 0/255 PNG per class in a folder per image (multilabel)."""
-    count = 0
-    for p in predictions:
-        stem = Path(out) / Path(p.id).with_suffix("")
-        if p.output.ndim == 3:
-            for name, mask in zip(ctx.classes, p.output):
-                atomic_write_png(stem / f"{safe_name(name)}.png", mask.astype(np.uint8) * 255)
-        elif ctx.palette:
-            write_palette_png(stem.with_suffix(".png"), p.output, len(ctx.classes))
-        else:
-            atomic_write_png(stem.with_suffix(".png"), p.output)
-        count += 1
-    return count
+    (multiclass), or one 0/255 PNG per class in a folder per image (multilabel).
+
+    Written whole or not at all (`seglab.paths.OutputFolder`): into a temporary sibling
+    folder that replaces `out` at the end, so a killed predict leaves no folder that looks
+    complete and files of an earlier prediction never mix in. Names are the images'
+    relative paths, confined to `out`; two images mapping to one name are an error."""
+    from seglab.paths import OutputFolder, confined_name
+
+    with OutputFolder(out, "predict --format png") as folder:
+        for p in predictions:
+            # An id from outside data.root (data.allow_outside_root) is written by its confined form.
+            stem = Path(confined_name(p.id)).with_suffix("").as_posix()
+            if p.output.ndim == 3:
+                for name, mask in zip(ctx.classes, p.output):
+                    atomic_write_png(folder.path(f"{stem}/{safe_name(name)}.png", f"image {p.id!r}"), mask.astype(np.uint8) * 255)
+            elif ctx.palette:
+                write_palette_png(folder.path(f"{stem}.png", f"image {p.id!r}"), p.output, len(ctx.classes))
+            else:
+                atomic_write_png(folder.path(f"{stem}.png", f"image {p.id!r}"), p.output)
+            folder.count += 1
+    return folder.count
 
 
 def write_palette_png(path: Path, class_map: np.ndarray, num_classes: int) -> None:

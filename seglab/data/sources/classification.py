@@ -23,6 +23,7 @@ from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_proble
 from seglab.data.labels import LabelSpec
 from seglab.data.sources import SOURCES, maskstatus
 from seglab.errors import ConfigError, DataError
+from seglab.paths import outside_problem, outside_root_problem
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,21 @@ class Sample:
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """The rows of a CSV with a header, as dicts; a row with fewer or more values than the
+    header has columns is a DataError naming its line (a cut last row is the common case)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = reader.fieldnames or []
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = []
+            for values in reader:
+                if not values or values == [""]:
+                    continue  # a blank line
+                if len(values) != len(header):
+                    raise DataError(f"{path}: line {reader.line_num}: {len(values)} value(s), the header has {len(header)} column(s)")
+                rows.append(dict(zip(header, values)))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read as CSV ({e})") from None
     missing = [c for c in required if c not in header]
@@ -49,11 +58,17 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
     return rows
 
 
+def is_index(text: str) -> bool:
+    """ASCII digits only (str.isdigit() also accepts '²' or '٣', which int() refuses or reads as
+    another number), and short: no class list is a billion long, and int() refuses thousands of digits."""
+    return text.isascii() and text.isdigit() and len(text) < 10
+
+
 def class_index(value: str, classes: list[str]) -> int | None:
     value = str(value).strip()
     if value in classes:
         return classes.index(value)
-    if value.lstrip("-").isdigit() and 0 <= int(value) < len(classes):
+    if is_index(value) and int(value) < len(classes):
         return int(value)
     return None
 
@@ -146,7 +161,8 @@ class ImageFolderSource(SampleSource):
         folder = data_cfg.split_path("train") or data_cfg.split_path("val")
         if folder is None or not folder.is_dir():
             raise ConfigError(f"data.train: imagefolder class folders not found at {folder} (or give data.classes)")
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        # A folder without images is not a class: a class the model could never see would shift every index after it.
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and images_under(p))
 
     @staticmethod
     def read(data_cfg, folder: Path, split: str, classes: list[str]):
@@ -155,7 +171,13 @@ class ImageFolderSource(SampleSource):
         if split == "test":
             return [Sample(p, None, None, p.relative_to(folder).as_posix()) for p in images_under(folder)], []
         samples, problems = [], []
+        loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        if loose:
+            problems.append(f"{folder}: {len(loose)} image(s) lie loose in the split folder, outside any class folder "
+                            f"(e.g. {loose[0]!r}); move them into <class>/ or remove them")
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not images_under(sub):
+                continue  # an empty folder is not a class (see `classes`); nothing to read
             if sub.name not in classes:
                 problems.append(f"{sub}: folder {sub.name!r} is not a class (classes: {', '.join(classes)})")
                 continue
@@ -175,21 +197,26 @@ class CsvSource(SampleSource):
             raise ConfigError("data.classes: the csv format needs data.classes or a data.train CSV to read the labels from")
         col = data_cfg.label_column
         values = sorted({r[col].strip() for r in read_csv_rows(path, (col,))})
-        if values and all(v.isdigit() for v in values):
+        if values and all(is_index(v) for v in values):
             return [str(i) for i in range(max(int(v) for v in values) + 1)]
         return values
 
     @staticmethod
-    def read(data_cfg, path: Path, split: str, classes: list[str], path_column=None, label_column=None):
+    def read(data_cfg, path: Path, split: str, classes: list[str], path_column=None, label_column=None, allow_outside=None):
         path_column, label_column = path_column or data_cfg.path_column, label_column or data_cfg.label_column
+        allow_outside = data_cfg.allow_outside_root if allow_outside is None else allow_outside
         labelled = split != "test"
         rows = read_csv_rows(path, (path_column,) + ((label_column,) if labelled else ()))
-        samples, problems = [], []
+        samples, problems, lines = [], [], {}
         for line, row in enumerate(rows, start=2):
             rel = (row[path_column] or "").strip()
             if not rel:
                 problems.append(f"{path}: line {line}: empty {path_column}")
                 continue
+            if rel in lines:  # a repeated image is trained on twice, or predicted twice in a submission
+                problems.append(f"{path}: line {line}: {path_column} {rel!r} is already on line {lines[rel]}")
+                continue
+            lines[rel] = line
             label = None
             if labelled:
                 label = class_index(row[label_column] or "", classes) if (row[label_column] or "").strip() else None
@@ -197,6 +224,10 @@ class CsvSource(SampleSource):
                     what = "empty label" if not (row[label_column] or "").strip() else f"label {row[label_column]!r} is not a class (classes: {', '.join(classes[:8])}...)"
                     problems.append(f"{path}: line {line}: {what}")
                     continue
+            outside = outside_root_problem(rel, f"{path}: line {line}", allow_outside, Path(data_cfg.root))
+            if outside:
+                problems.append(outside)
+                continue
             group = (row.get(data_cfg.group_column) or "").strip() or None if data_cfg.group_column else None
             samples.append(Sample(data_cfg.resolve(rel), label, group, rel))
         return samples, problems
@@ -233,15 +264,32 @@ class MaskStatusSource(SampleSource):
                     for i, r in enumerate(read_csv_rows(table, ("path",)), start=2)]
         else:  # the folder names carry everything
             rows = [(p.name, None, None, str(p)) for p in sorted(images.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-        samples, problems = [], []
+        samples, problems, people = [], [], {}
         for name, gender, age, where in rows:
+            if outside_problem(name) or "/" in name or "\\" in name:
+                problems.append(f"{where}: path {name!r} is not a person folder name in {images}")
+                continue
             try:
                 person, folder_gender, folder_age = maskstatus.parse_person(name)
-                gender = (gender or folder_gender).strip()
-                age = int(str(age if age not in (None, "") else folder_age).strip())
+                gender = (gender or folder_gender).strip().lower()
+                age_text = str(age if age not in (None, "") else folder_age).strip()
+                if not is_index(age_text.lstrip("-")):
+                    raise ValueError(f"age {age_text!r} is not a whole number")
+                age = int(age_text)
             except ValueError as e:
                 problems.append(f"{where}: {e}")
                 continue
+            if not 0 <= age <= maskstatus.MAX_AGE:
+                problems.append(f"{where}: age {age} is not a plausible age (0..{maskstatus.MAX_AGE})")
+                continue
+            # The table and the folder name both say who the person is: a disagreement means one is wrong.
+            if gender != folder_gender or age != folder_age:
+                problems.append(f"{where}: the table says {gender}, {age} but the folder name {name!r} says {folder_gender}, {folder_age}")
+                continue
+            if person in people:
+                problems.append(f"{where}: person {person} appears twice (also {people[person]}); one person must be one folder")
+                continue
+            people[person] = where
             if not (images / name).is_dir():
                 problems.append(f"{where}: person folder not found: {images / name}")
                 continue
@@ -250,6 +298,9 @@ class MaskStatusSource(SampleSource):
             missing = [k for k in maskstatus.MASK_KINDS if k not in files]
             if missing:
                 problems.append(f"{images / name}: missing image(s) {', '.join(missing)}")
+            unknown = sorted(k for k in files if k not in maskstatus.MASK_KINDS)
+            if unknown:
+                problems.append(f"{images / name}: image(s) {', '.join(unknown)} are not a mask kind ({', '.join(maskstatus.MASK_KINDS)})")
             for kind in maskstatus.MASK_KINDS:
                 if kind not in files:
                     continue
@@ -259,6 +310,10 @@ class MaskStatusSource(SampleSource):
                     problems.append(f"{where}: {e}")
                     break
                 samples.append(Sample(files[kind], label, person, f"{name}/{files[kind].name}"))
+        loose = [p.name for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+        if loose:
+            problems.append(f"{images}: {len(loose)} image(s) lie loose in the folder, outside any person folder "
+                            f"(e.g. {sorted(loose)[0]!r}); move them into <id>_<gender>_<race>_<age>/ or remove them")
         return samples, problems
 
     @staticmethod
@@ -267,7 +322,12 @@ class MaskStatusSource(SampleSource):
         rows = read_csv_rows(table, ("ImageID",))
         samples, problems, seen = [], [], set()
         for line, row in enumerate(rows, start=2):
-            image_id = row["ImageID"].strip()
+            image_id = (row["ImageID"] or "").strip()
+            outside = outside_root_problem(image_id, f"{table}: line {line}", False) or (
+                f"{table}: line {line}: ImageID {image_id!r} is not a file name in {folder / 'images'}" if "/" in image_id or "\\" in image_id else None)
+            if outside:
+                problems.append(outside)
+                continue
             if image_id in seen:
                 problems.append(f"{table}: line {line}: duplicate ImageID {image_id!r}")
             seen.add(image_id)
@@ -282,6 +342,10 @@ class LabelledCsv(SampleSource):
     def __init__(self, data_cfg, path: Path, labels: LabelSpec):
         self.labels, self.split, self.name = labels, "train", str(path)
         self.cache_key = (self.name,)
+        from seglab.data.sources.combined import split_folders
+
+        # A seglab-written set names images of the config's own splits: those folders may be read.
+        allow = True if data_cfg.allow_outside_root else tuple(split_folders(data_cfg))
         self.samples, self.found = CsvSource.read(data_cfg.model_copy(update={"group_column": None}), path, "train",
-                                                  list(labels.classes), "path", "label")
+                                                  list(labels.classes), "path", "label", allow)
         self.has_targets = True

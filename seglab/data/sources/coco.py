@@ -23,6 +23,7 @@ from seglab.data.labels import LabelSpec, resolve_coco_labels
 from seglab.data.sources import SOURCES
 from seglab.errors import ConfigError, DataError
 from seglab.io import read_json
+from seglab.paths import inside, outside_root_problem
 
 PAINT_ORDERS = ("area_desc", "annotation_order", "class_index")
 MAX_SIDE = 65535  # larger than any real image; beyond it a size is a typo, not a photo
@@ -123,7 +124,8 @@ def _short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True, deep: bool = False) -> list[str]:
+def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = True, deep: bool = False,
+                  allow_outside_root=False) -> list[str]:
     """Every problem found, one line each, naming the file, the record and what is wrong.
 
     `deep` decodes every image fully (finds truncated or corrupt files of any format;
@@ -131,7 +133,7 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
     """
     from PIL import Image
 
-    from seglab.data.images import image_decode_problem, truncated_jpeg
+    from seglab.data.images import header_size, image_decode_problem, truncated_jpeg
 
     problems: list[str] = []
     missing: list[tuple[str, str]] = []  # (problem line, file_name)
@@ -148,6 +150,10 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
         if img["id"] in seen:
             problems.append(f"{name}: images[{i}]: duplicate image id {img['id']} (also images[{seen[img['id']]}])")
         seen[img["id"]] = i
+        outside = outside_root_problem(img["file_name"], coco.where(img), allow_outside_root, coco.root)
+        if outside:
+            problems.append(outside)
+            continue
         if not check_files:
             continue
         file = coco.root / img["file_name"]
@@ -156,7 +162,7 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
             continue
         try:
             with Image.open(file) as im:
-                w, h = im.size
+                h, w = header_size(im)  # as the loader sees it: EXIF orientation applied
         except Exception as e:  # PIL raises many types for broken files
             problems.append(f"{coco.where(img)}: unreadable image {file}: {e}")
             continue
@@ -373,6 +379,7 @@ class CocoSource:
         self.name = str(path)
         self.labels = labels
         self.paint_order = data_cfg.paint_order
+        self.allow_outside_root = data_cfg.allow_outside_root
         self.has_targets = self.coco.has_annotations
         if labels is not None:
             cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
@@ -401,7 +408,8 @@ class CocoSource:
         return None
 
     def image_path(self, i: int) -> Path:
-        return self.coco.root / self.coco.images[i]["file_name"]
+        img = self.coco.images[i]
+        return inside(self.coco.root, img["file_name"], self.coco.where(img), self.allow_outside_root)
 
     def original_size(self, i: int) -> tuple[int, int]:
         img = self.coco.images[i]
@@ -431,4 +439,4 @@ class CocoSource:
         return {self.labels.ignore_index if c is None else c for c in found}
 
     def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
-        return validate_coco(self.coco, self.labels, check_files, deep)
+        return validate_coco(self.coco, self.labels, check_files, deep, self.allow_outside_root)

@@ -12,6 +12,8 @@ reach validation).
 from __future__ import annotations
 
 import bisect
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -138,10 +140,25 @@ def open_extra_sources(data_cfg, labels: LabelSpec | None) -> list:
         one = data_cfg.model_copy(update={"train": str(path), "category_map": None, "remap": {}, "classes": None,
                                        "corrections": None})  # corrections name the organiser's data, not extra sets
         source = CocoSource(one, "train", spec)
+        if not data_cfg.allow_outside_root:
+            # A pseudo-label set names images of the config's own splits (e.g. a test folder
+            # beside data.root): those folders, and only those, may be read from it.
+            source.allow_outside_root = tuple(split_folders(data_cfg))
         if not source.has_targets:
             raise DataError(f"{path}: data.extra_train set has no 'annotations'")
         sources.append(source)
     return sources
+
+
+def split_folders(data_cfg) -> list[str]:
+    """The folders the config's own splits live in (a split file's folder, or the split folder)."""
+    folders = []
+    for split in ("train", "val", "test"):
+        path = data_cfg.split_path(split)
+        if path is not None:
+            path = Path(os.path.normpath(path))
+            folders.append(str(path.parent if path.is_file() or (path.suffix and not path.is_dir()) else path))
+    return folders
 
 
 def with_extra_sets(source, extras: list, val_ids: set[str] | None):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from seglab.data.cache import file_stamp
+from seglab.data.cache import file_digest
 from seglab.data.corrections import Applied, fix_ids, load_corrections
-from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image, truncated_jpeg
+from seglab.data.images import (IMAGE_EXTENSIONS, image_decode_problem, image_size, label_header_problem, read_image,
+                                read_label_map, truncated_jpeg)
 from seglab.data.labels import LabelSpec, resolve_value_labels
 from seglab.data.sources import SOURCES
 from seglab.data.sources.coco import mask_dtype
@@ -42,6 +42,9 @@ class LabelMapSource:
                 raise DataError(f"{list_path}: split list not found (data.{split})")
             stems = [s.strip() for s in list_path.read_text().splitlines() if s.strip() and not s.startswith("#")]
             stems = [Path(s).stem if Path(s).suffix.lower() in IMAGE_EXTENSIONS else s for s in stems]
+        twice = sorted({s for s in stems if stems.count(s) > 1}) if len(set(stems)) != len(stems) else []
+        if twice:
+            raise DataError(f"{self.name}: {twice[0]!r} is listed twice (an image is one sample)")
         missing = [s for s in stems if s not in images]
         if missing:
             raise DataError(f"{self.name}: line {stems.index(missing[0]) + 1}: no image for {missing[0]!r} in {self.image_dir}")
@@ -89,15 +92,11 @@ class LabelMapSource:
         return None
 
     def target_stamp(self, i: int) -> str:
-        return file_stamp(self.mask_path(i))
+        return file_digest(self.mask_path(i))
 
     def load_target(self, i: int) -> np.ndarray:
         path = self.mask_path(i)
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise DataError(f"{self.name}: {self.stems[i]}: label file missing or unreadable: {path}")
-        if raw.ndim == 3:
-            raise DataError(f"{path}: label map has {raw.shape[2]} channels; expected one class index per pixel")
+        raw = read_label_map(path, f"{self.name}: {self.stems[i]}", self.original_size(i))
         mask = self.lut[raw]
         if (mask == self.invalid).any():
             bad = sorted(set(np.unique(raw[mask == self.invalid]).tolist()))[:5]
@@ -111,13 +110,26 @@ class LabelMapSource:
         problems = [] if self.stems else [f"{self.name}: empty split (no images)"]
         for i, stem in enumerate(self.stems if check_files else []):
             files = [self.image_path(i)]
+            label_ok = False
             if self.has_targets:
                 if not self.mask_path(i).is_file():
                     problems.append(f"{self.name}: {stem}: label file not found: {self.mask_path(i)}")
                 else:
                     files.append(self.mask_path(i))
+                    label_ok = True
             for file in files:
                 broken = image_decode_problem(file) if deep else ("JPEG data ends early" if truncated_jpeg(file) else None)
                 if broken:
                     problems.append(f"{self.name}: {stem}: truncated or corrupt image {file}: {broken}")
+                    label_ok = False
+            if label_ok:
+                # The header tells mode and size at once; --deep decodes every label map for its values too.
+                try:
+                    problem = label_header_problem(self.mask_path(i), self.original_size(i))
+                    if problem is None and deep and self.labels is not None:
+                        self.load_target(i)
+                except DataError as e:
+                    problem = str(e)
+                if problem:
+                    problems.append(problem)
         return problems

@@ -15,6 +15,7 @@ from __future__ import annotations
 MASK_KINDS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 MASK_NAMES = ("wear", "incorrect", "not_worn")
 GENDERS = {"male": 0, "female": 1}
+MAX_AGE = 120  # older is a typo (or a birth year)
 
 
 def age_band(age: int, bounds: tuple[int, int] = (30, 60)) -> int:
@@ -58,7 +59,7 @@ def class_names(bounds: tuple[int, int] = (30, 60)) -> list[str]:
 def parse_person(folder: str) -> tuple[str, str, int]:
     """'000001_female_Asian_45' -> ('000001', 'female', 45)."""
     parts = folder.split("_")
-    if len(parts) < 4 or not parts[-1].isdigit():
+    if len(parts) < 4 or not (parts[-1].isascii() and parts[-1].isdigit()):
         raise ValueError(f"person folder {folder!r} is not <id>_<gender>_<race>_<age>")
     return parts[0], parts[1].lower(), int(parts[-1])
 

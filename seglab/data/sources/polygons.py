@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from seglab.data.bitmasks import BitmaskCache
-from seglab.data.cache import ArrayCache, default_cache_dir, file_stamp
+from seglab.data.cache import ArrayCache, default_cache_dir, file_digest
 from seglab.data.corrections import Applied, fix_polygons, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
@@ -38,6 +38,7 @@ from seglab.data.sources import SOURCES
 from seglab.data.sources.coco import mask_dtype, paint_sequence
 from seglab.errors import ConfigError, DataError
 from seglab.io import read_json
+from seglab.paths import inside
 
 
 def find_images(folder: Path) -> list[str]:
@@ -111,6 +112,7 @@ class PolygonSource:
             raise DataError(f"{path}: split list or folder not found (data.{split})")
         if not self.image_root.is_dir():
             raise DataError(f"{self.image_root}: image folder not found (data.root / data.image_dir)")
+        self.allow_outside_root = data_cfg.allow_outside_root
         if path.is_file():
             self.ids = self._read_list(path)
         corrections = load_corrections(data_cfg, split)
@@ -138,7 +140,7 @@ class PolygonSource:
             entry = line.strip()
             if not entry or entry.startswith("#"):
                 continue
-            target = self.image_root / entry
+            target = inside(self.image_root, entry, f"{path}: line {line_no}", self.allow_outside_root)
             if target.is_dir():
                 found = find_images(target)
                 if not found:
@@ -180,7 +182,7 @@ class PolygonSource:
         return read_image(self.image_path(i), f"{self.name}: {self.ids[i]}")
 
     def target_stamp(self, i: int) -> str:
-        return file_stamp(self.json_path(i))
+        return file_digest(self.json_path(i))
 
     def load_target(self, i: int) -> np.ndarray:
         """C x H x W booleans (multilabel) or a class map [H, W] (multiclass), from the cache."""
