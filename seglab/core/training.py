@@ -41,8 +41,15 @@ def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None =
     is recorded in RUN/resumes.jsonl, and the overridden config replaces RUN/config.yaml."""
     from seglab.core.runlock import RunLock
 
-    with RunLock(run_dir, "train --resume" if resume else "train"):
-        return _train(cfg, Path(run_dir), resume, resumed)
+    created = _missing_folders(Path(run_dir))
+    try:
+        with RunLock(run_dir, "train --resume" if resume else "train"):
+            return _train(cfg, Path(run_dir), resume, resumed)
+    except SeglabError:
+        for folder in created:  # a failed preflight leaves no empty run folder for a retry to trip over
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def _train(cfg, run_dir: Path, resume: bool, resumed: dict | None) -> dict:
@@ -144,7 +151,6 @@ def preflight(cfg, run_dir: Path | None, splits):
     the config's parts (loss, transforms, model), the class list and the data. Returns the
     resolved class list."""
     problems = []
-    created = _missing_folders(run_dir) if run_dir is not None else []
     if run_dir is not None:
         try:
             check_writable(run_dir)
@@ -168,15 +174,12 @@ def preflight(cfg, run_dir: Path | None, splits):
         if cfg.eval.monitor not in allowed:
             problems.append(f"eval.monitor: {cfg.eval.monitor!r} is not a {task.name} metric (use one of {', '.join(allowed)})")
     if problems:
-        for folder in created:  # a failed preflight leaves nothing behind for a retry to trip over
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
         raise DataValidationError(list(dict.fromkeys(problems)))
     return labels
 
 
 def _missing_folders(run_dir: Path) -> list[Path]:
-    """The folders `check_writable` would create, deepest first."""
+    """The folders training would create (the run lock, `check_writable`), deepest first."""
     return [p for p in [Path(run_dir), *Path(run_dir).parents] if not p.exists()]
 
 
