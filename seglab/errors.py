@@ -24,6 +24,9 @@ class DataValidationError(DataError):
 
     def __init__(self, problems: list[str], max_shown: int = 20):
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one problem: one line
+            super().__init__(self.problems[0])
+            return
         shown = self.problems[:max_shown]
         more = len(self.problems) - len(shown)
         lines = [f"{len(self.problems)} problem(s) found:"] + [f"  - {p}" for p in shown]

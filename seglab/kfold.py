@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from seglab.config import Config, load_config, to_yaml
 from seglab.core.module import finite
 from seglab.task import get_task
 from seglab.errors import SeglabError
+from seglab.progress import progress_line
 from seglab.io import check_writable, write_json, write_text
 
 log = logging.getLogger("seglab")
@@ -86,6 +88,7 @@ def _run_kfold(cfg: Config | None, out: Path, resume: bool, device: str | None) 
     log.info("k-fold: %d folds (%s) of %d samples -> %s", k_total, split["strategy"], split["samples"], out)
 
     rows = []
+    started, trained_here = time.monotonic(), 0
     for k in range(k_total):
         run_dir = out / f"fold_{k}"
         state_path = run_dir / "kfold_state.json"
@@ -96,6 +99,8 @@ def _run_kfold(cfg: Config | None, out: Path, resume: bool, device: str | None) 
             train(fold_config(cfg, out, k), run_dir, resume=resume_fold)
             state = {"fold": k, "trained": True}
             write_json(state_path, state)
+            trained_here += 1  # the ETA counts the folds this process trained, not the skipped ones
+            log.info(progress_line("k-fold", trained_here, trained_here + (k_total - 1 - k), time.monotonic() - started, "folds"))
         else:
             log.info("k-fold: fold %d already trained, skipped", k)
         if "metric_state" not in state:

@@ -2,9 +2,14 @@
 (the metrics are those the run wrote: IoU, Dice or F1 per class).
 
 The page must open from disk on a machine with no network, years later: inline CSS,
-no JavaScript, images as relative paths inside the run folder (the report lives there,
-so the folder can be zipped and moved as a whole). Every piece that is missing is shown
-as "not available" so a report can be written while a run is still going.
+no JavaScript, and every image inside report/ (the validation pictures are copied into
+report/figures/), so the report folder can be zipped, mailed or moved alone. A contents
+list comes first; each figure is shown once; the worst images come worst class first,
+each panel with that class's TP/FP/FN map. Every piece that is missing is shown as "not
+available" so a report can be written while a run is still going.
+
+The validation pictures are grouped by file-name prefix (PICTURE_SECTIONS) and by the
+sections a visualizer lists in its folder's sections.json; the rest land in "Other pictures".
 """
 
 from __future__ import annotations
@@ -15,13 +20,26 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
 from seglab.runs import per_class_scores, scalar_scores
-from seglab.visualization.figures import confusion_matrix_figure, learning_curves, per_class_bars, save_png
+from seglab.visualization.figures import (confusion_matrix_figure, learning_curves, per_class_bars, safe_filename,
+                                          save_png)
+
+# Validation pictures by file-name prefix: (prefix, section title). "worst_" panels are
+# ordered by their class's score (worst first); the others by name.
+PICTURE_SECTIONS = [
+    ("sample_", "Fixed samples"),
+    ("worst_", "Worst images per class (worst classes first)"),
+    ("misclassified", "Most confident mistakes"),
+]
+# Run-level figures the report draws itself from metrics.json / history.jsonl: the
+# validation folder's copies of them are not shown again.
+OVERVIEW_PREFIXES = ("confusion_matrix", "per_class_iou", "per_class_dice", "per_class_f1")
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
@@ -80,7 +98,20 @@ def _fmt(value) -> str:
     return _esc(value)
 
 
+def _inside(path: Path, report_dir: Path) -> Path:
+    """The figure's copy inside report/figures/ (a file already in report/ is used as is)."""
+    try:
+        path.resolve().relative_to(report_dir.resolve())
+        return path
+    except ValueError:
+        copy = report_dir / "figures" / f"{path.parent.name}_{path.name}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        return copy
+
+
 def _img(path: Path, report_dir: Path, caption: str = "") -> str:
+    path = _inside(path, report_dir)
     src = quote(Path(os.path.relpath(path, report_dir)).as_posix())
     cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
     return (f'<figure><a href="{src}"><img src="{src}" alt="{_esc(caption or path.name)}"></a>'
@@ -149,43 +180,39 @@ def latest_viz_epoch(run_dir: Path) -> Path | None:
     return max(epochs)[1] if epochs else None
 
 
+def _worst_order(metrics) -> dict[str, float]:
+    """File-name form of each class -> its score (the first per-class table: IoU, Dice, F1)."""
+    tables = per_class_scores(metrics) if isinstance(metrics, dict) else {}
+    if not tables:
+        return {}
+    values = next(iter(tables.values()))
+    return {safe_filename(name): v for name, v in values.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+
+
 def _gallery_section(run_dir: Path, report_dir: Path, metrics) -> str:
     epoch_dir = latest_viz_epoch(run_dir)
     if epoch_dir is None:
         return _not_available("validation pictures", "no viz/epoch_* folder yet")
     parts = [f"<p>From <code>{_esc(epoch_dir.relative_to(run_dir).as_posix())}</code>, "
              "the latest validation with pictures.</p>"]
-    tables = per_class_scores(metrics) if isinstance(metrics, dict) else {}
-    overview_names = ["confusion_matrix.png"] + [f"per_class_{what}.png" for what in tables]
-    overview = [epoch_dir / n for n in overview_names if (epoch_dir / n).is_file()]
-    if overview:
-        parts.append("<h3>Confusion matrix and per-class scores of that validation</h3>")
-        parts += [_img(p, report_dir) for p in overview]
-    shown = set(overview)
-    samples = sorted(epoch_dir.glob("sample_*.png"))
-    if samples:
-        parts.append("<h3>Fixed samples</h3>")
-    for path in samples:
-        stem = path.name[len("sample_"):]
-        parts.append(f'<div class="gallery">{_img(path, report_dir)}')
-        per_class = epoch_dir / f"per_class_{stem}"
-        if per_class.is_file():
-            parts.append(_img(per_class, report_dir))
-            shown.add(per_class)
-        parts.append("</div>")
-    shown.update(samples)
-    worst: dict[str, list[tuple[int, Path]]] = {}
-    for path in epoch_dir.glob("worst_*.png"):
-        m = re.fullmatch(r"worst_(.+)_(\d+)\.png", path.name)
-        if m:
-            worst.setdefault(m.group(1), []).append((int(m.group(2)), path))
-            shown.add(path)
-    if worst:
-        parts.append("<h3>Worst images per class</h3>")
-    for cls in sorted(worst):
-        parts.append(f"<h4>{_esc(cls)}</h4><div class=\"gallery\">")
-        parts += [_img(p, report_dir, f"#{rank}") for rank, p in sorted(worst[cls])]
-        parts.append("</div>")
+    pictures = sorted(p for p in epoch_dir.glob("*.png") if not p.name.startswith(OVERVIEW_PREFIXES))
+    shown: set[Path] = set()
+    for prefix, title in PICTURE_SECTIONS:
+        group = [p for p in pictures if p.name.startswith(prefix)]
+        if not group:
+            continue
+        parts.append(f"<h3>{_esc(title)}</h3>")
+        shown.update(group)
+        if prefix == "worst_":
+            parts.append(_worst_gallery(group, report_dir, metrics))
+            continue
+        for path in group:
+            parts.append(f'<div class="gallery">{_img(path, report_dir)}')
+            companion = epoch_dir / f"per_class_{path.name[len(prefix):]}"  # a sample's per-class TP/FP/FN maps
+            if companion.is_file():
+                parts.append(_img(companion, report_dir))
+                shown.add(companion)
+            parts.append("</div>")
     # A visualizer may name the sections of the other figures it wrote (sections.json: {"sections": {title: [file names]}}).
     listed, _ = _read_json(epoch_dir / "sections.json")
     for title, names in (listed.get("sections", {}) if isinstance(listed, dict) else {}).items():
@@ -196,12 +223,28 @@ def _gallery_section(run_dir: Path, report_dir: Path, metrics) -> str:
             parts.append(f"<h3>{_esc(title)}</h3>")
             parts += [f'<div class="gallery">{_img(p, report_dir, p.stem)}</div>' for p in paths]
             shown.update(paths)
-    others = sorted(p for p in epoch_dir.glob("*.png") if p not in shown)
+    others = [p for p in pictures if p not in shown]
     if others:
         parts.append("<h3>Other pictures</h3>")
         parts += [f'<div class="gallery">{_img(p, report_dir, p.stem)}</div>' for p in others]
-    if not (overview or samples or worst or others):
+    if not pictures:
         parts.append(_not_available("pictures", "the folder is empty"))
+    return "\n".join(parts)
+
+
+def _worst_gallery(paths: list[Path], report_dir: Path, metrics) -> str:
+    worst: dict[str, list[tuple[int, Path]]] = {}
+    for path in paths:
+        m = re.fullmatch(r"worst_(.+)_(\d+)\.png", path.name)
+        if m:
+            worst.setdefault(m.group(1), []).append((int(m.group(2)), path))
+    scores = _worst_order(metrics)
+    parts = []
+    for cls in sorted(worst, key=lambda c: (c not in scores, scores.get(c, 0.0), c)):
+        score = f" (score {scores[cls]:.4f})" if cls in scores else ""
+        parts.append(f"<h4>{_esc(cls)}{_esc(score)}</h4><div class=\"gallery\">")
+        parts += [_img(p, report_dir, f"#{rank}") for rank, p in sorted(worst[cls])]
+        parts.append("</div>")
     return "\n".join(parts)
 
 
@@ -231,6 +274,7 @@ def _write_report(run_dir: Path) -> Path:
         raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(report_dir / "figures", ignore_errors=True)  # copies from an earlier report
     labels, _ = _read_json(run_dir / "labels.json")
     labels = labels if isinstance(labels, dict) else {}
     class_names = [str(c) for c in labels.get("classes", [])]
@@ -241,17 +285,23 @@ def _write_report(run_dir: Path) -> Path:
     facts = ", ".join(([f"task: {task.group(1)}"] if task else []) + ([f"ignore_index: {labels['ignore_index']}"] if "ignore_index" in labels else []))
     classes = f"{len(class_names)} classes ({', '.join(class_names)})" if class_names else ""
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    sections = [
+        ("best", "Best validation", _metrics_section(metrics, why)),
+        ("per-class", "Per-class scores (best validation)", figures["per_class"]),
+        ("curves", "Learning curves", figures["curves"]),
+        ("confusion", "Confusion matrix (best validation, rows = ground truth)", figures["cm"]),
+        ("pictures", "Validation pictures", _gallery_section(run_dir, report_dir, metrics)),
+        ("config", "Resolved config", _config_section(run_dir)),
+    ]
+    contents = "".join(f'<li><a href="#{anchor}">{_esc(title)}</a></li>' for anchor, title, _ in sections)
     body = [
         f"<h1>seglab run: {_esc(run_dir.resolve().name)}</h1>",
         f"<p>{_esc(' | '.join(x for x in (facts, classes) if x))}</p>",
         f"<p>Report written {_esc(now)}; {len(history)} validation(s) in history.</p>",
-        "<h2>Best validation</h2>", _metrics_section(metrics, why),
-        "<h2>Per-class scores (best validation)</h2>", figures["per_class"],
-        "<h2>Learning curves</h2>", figures["curves"],
-        "<h2>Confusion matrix (best validation, rows = ground truth)</h2>", figures["cm"],
-        "<h2>Validation pictures</h2>", _gallery_section(run_dir, report_dir, metrics),
-        "<h2>Resolved config</h2>", _config_section(run_dir),
+        f'<nav><h2>Contents</h2><ol>{contents}</ol></nav>',
     ]
+    for anchor, title, content in sections:
+        body += [f'<h2 id="{anchor}">{_esc(title)}</h2>', content]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>seglab report: {_esc(run_dir.resolve().name)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -224,9 +224,15 @@ def test_resume_refuses_other_label_meanings_and_keeps_labels_json(tmp_path, syn
     labels_before = (run / "labels.json").read_text()
     cfg_text = (run / "config.yaml").read_text()
     # Two categories swapped: the same class names, other meanings.
-    assert main(["train", "--resume", str(run), "data.category_map={0: 2, 1: 1, 2: 3, 3: 4, 4: 5, 5: 6}"]) == 2
+    swap = "data.category_map={0: 2, 1: 1, 2: 3, 3: 4, 4: 5, 5: 6}"
+    assert main(["train", "--resume", str(run), swap]) == 2
     err = capsys.readouterr().err
-    assert "labels.json: the config now gives other labels (source_to_class changed" in err, err
+    assert "data.category_map cannot change in a resumed run" in err, err  # the CLI refuses the override by name
+    # Past the CLI (a config edited by hand), labels.json still guards the meaning of the outputs.
+    from seglab.core.training import train
+
+    with pytest.raises(SeglabError, match=r"labels.json: the config now gives other labels \(source_to_class changed"):
+        train(load_config(run / "config.yaml", [swap]), run, resume=True)
     assert (run / "labels.json").read_text() == labels_before and (run / "config.yaml").read_text() == cfg_text
     assert not (run / LOCK_NAME).exists()
 

@@ -66,13 +66,14 @@ def test_report_references_only_existing_files_and_escapes(tmp_path):
     assert index == run / "report" / "index.html"
     page = index.read_text(encoding="utf-8")
     found = links(index)
-    assert len(found.src) >= 9
-    for ref in found.src + found.href:
-        assert not ref.startswith(("http:", "https:", "//", "/")), ref
+    assert len(found.src) >= 8
+    assert len(found.src) == len(set(found.src))  # each figure once (the epoch's own confusion matrix is not repeated)
+    for ref in [r for r in found.src + found.href if not r.startswith("#")]:
+        assert not ref.startswith(("http:", "https:", "//", "/", "..")), ref
         assert (index.parent / unquote(ref)).is_file(), ref
     # The latest epoch is chosen by number, not by string order or mtime.
     assert all("epoch_002" not in ref for ref in found.src)
-    assert sum("viz/epoch_010/worst_" in ref for ref in found.src) == 3
+    assert sum("figures/epoch_010_worst_" in ref for ref in found.src) == 3
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
     assert "exp&lt;1&gt;" in page and "<link" not in page
     assert "0.6500" in page and "absent" in page
@@ -166,6 +167,24 @@ def test_report_shows_each_tasks_own_metric(tmp_path, run, monitor, value, per_c
         assert (index.parent / unquote(ref)).is_file(), ref
 
 
+def test_report_folder_stands_alone_with_contents_and_worst_classes_first(tmp_path):
+    run = make_run(tmp_path)
+    index = write_report(run)
+    moved = tmp_path / "mailed" / "report"
+    shutil.copytree(index.parent, moved)
+    shutil.rmtree(run)  # the run folder is gone: the report still has every picture
+    found = links(moved / "index.html")
+    for ref in found.src:
+        assert (moved / unquote(ref)).is_file(), ref
+    anchors = [ref for ref in found.href if ref.startswith("#")]
+    assert anchors == ["#best", "#per-class", "#curves", "#confusion", "#pictures", "#config"]
+    page = (moved / "index.html").read_text(encoding="utf-8")
+    for anchor in anchors:
+        assert f'id="{anchor[1:]}"' in page
+    # dog (IoU 0.4) before cat (absent from the ground truth: no score), whatever the alphabet says
+    assert page.index("<h4>dog (score 0.4000)</h4>") < page.index("<h4>cat</h4>")
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(F1["metrics"]))  # metrics alone do not make a run
     with pytest.raises(SeglabError, match=r"not a run folder \(no config.yaml\)"):
@@ -219,7 +238,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
         assert driver.save_screenshot(str(shot))
     finally:
         driver.quit()
-    assert len(images) >= 9
+    assert len(images) >= 8
     assert [src for src, width in images if not width > 0] == []
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000

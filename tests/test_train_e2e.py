@@ -141,7 +141,7 @@ def test_overrides_may_follow_options(tmp_path, monkeypatch):
     import seglab.core.training
 
     seen = {}
-    monkeypatch.setattr(seglab.core.training, "train", lambda cfg, run_dir, resume=False: seen.update(cfg=cfg, run=run_dir) or {})
+    monkeypatch.setattr(seglab.core.training, "train", lambda cfg, run_dir, resume=False, **_: seen.update(cfg=cfg, run=run_dir) or {})
     cfg = ROOT / "configs" / "demo.yaml"
     assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "optim.lr=0.5", "data.batch_size=2"]) == 0
     assert seen["cfg"].optim.lr == 0.5 and seen["cfg"].data.batch_size == 2

@@ -8,7 +8,6 @@ adds their parsers; a new command group is one module and one entry in COMMAND_G
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -17,19 +16,52 @@ from seglab.cli import data, infer, look, train, weights
 COMMAND_GROUPS = (train, infer, data, look, weights)
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (options
+    whose default is "not given" say what happens then in their own words)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _with_defaults_shown(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = DefaultsFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_defaults_shown(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from seglab import __version__
+
     p = argparse.ArgumentParser(prog="seglab", description="Config-driven experiment lab: segmentation (multi-class, multi-label) and classification")
+    p.add_argument("--version", action="version", version=f"seglab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
+    _with_defaults_shown(p)
     return p
 
 
+def _quiet_broken_pipe() -> None:
+    """`seglab runs diff A B | head`: the reader left; stop quietly, as `cat` does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    from seglab.console import setup_console
     from seglab.errors import SeglabError
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_console()
     parser = build_parser()
     # `key=value` overrides may come after options too (`train cfg.yaml --out RUN lr=...`).
     args, extra = parser.parse_known_args(argv)
@@ -43,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     except SeglabError as e:
         print(f"error: {worker_message(str(e))}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if not isinstance(e.code, str):  # argparse and --help: their own code
+            raise
+        print(f"error: {e.code.removeprefix('error: ')}", file=sys.stderr)  # a usage message: like any other mistake
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by its pipe
     except OSError as e:  # the safety net: a file the specific checks did not foresee (read-only, disk full...)
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
@@ -56,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug in seglab: the traceback is what a report needs
         print(f"error: {message}", file=sys.stderr)
         return 2
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 141
     return 0
 
 

@@ -16,17 +16,19 @@ def add_tta_flags(p) -> None:
 
 
 def add_run_flags(p) -> None:
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder (written by seglab train)")
     p.add_argument("--checkpoint", default="best", help="best, last, or a .ckpt path")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     add_tta_flags(p)
 
 
 def add_members_flags(p, split: str) -> None:
-    p.add_argument("members", nargs="+", help="run folders (RUN, RUN:last, RUN:best, RUN:file.ckpt) or k-fold folders (all their folds)")
-    p.add_argument("--weights", help="comma-separated weight per member (a k-fold folder's weight is shared by its folds)")
-    p.add_argument("--split", default=split)
+    p.add_argument("members", nargs="+", help="run folders (RUN, RUN:last, RUN:best, RUN:file.ckpt) or k-fold folders (all their folds), "
+                                               "then data.KEY=VALUE overrides of the data config, e.g. data.root=/elsewhere")
+    p.add_argument("--weights", help="comma-separated weight per member (a k-fold folder's weight is shared by its folds; default: equal weights)")
+    p.add_argument("--split", default=split, help="which configured split to read: train, val or test")
     p.add_argument("--data", help="config (or run folder) whose split is read; default the first member's (a k-fold's base config)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device")
+    p.set_defaults(overrides=[])  # data.KEY=VALUE among the members: see split_members
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: the data config's val_batch_size or batch_size)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     add_tta_flags(p)

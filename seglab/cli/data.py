@@ -38,7 +38,9 @@ def cmd_data_inspect(args) -> None:
 def cmd_data_validate(args) -> None:
     from seglab.core.training import config_problems
     from seglab.data import collect_problems
+    from seglab.data.summary import label_map_lines, not_a_config_hint, split_counts, void_lines
 
+    not_a_config_hint(args.config)
     cfg = load_cli_config(args)
     labels, problems = collect_problems(cfg, deep=args.deep)
     problems = config_problems(cfg) + problems
@@ -53,6 +55,9 @@ def cmd_data_validate(args) -> None:
             print(f"corrections applied ({cfg.data.corrections}): " + (", ".join(f"{k} {n}" for k, n in applied.items()) or "none"))
         except SeglabError:
             pass  # already listed among the problems
+    if labels is not None:
+        for line in label_map_lines(labels) + [split_counts(cfg, labels)] + void_lines(cfg, labels):
+            print(line)
     print(f"{len(problems)} problem(s); classes: {', '.join(labels.classes) if labels else 'unresolved'}")
     if problems:
         raise SystemExit(1)
@@ -122,29 +127,29 @@ def cmd_data_cache(args) -> None:
 def register(sub) -> None:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a built-in example dataset: COCO (competition A), polygons (B) or mask status (C)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder to write the data set into (required)")
     s.add_argument("--format", choices=("coco", "polygons", "maskstatus"), default="coco",
                    help="polygons: hand-bone layout, --n-* count people; maskstatus: --n-train/--n-test count persons")
     s.add_argument("--n-train", type=int, help="default 48 images (coco) / 24 people (polygons) / 60 persons (maskstatus)")
     s.add_argument("--n-val", type=int, help="default 16 images / 8 people (maskstatus: validation is a fold of persons)")
     s.add_argument("--n-test", type=int, help="default 8 images / 4 people / 24 persons")
     s.add_argument("--size", type=int, help="image side in pixels (default 128; 64 for maskstatus)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the drawn shapes")
     s.set_defaults(func=cmd_data_synth)
     i = d.add_parser("inspect", help="class counts, pixel shares, overlaps, sizes and problems of a COCO file")
-    i.add_argument("json")
+    i.add_argument("json", help="a COCO annotation file")
     i.add_argument("--root", help="image root (default: the JSON's folder)")
-    i.add_argument("--paint-order", default="area_desc")
-    i.add_argument("--corrections", help="a corrections file (data.corrections) applied before counting; its records are counted per kind")
+    i.add_argument("--paint-order", default="area_desc", help="which overlapping annotation wins a pixel: area_desc, annotation_order or class_index")
+    i.add_argument("--corrections", help="a corrections file (data.corrections) applied before counting; its records are counted per kind (default: none)")
     i.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_data_inspect)
     v = d.add_parser("validate", help="list every problem a config and its splits have")
-    v.add_argument("config")
-    v.add_argument("overrides", nargs="*")
+    v.add_argument("config", help="YAML config (a COCO JSON file? use `seglab data inspect FILE`)")
+    v.add_argument("overrides", nargs="*", help="key.path=value overrides")
     v.add_argument("--deep", action="store_true", help="decode every image and label map fully (truncated or corrupt files, label values outside the class map; slower)")
     v.set_defaults(func=cmd_data_validate)
     sp = d.add_parser("split", help="k folds of a split (groups kept together, stratified) -> OUT/folds.csv for data.folds/data.fold")
-    sp.add_argument("config")
+    sp.add_argument("config", help="YAML config")
     sp.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. kfold.metadata=meta.xlsx 'kfold.stratify=[sex,age]'")
     sp.add_argument("--folds", type=int, help="number of folds (default: kfold.folds)")
     sp.add_argument("--out", required=True, help="folder for folds.csv")
@@ -152,7 +157,7 @@ def register(sub) -> None:
     sp.add_argument("--seed", type=int, help="default: the config's seed")
     sp.set_defaults(func=cmd_data_split)
     c = d.add_parser("cache", help="fill the mask (and, with data.image_size, resized image) caches of every split up front, on every core")
-    c.add_argument("config")
+    c.add_argument("config", help="YAML config")
     c.add_argument("overrides", nargs="*", help="key.path=value overrides (the caches are those a run with them reads)")
     c.add_argument("--workers", type=int, help="processes (default: every core)")
     c.set_defaults(func=cmd_data_cache)
@@ -166,7 +171,7 @@ def register(sub) -> None:
     ct.add_argument("--device", help="e.g. cpu or cuda:0 (default: cuda when available)")
     ct.set_defaults(func=cmd_data_corrections_template)
     rd = d.add_parser("rle-decode", help="turn an image_name,class,rle CSV back into one PNG mask per image x class")
-    rd.add_argument("csv")
-    rd.add_argument("--out", required=True)
+    rd.add_argument("csv", help="image_name,class,rle CSV")
+    rd.add_argument("--out", required=True, help="folder for the PNG masks (required)")
     rd.add_argument("--size", type=int, nargs=2, default=(2048, 2048), metavar=("H", "W"), help="original image size")
     rd.set_defaults(func=cmd_data_rle_decode)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seglab.cli.common import load_cli_config
+from seglab.cli.common import add_run_flags, load_cli_config
 
 
 def cmd_report(args) -> None:
@@ -47,6 +47,16 @@ def cmd_viz_aug(args) -> None:
     print(f"wrote {len(paths)} augmented samples (augment.train, then augment.batch on them as one batch) to {args.out}")
 
 
+def cmd_viz_pred(args) -> None:
+    from seglab.cli.infer import _members
+    from seglab.visualization.predictions import draw_predictions
+
+    members, ref = _members(args, [(Path(args.run_dir), args.checkpoint)])
+    out = Path(args.out) if args.out else Path(args.run_dir) / "viz" / f"pred_{args.split}"
+    paths = draw_predictions(members, args.split, ref, out, args.limit)
+    print(f"wrote {len(paths)} prediction picture(s) of {args.split} to {out}")
+
+
 def cmd_models(args) -> None:
     from seglab.models import describe_models
 
@@ -73,7 +83,7 @@ def cmd_config(args) -> None:
 
 def register(sub) -> None:
     r = sub.add_parser("report", help="write RUN_DIR/report/index.html (static, opens from disk)")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", help="a run folder (written by seglab train)")
     r.set_defaults(func=cmd_report)
 
     rs = sub.add_parser("runs", help="list runs under a folder (default runs/), or `runs diff A B`")
@@ -82,26 +92,35 @@ def register(sub) -> None:
 
     vz = sub.add_parser("viz", help="visual checks").add_subparsers(dest="viz_command", required=True)
     g = vz.add_parser("gt", help="draw ground-truth overlays of a COCO file (check labels before training)")
-    g.add_argument("json")
-    g.add_argument("--out", required=True)
+    g.add_argument("json", help="a COCO annotation file")
+    g.add_argument("--out", required=True, help="folder for the overlays (required)")
     g.add_argument("--root", help="image root (default: the JSON's folder)")
-    g.add_argument("--paint-order", default="area_desc")
-    g.add_argument("--limit", type=int, help="at most this many images")
+    g.add_argument("--paint-order", default="area_desc", help="which overlapping annotation wins a pixel: area_desc, annotation_order or class_index")
+    g.add_argument("--limit", type=int, help="at most this many images (default: all)")
     g.set_defaults(func=cmd_viz_gt)
     a = vz.add_parser("aug", help="save training samples as the model sees them after augment.train and augment.batch")
-    a.add_argument("config")
-    a.add_argument("overrides", nargs="*")
-    a.add_argument("--out", required=True)
+    a.add_argument("config", help="YAML config")
+    a.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    a.add_argument("--out", required=True, help="folder for the pictures (required)")
     a.add_argument("--n", type=int, default=8, help="samples (one batch for augment.batch)")
     a.add_argument("--seed", type=int, default=0, help="augmentation seed: another value shows other draws")
     a.set_defaults(func=cmd_viz_aug)
 
+    vp = vz.add_parser("pred", help="draw a trained run's predictions on a split's images, with the errors where it has labels")
+    add_run_flags(vp)
+    vp.add_argument("--split", default="val", help="which configured split: train, val or test")
+    vp.add_argument("--out", help="folder for the pictures (default: RUN/viz/pred_SPLIT)")
+    vp.add_argument("--limit", type=int, default=16, help="at most this many images")
+    vp.add_argument("overrides", nargs="*", help="data.key=value overrides of the data config, e.g. data.root=/elsewhere")
+    vp.add_argument("--data", help="config (or run folder) whose split is read (default: the run's own config)")
+    vp.set_defaults(func=cmd_viz_pred)
+
     m = sub.add_parser("models", help="list the registered segmentation models, their parts and parameter counts")
-    m.add_argument("--classes", type=int, default=12)
+    m.add_argument("--classes", type=int, default=12, help="number of output classes of the models built")
     m.add_argument("--encoder", default="resnet34", help="encoder used for the smp architectures")
     m.set_defaults(func=cmd_models)
 
     c = sub.add_parser("config", help="print a config with defaults filled in (validates it)")
-    c.add_argument("config")
-    c.add_argument("overrides", nargs="*")
+    c.add_argument("config", help="YAML config")
+    c.add_argument("overrides", nargs="*", help="key.path=value overrides")
     c.set_defaults(func=cmd_config)

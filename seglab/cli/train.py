@@ -9,21 +9,23 @@ from seglab.cli.common import load_cli_config
 
 
 def cmd_train(args) -> None:
-    from seglab.config import load_config
+    from seglab.core.resuming import resume_config
     from seglab.core.training import train
 
+    resumed = None
     if args.resume:
         run_dir = Path(args.resume)
         if args.config and args.config != str(run_dir):
             args.overrides = [args.config] + args.overrides  # `train --resume RUN key=value`
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        cfg, done = resume_config(run_dir, args.overrides)
+        resumed = {"overrides": args.overrides, "from_epoch": done}
     else:
         if not args.config:
             raise SystemExit("seglab train: give a CONFIG (or --resume RUN_DIR)")
         cfg = load_cli_config(args)
         run_dir = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.time()
-    best = train(cfg, run_dir, resume=bool(args.resume))
+    best = train(cfg, run_dir, resume=bool(args.resume), resumed=resumed)
     print(f"\nrun folder: {run_dir}  ({time.time() - started:.0f} s)")
     if best:
         monitor = best.get("monitor")
@@ -55,14 +57,14 @@ def register(sub) -> None:
     t.add_argument("config", nargs="?", help="YAML config")
     t.add_argument("overrides", nargs="*", help="key.path=value overrides")
     t.add_argument("--out", help="run folder (default runs/<config>-<time>)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint; overrides after it are recorded in RUN_DIR/config.yaml (default: a new run)")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("kfold", help="k-fold cross-validation: folds, one run per fold, out-of-fold scores")
     k.add_argument("config", nargs="?", help="YAML config (its data.train is split)")
     k.add_argument("overrides", nargs="*", help="key.path=value overrides")
     k.add_argument("--folds", type=int, help="number of folds (default: the config's kfold.folds)")
-    k.add_argument("--out", help="k-fold folder: folds.csv, fold_K/ runs, kfold.json")
-    k.add_argument("--resume", metavar="OUT", help="continue a stopped k-fold (finished folds are skipped)")
-    k.add_argument("--device", help="device for the fold evaluations")
+    k.add_argument("--out", help="k-fold folder: folds.csv, fold_K/ runs, kfold.json (required unless --resume; no default)")
+    k.add_argument("--resume", metavar="OUT", help="continue a stopped k-fold (finished folds are skipped; default: a new k-fold)")
+    k.add_argument("--device", help="device for the fold evaluations (default: cuda when available)")
     k.set_defaults(func=cmd_kfold)

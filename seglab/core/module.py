@@ -19,6 +19,7 @@ checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -237,9 +238,10 @@ class LabModule(L.LightningModule):
             best = {"epoch": epoch, "step": step, "monitor": monitor, **metrics, "val_loss": scores["loss"]}
             write_json(self.run_dir / "metrics.json", finite(best))
         mark = "  (best)" if better else ""
-        print("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"), flush=True)
+        # Logged (not printed): the table reaches RUN/train.log too.
+        logging.getLogger("seglab").info("\n" + self.task.format_table(scores, f"validation after epoch {epoch} (step {step}){mark}"))
         if self.merge is not None:
-            print(self.task.format_table(unprefixed(scores), "  in submission classes (submission.classes)"), flush=True)
+            logging.getLogger("seglab").info(self.task.format_table(unprefixed(scores), "  in submission classes (submission.classes)"))
 
     # ------------------------------------------------------------ checkpoints
 

@@ -79,7 +79,16 @@ def pick_device(name: str | None = None) -> torch.device:
         except RuntimeError as e:
             raise SeglabError(f"--device {name!r}: {str(e).splitlines()[0]}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise SeglabError(f"--device {name!r}: no CUDA device is available on this machine (use --device cpu)")
+            raise SeglabError(f"--device {name}: no CUDA device is available on this machine (use --device cpu)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise SeglabError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1} (use --device cuda:0)")
+        if device.type not in ("cpu", "cuda"):
+            from seglab.core.combinations import device_problems
+
+            problem = device_problems(device.type, 1)
+            if problem:
+                raise SeglabError(f"--device {name}: no {device.type} device on this machine (use --device cpu)")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from seglab.config import to_yaml
+from seglab.console import quiet_lightning, run_log
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
 from seglab.core.module import LabModule
@@ -33,17 +34,25 @@ log = logging.getLogger("seglab")
 PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "fp16": "16-mixed"}
 
 
-def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg, run_dir: str | Path, resume: bool = False, resumed: dict | None = None) -> dict:
     """Train one run into `run_dir`; returns the best validation metrics. The run folder is
     held by this process until training ends (`seglab.core.runlock`): a second `train` or
-    `--resume` into it stops at once."""
+    `--resume` into it stops at once. `resumed` (the overrides and the epoch of a `--resume`)
+    is recorded in RUN/resumes.jsonl, and the overridden config replaces RUN/config.yaml."""
     from seglab.core.runlock import RunLock
 
-    with RunLock(run_dir, "train --resume" if resume else "train"):
-        return _train(cfg, Path(run_dir), resume)
+    created = _missing_folders(Path(run_dir))
+    try:
+        with RunLock(run_dir, "train --resume" if resume else "train"):
+            return _train(cfg, Path(run_dir), resume, resumed)
+    except SeglabError:
+        for folder in created:  # a failed preflight leaves no empty run folder for a retry to trip over
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
-def _train(cfg, run_dir: Path, resume: bool) -> dict:
+def _train(cfg, run_dir: Path, resume: bool, resumed: dict | None) -> dict:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise SeglabError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
@@ -61,10 +70,25 @@ def _train(cfg, run_dir: Path, resume: bool) -> dict:
         # Pretrained weights resolved (cache, else download) and recorded with their sha256,
         # and the normalisation set to theirs, before the config is written.
         cfg = build_cfg = resolve_weights(cfg, task)
+    if not resume or (resumed and resumed["overrides"]):  # a resume's overrides are part of the run now
         write_text(run_dir / "config.yaml", to_yaml(cfg))
+    if not resume:
         write_json(run_dir / "labels.json", labels.to_json())  # --resume keeps the run's own (checked above)
+    if resumed:
+        from seglab.core.resuming import record_resume
+
+        record_resume(run_dir, resumed["overrides"], resumed["from_epoch"])
     keep_corrections(cfg, run_dir)
 
+    with run_log(run_dir):
+        quiet_lightning()
+        log.info(f"{'resuming' if resume else 'training'} {run_dir} ({task.name}, {cfg.model.arch}/{cfg.model.encoder}, "
+                 f"{labels.num_classes} classes)" + (f" from epoch {resumed['from_epoch']} with {' '.join(resumed['overrides'])}"
+                                                     if resumed and resumed["overrides"] else ""))
+        return _fit(cfg, build_cfg, run_dir, labels, task, resume, last)
+
+
+def _fit(cfg, build_cfg, run_dir: Path, labels, task, resume: bool, last: Path) -> dict:
     train_set = build_dataset(cfg, "train", labels, train=True, with_targets=True)
     val_set = build_dataset(cfg, "val", labels, train=False, with_targets=True)
     frequencies = class_frequencies(train_set.source, labels) if needs_class_frequencies(cfg) else None
@@ -154,10 +178,17 @@ def preflight(cfg, run_dir: Path | None, splits):
     return labels
 
 
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """The folders training would create (the run lock, `check_writable`), deepest first."""
+    return [p for p in [Path(run_dir), *Path(run_dir).parents] if not p.exists()]
+
+
 def config_problems(cfg) -> list[str]:
     """The config checks that need the training stack, every bad entry on its own line: loss
     names and parameters, albumentations transforms, batch augmentations, the task's own
-    (model name, ...)."""
+    (model name, ...), and keys that cannot work together (crop vs image size, warmup vs
+    epochs)."""
+    from seglab.core.combinations import combination_problems
     from seglab.data.batch_augment import batch_problems
     from seglab.data.transforms import transform_problems
     from seglab.losses import loss_problems
@@ -165,7 +196,8 @@ def config_problems(cfg) -> list[str]:
     task = get_task(cfg.task)
     return (loss_problems(cfg.loss, task.loss_targets) + transform_problems(cfg.augment.train, "augment.train")
             + transform_problems(cfg.augment.eval, "augment.eval") + batch_problems(cfg.augment.batch, "augment.batch")
-            + task.preflight_problems(cfg) + weights_problems(cfg, task, cache=False) + trainer_problems(cfg))
+            + task.preflight_problems(cfg) + weights_problems(cfg, task, cache=False) + trainer_problems(cfg)
+            + combination_problems(cfg))
 
 
 def weights_problems(cfg, task, cache: bool = True) -> list[str]:
@@ -314,6 +346,10 @@ def make_callbacks(cfg, run_dir: Path, labels, task, has_logger: bool) -> list:
     callbacks.append(ExactResume(run_dir / "checkpoints" / "last.ckpt", cfg.trainer.checkpoint_every_n_steps))
     if cfg.trainer.progress_bar:
         callbacks.append(LossBar())
+    else:  # no bar: a progress line with the ETA every few seconds
+        from seglab.progress import TrainingProgress
+
+        callbacks.append(TrainingProgress())
     return callbacks
 
 

@@ -112,7 +112,7 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
             continue
         try:
             opened[split] = open_source(cfg, split, labels)
-            problems.extend(opened[split].problems(check_files, deep))
+            problems.extend(collapse_missing(opened[split].problems(check_files, deep), split))
         except DataValidationError as e:
             problems.extend(e.problems)
         except SeglabError as e:
@@ -128,6 +128,18 @@ def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: boo
         except SeglabError as e:
             problems.append(str(e))
     return list(dict.fromkeys(problems))  # a fold shares its pool's file: listed once
+
+
+def collapse_missing(problems: list[str], split: str, shown: int = 3) -> list[str]:
+    """Many "image file not found" lines of one split as one line with a few examples and the
+    likely fix (a wrong data.root moves every image at once)."""
+    missing = [p for p in problems if ": image file not found: " in p]
+    if len(missing) <= shown:
+        return problems
+    examples = ", ".join(p.rsplit(": image file not found: ", 1)[1] for p in missing[:shown])
+    summary = (f"data.{split}: {len(missing)} image files not found (e.g. {examples}); "
+               f"paths are read relative to data.root: check data.root")
+    return [summary] + [p for p in problems if ": image file not found: " not in p]
 
 
 def overlap_problems(sources: dict) -> list[str]:

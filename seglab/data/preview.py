@@ -15,13 +15,18 @@ import torch
 from seglab.data import build_dataset, resolve_labels
 from seglab.data.batch_augment import build_batch_augment
 from seglab.data.sampling import build_train_sampler
-from seglab.errors import ConfigError
+from seglab.errors import ConfigError, DataValidationError
 
 
 def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[list[str], Iterator[tuple]]:
     """The class names to draw with and n samples: (title, image, class map or None, augmented
     image, augmented class map or None), HxWx3 uint8 images. Multi-label masks are drawn as
     the topmost class of each pixel (class 0 = none); an image class is named in the title."""
+    from seglab.core.combinations import crop_problems
+
+    problems = crop_problems(cfg)
+    if problems:
+        raise DataValidationError(problems)
     labels = resolve_labels(cfg)
     plain = build_dataset(cfg, "train", labels, train=False, with_targets=True)
     augmented = build_dataset(cfg, "train", labels, train=True, with_targets=True)

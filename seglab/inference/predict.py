@@ -28,6 +28,7 @@ from seglab.data.transforms import build_transform
 from seglab.errors import SeglabError
 from seglab.inference.ensemble import Member, check_compatible
 from seglab.inference.tta import tta_probs
+from seglab.progress import progress
 
 AMP = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16": torch.float16, "16-mixed": torch.float16}
 
@@ -66,19 +67,27 @@ class Reference(NamedTuple):
     labels: object
 
 
-def reference(members: list[Member], data_config=None) -> Reference:
+def reference(members: list[Member], data_config=None, overrides=()) -> Reference:
     """The reference of `data_config`: a config file or run folder (read once here), None for
-    the first member's own, or a Reference already read (returned as it is)."""
+    the first member's own, or a Reference already read (returned as it is); `overrides`
+    (`data.key=value`) apply to it, e.g. another data.root for the test images."""
     if isinstance(data_config, Reference):
         return data_config
-    if data_config is None:
+    if data_config is None and not overrides:
         return Reference(members[0].run.cfg, members[0].run.labels)
-    path = Path(data_config)
-    cfg = load_config(path / "config.yaml" if path.is_dir() else path)
+    path = reference_path(members, data_config)
+    cfg = load_config(path, list(overrides))
     labels = resolve_labels(cfg)
     if list(labels.classes) != list(members[0].run.labels.classes):
         raise SeglabError(f"{path}: its classes {list(labels.classes)} differ from the runs' {list(members[0].run.labels.classes)}")
     return Reference(cfg, labels)
+
+
+def reference_path(members: list[Member], data_config=None) -> Path:
+    """The config file the images are read from: `data_config` (a file, or a run folder's
+    config.yaml) or the first member's config.yaml."""
+    path = Path(data_config) if data_config is not None else members[0].run.path
+    return path / "config.yaml" if path.is_dir() else path
 
 
 def _view_key(cfg) -> str:
@@ -113,7 +122,7 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
             streams[key] = iter(loader(view))
     total_weight = sum(m.weight for m in members)
     first = members[0].run
-    for ref_batch in loader(ref):
+    for ref_batch in progress(loader(ref), f"{split}: {len(members)} member(s) predicting"):
         size = tuple(ref_batch["image"].shape[-2:])
         views = {key: next(s) for key, s in streams.items()}
         views[ref_key] = ref_batch

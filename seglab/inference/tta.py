@@ -31,6 +31,10 @@ def parse_tta(flips: str | None, scales: str | None, base: TTAConfig | None = No
     update = {}
     if flips is not None:
         update["flips"] = [f.strip() for f in flips.split(",") if f.strip() and f.strip() != "none"]
+        bad = [f for f in update["flips"] if f not in FLIP_DIMS]
+        if bad:
+            raise ConfigError(f"--flips {flips}: {', '.join(map(repr, bad))} is not a flip; use h, v, hv or none, "
+                              f"comma-separated (e.g. --flips h,v)")
     if scales is not None:
         try:
             update["scales"] = [float(s) for s in scales.split(",") if s.strip()]

@@ -25,6 +25,7 @@ class WriteContext:
     classes: list[str]
     cfg: object  # the reference config: data layout, submission.size
     split: str
+    palette: bool = False  # png: colour-palette PNGs (mode P) instead of grey index PNGs
 
 
 from seglab.submission import classification, rle, segmentation  # noqa: E402,F401  (register)

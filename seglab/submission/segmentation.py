@@ -52,10 +52,36 @@ def write_png_folder(predictions: Iterable, out: Path, ctx: WriteContext) -> int
             if p.output.ndim == 3:
                 for name, mask in zip(ctx.classes, p.output):
                     atomic_write_png(folder.path(f"{stem}/{safe_name(name)}.png", f"image {p.id!r}"), mask.astype(np.uint8) * 255)
+            elif ctx.palette:
+                write_palette_png(folder.path(f"{stem}.png", f"image {p.id!r}"), p.output, len(ctx.classes))
             else:
                 atomic_write_png(folder.path(f"{stem}.png", f"image {p.id!r}"), p.output)
             folder.count += 1
     return folder.count
+
+
+def write_palette_png(path: Path, class_map: np.ndarray, num_classes: int) -> None:
+    """A class map as a palette PNG (PIL mode "P"): the stored values are the class indices,
+    unchanged (still a class map for PIL / `np.array(Image.open(...))`), and any image viewer
+    shows them in the report's class colours instead of near-black greys."""
+    from PIL import Image
+
+    from seglab.visualization.figures import class_palette
+
+    if num_classes > 256:
+        raise DataError(f"--palette: a palette PNG holds at most 256 classes, the run has {num_classes} (drop --palette)")
+    image = Image.fromarray(class_map.astype(np.uint8), mode="P")
+    colours = np.zeros((256, 3), np.uint8)
+    colours[:num_classes] = class_palette(num_classes)
+    colours[num_classes:] = 255  # ignore / out of range: white, as in the panels
+    image.putpalette(colours.ravel().tolist())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def safe_name(text: str) -> str:

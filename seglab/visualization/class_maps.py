@@ -180,7 +180,7 @@ class _ValidationVisualizerHooks:
             for rank, (iou, image_id) in enumerate(self._worst.worst(c), start=1):
                 image, gt, pred = self._crops[image_id]
                 title = f"worst #{rank} for {name}: IoU {iou:.3f} ({image_id})"
-                panel = prediction_panel(image, gt, pred, names, self.ignore_index, title, self.palette)
+                panel = prediction_panel(image, gt, pred, names, self.ignore_index, title, self.palette, focus=c)
                 figures[f"val_worst/{name}/{rank}"] = (f"worst_{safe_filename(name)}_{rank}", panel)
         if val_result:
             cm = val_result.get("confusion_matrix")

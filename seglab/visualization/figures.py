@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
@@ -36,18 +35,33 @@ OUTCOME_COLORS = np.array(
 )
 
 
+# 48 class colours as far apart as possible for the eye: picked greedily, each the colour
+# farthest (CIELAB distance) from black (background), white and grey (ignored), the
+# error-map red and all picked before, out of a 16-level RGB grid without greys. The first
+# 30 stay more than 30 CIELAB units apart (tab10 + tab20 gave classes 10-11 lighter shades
+# of classes 1-2). Fixed here, so a class keeps its colour across runs, reports and
+# palette PNGs.
+DISTINCT_COLORS = (
+    (0, 0, 255), (0, 255, 0), (255, 51, 187), (255, 204, 0), (0, 119, 238), (34, 119, 0),
+    (0, 255, 204), (136, 68, 0), (102, 34, 102), (255, 119, 136), (204, 238, 136), (238, 170, 255),
+    (221, 17, 255), (0, 187, 255), (68, 17, 170), (255, 187, 119), (0, 102, 85), (187, 238, 0),
+    (17, 85, 136), (255, 136, 0), (136, 0, 51), (0, 221, 102), (136, 136, 68), (0, 238, 255),
+    (187, 102, 238), (238, 0, 68), (187, 119, 153), (153, 221, 187), (153, 170, 0), (34, 68, 0),
+    (187, 136, 0), (0, 170, 119), (204, 68, 17), (204, 204, 255), (153, 102, 85), (238, 0, 119),
+    (255, 187, 187), (51, 153, 170), (17, 51, 153), (136, 102, 187), (170, 0, 119), (0, 85, 255),
+    (85, 187, 0), (102, 51, 68), (255, 119, 187), (221, 119, 85), (136, 17, 153), (238, 221, 170),
+)
+
+
 def class_palette(num_classes: int) -> np.ndarray:
-    """[C, 3] uint8 colours: class 0 (background) black, the rest far apart and not grey."""
-    # tab10/tab20 are designed to be told apart; their greys are dropped so nothing
-    # looks like the white/grey used for ignored pixels.
-    base = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]
-    base += [c for i, c in enumerate(colormaps["tab20"].colors) if i % 2 == 1 and i != 15]
-    colors = [(0.0, 0.0, 0.0)] + [tuple(c) for c in base]
-    # Beyond the hand-picked ones, golden-ratio hue steps keep neighbours distinct.
+    """[C, 3] uint8 colours: class 0 (background) black, then DISTINCT_COLORS (none grey or
+    white, the colours of ignored pixels); past those, golden-ratio hue steps."""
+    colors = [(0, 0, 0), *DISTINCT_COLORS]
     for i in range(num_classes - len(colors)):
         hue = (i * 0.618033988749895) % 1.0
-        colors.append(colorsys.hsv_to_rgb(hue, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * ((i // 2) % 2)))
-    return (np.asarray(colors[:num_classes]) * 255).round().astype(np.uint8).reshape(-1, 3)
+        rgb = colorsys.hsv_to_rgb(hue, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * ((i // 2) % 2))
+        colors.append(tuple(round(255 * c) for c in rgb))
+    return np.asarray(colors[:num_classes], dtype=np.uint8).reshape(-1, 3)
 
 
 def colorize(mask: np.ndarray, palette: np.ndarray, ignore_index: int | None = 255) -> np.ndarray:
@@ -180,8 +194,9 @@ def _class_legend(gt, pred, class_names, palette, ignore_index):
 
 def prediction_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
                      class_names: Sequence[str], ignore_index: int | None = 255,
-                     title: str = "", palette: np.ndarray | None = None) -> np.ndarray:
-    """One row: image | GT overlay | prediction overlay | error map, with a class legend."""
+                     title: str = "", palette: np.ndarray | None = None, focus: int | None = None) -> np.ndarray:
+    """One row: image | GT overlay | prediction overlay | error map, with a class legend;
+    with `focus` (a class index) also that class's TP/FP/FN map."""
     palette = class_palette(len(class_names)) if palette is None else palette
     counted = gt.size if ignore_index is None else int((gt != ignore_index).sum())
     err_pct = 100.0 * error_mask(gt, pred, ignore_index).sum() / max(counted, 1)
@@ -190,7 +205,10 @@ def prediction_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
     tiles = [(image, "image"), (overlay(image, gt, palette, ignore_index), "ground truth"),
              (overlay(image, pred, palette, ignore_index), "prediction"),
              (error_map(image, gt, pred, ignore_index), f"errors ({err_pct:.1f}% of pixels)")]
-    return _tile_grid(tiles, 4, title, legend, tile_px=300)
+    if focus is not None:
+        outcome = OUTCOME_COLORS[class_outcomes(gt, pred, focus, ignore_index)]
+        tiles.append((outcome, f"{_class_name(class_names, focus)}: TP green, FP red, FN blue"))
+    return _tile_grid(tiles, len(tiles), title, legend, tile_px=300)
 
 
 def per_class_panel(gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
@@ -372,7 +390,9 @@ def draw_augmented(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarr
 
 
 def _unique(stem: str, used: set[str]) -> str:
-    """File name not yet used in this folder: different ids can sanitise to the same name."""
+    """File name not yet used in this folder: different ids can sanitise to the same name.
+    An image id's own extension is dropped (`gt_x.png`, never `gt_x.png.png`)."""
+    stem = re.sub(r"\.(png|jpe?g|bmp|tiff?|webp|gif)$", "", stem, flags=re.IGNORECASE)
     name, n = f"{stem}.png", 2
     while name in used:
         name, n = f"{stem}_{n}.png", n + 1

@@ -43,11 +43,37 @@ class CocoFile:
     content_hash: str
     has_annotations: bool  # test files have no 'annotations' key at all
 
+    @property
+    def label(self) -> str:
+        """The file as problems name it: its path under data.root's folder when it is there
+        (`train/_annotations.coco.json`: per-split folders often share one file name)."""
+        try:
+            return str(self.path.resolve().relative_to(Path(self.configured_root).resolve()))
+        except (ValueError, OSError, TypeError):  # not under data.root, or no root given
+            return self.path.name
+
+    configured_root: Path | None = None  # data.root (the images' root may be the JSON's folder)
+
     def record(self, index: int) -> dict:
         return self.images[index]
 
     def where(self, image: dict) -> str:
-        return f"{self.path.name}: image {image.get('id')} ({image.get('file_name')!r})"
+        return f"{self.label}: image {image.get('id')} ({image.get('file_name')!r})"
+
+
+def image_root(path: Path, root: Path, images: list[dict], probe: int = 5) -> Path:
+    """Where a split's `file_name`s are relative to: data.root, or the JSON's own folder
+    when the split lives in a folder of its own (the Roboflow export layout:
+    `train/_annotations.coco.json` beside `train/*.jpg`). The JSON's folder is chosen only
+    when none of the first `probe` images is under data.root and all of them are beside
+    the JSON, so one decision holds for the whole split."""
+    here = path.parent
+    if not images or here.resolve() == Path(root).resolve():
+        return Path(root)
+    names = [img.get("file_name") for img in images[:probe] if isinstance(img.get("file_name"), str)]
+    if names and not any((Path(root) / n).is_file() for n in names) and all((here / n).is_file() for n in names):
+        return here
+    return Path(root)
 
 
 def _load_json(path: Path) -> tuple[dict, bytes]:
@@ -89,7 +115,8 @@ def read_coco(path: str | Path, root: str | Path) -> CocoFile:
         if not _is_int(ann.get("image_id")):
             raise DataError(f"{path.name}: annotations[{i}] (id {_short(ann.get('id'))}): 'image_id' missing or not an integer")
         by_image.setdefault(ann["image_id"], []).append(ann)
-    return CocoFile(path, Path(root), images, by_image, categories, hashlib.sha1(data).hexdigest(), "annotations" in doc)
+    return CocoFile(path, image_root(path, Path(root), images), images, by_image, categories, hashlib.sha1(data).hexdigest(),
+                    "annotations" in doc, Path(root))
 
 
 def _short(value, limit: int = 40) -> str:
@@ -109,7 +136,8 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
     from seglab.data.images import header_size, image_decode_problem, truncated_jpeg
 
     problems: list[str] = []
-    name = coco.path.name
+    missing: list[tuple[str, str]] = []  # (problem line, file_name)
+    name = coco.label
     if not coco.images:
         problems.append(f"{name}: empty split (no images)")
     cat_seen: set[int] = set()
@@ -130,7 +158,7 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
             continue
         file = coco.root / img["file_name"]
         if not file.is_file():
-            problems.append(f"{coco.where(img)}: image file not found: {file}")
+            missing.append((f"{coco.where(img)}: image file not found: {file}", img["file_name"]))
             continue
         try:
             with Image.open(file) as im:
@@ -168,7 +196,17 @@ def validate_coco(coco: CocoFile, labels: LabelSpec | None, check_files: bool = 
             problem = segmentation_problem(ann.get("segmentation"), img["height"], img["width"])
             if problem:
                 problems.append(f"{where}: {problem}")
-    return problems
+    return missing_summary(coco, missing) + problems
+
+
+def missing_summary(coco: CocoFile, missing: list[tuple[str, str]], shown: int = 3) -> list[str]:
+    """A few missing images one line each; more as one line with examples and the likely fix."""
+    if len(missing) <= shown:
+        return [line for line, _ in missing]
+    examples = ", ".join(repr(name) for _, name in missing[:shown])
+    return [f"{coco.label}: {len(missing)} of {len(coco.images)} image files not found under {coco.root} (e.g. {examples}); "
+            f"file_name is read relative to data.root (or to the JSON's folder when the split has a folder of its own): "
+            f"check data.root"]
 
 
 def segmentation_problem(seg, height: int, width: int) -> str | None:
