@@ -12,6 +12,7 @@ import time
 from typing import Iterable, Iterator, TypeVar
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 log = logging.getLogger("seglab")
 
@@ -91,3 +92,19 @@ class TrainingProgress(L.Callback):
         total = trainer.estimated_stepping_batches - self.steps_at_start if trainer.estimated_stepping_batches != float("inf") else None
         run_eta = f", run ETA {_duration((now - self.started) / steps * (total - steps))}" if steps and total else ""
         log.info(f"{line}{shown}{run_eta}")
+
+
+class LossBar(TQDMProgressBar):
+    """Lightning's training progress bar, showing the loss without waiting for the GPU.
+
+    Lightning's bar shows the scalars logged with `prog_bar=True` and reads each one back
+    from the device at every refresh (every step), which makes the host wait for the GPU
+    every step. seglab's loss is read back only when it is checked (LabModule.check_losses,
+    every trainer.log_every_n_steps steps); this bar shows that host-side value."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "checked_loss", None)
+        if loss is not None:
+            items["loss"] = f"{loss:.4g}"
+        return items

@@ -118,3 +118,13 @@ def test_describe_models_counts_parameters_by_part():
     assert unet["params"] == sum(unet["parts"].values())
     assert unet["parts"]["encoder"] == sum(p.numel() for p in smp("Unet", 4).parts()["encoder"].parameters())
     assert set(rows["fcn8s"]["parts"]) >= {"encoder", "head"}
+
+
+def test_describe_models_yields_each_row_as_soon_as_its_model_is_built(monkeypatch):
+    import seglab.models as models
+
+    built = []
+    original = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda cfg, n: built.append(cfg.arch) or original(cfg, n))
+    first = next(describe_models(num_classes=4, encoder=ENCODER, width=1 / 16))
+    assert built == [first["name"]]  # `seglab models` prints it before building the others

@@ -60,13 +60,14 @@ def cmd_viz_pred(args) -> None:
 def cmd_models(args) -> None:
     from seglab.models import describe_models
 
-    print(f"{'model':<14} {'params':>12}  parts (parameters)  [{args.classes} classes, smp encoder {args.encoder}]")
+    # Each model is built to count its parameters (tens of seconds for all): rows print as they come.
+    print(f"{'model':<14} {'params':>12}  parts (parameters)  [{args.classes} classes, smp encoder {args.encoder}]", flush=True)
     for row in describe_models(args.classes, args.encoder):
         if "error" in row:
-            print(f"{row['name']:<14} {'-':>12}  {row['error']}")
+            print(f"{row['name']:<14} {'-':>12}  {row['error']}", flush=True)
             continue
         parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in row["parts"].items())
-        print(f"{row['name']:<14} {row['params'] / 1e6:>11.2f}M  {parts}")
+        print(f"{row['name']:<14} {row['params'] / 1e6:>11.2f}M  {parts}", flush=True)
 
 
 def cmd_config(args) -> None:

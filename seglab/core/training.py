@@ -22,7 +22,7 @@ from seglab.console import quiet_lightning, run_log
 from seglab.core.checkpoints import AtomicCheckpointIO, ExactResume, check_checkpoint_meta, load_checkpoint_file
 from seglab.core.loaders import LabData
 from seglab.core.module import LabModule
-from seglab.core.progress import LossBar
+from seglab.progress import LossBar
 from seglab.task import get_task
 from seglab.data import build_dataset, collect_problems
 from seglab.errors import DataValidationError, SeglabError

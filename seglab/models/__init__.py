@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 
 from torch import nn
 
@@ -56,28 +57,27 @@ def build_model(model_cfg, num_classes: int) -> nn.Module:
     return model
 
 
-def describe_models(num_classes: int = 12, encoder: str = "resnet34", width: float = 1.0) -> list[dict]:
-    """Name, description, parts and parameter counts of every registered model.
+def describe_models(num_classes: int = 12, encoder: str = "resnet34", width: float = 1.0) -> Iterator[dict]:
+    """Name, description, parts and parameter counts of every registered model, one at a
+    time (building all of them takes tens of seconds: the caller can show each as it comes).
 
     Each model is built (random weights) with `num_classes` outputs; smp
     architectures use `encoder`, classic ones `width`.
     """
     from seglab.config import ModelConfig
 
-    rows = []
     for name in MODELS.names():
         doc = (inspect.getdoc(MODELS.get(name)) or "").splitlines()
         params = {} if "encoder" in inspect.signature(MODELS.get(name)).parameters else {"width": width}
         try:
             model = build_model(ModelConfig(arch=name, encoder=encoder, params=params), num_classes)
         except ConfigError as e:
-            rows.append({"name": name, "doc": doc[0] if doc else "", "error": str(e)})
+            yield {"name": name, "doc": doc[0] if doc else "", "error": str(e)}
             continue
         parts = {part: sum(p.numel() for p in module.parameters()) for part, module in model.parts().items()}
-        rows.append({"name": name, "doc": doc[0] if doc else "", "parts": parts,
-                     "params": sum(p.numel() for p in model.parameters())})
+        yield {"name": name, "doc": doc[0] if doc else "", "parts": parts,
+               "params": sum(p.numel() for p in model.parameters())}
         del model
-    return rows
 
 
 __all__ = ["MODELS", "build_model", "model_encoder_ref", "describe_models", "load_model_weights", "load_encoder_weights"]
