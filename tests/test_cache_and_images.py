@@ -173,3 +173,19 @@ def test_deep_validation_finds_label_values_outside_the_class_map(tmp_path):
     assert collect_problems(cfg, ("train",))[1] == []  # the header is fine: only a decode finds values
     problems = collect_problems(cfg, ("train",), deep=True)[1]
     assert len(problems) == 1 and "masks/a.png: pixel values [9] are not in data.mask_value_map / classes" in problems[0]
+
+
+def test_image_size_is_read_again_when_the_file_changes_even_with_its_mtime_restored(tmp_path):
+    from seglab.data.images import image_size
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 48), np.uint8)).save(path)
+    stamp = os.stat(path)
+    assert image_size(path, "t") == (32, 48)
+    assert image_size(path, "t") == (32, 48)  # remembered
+    Image.fromarray(np.zeros((48, 32), np.uint8)).save(path)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert image_size(path, "t") == (48, 32)
+    path.unlink()
+    with pytest.raises(DataError, match="a.png"):
+        image_size(path, "t")

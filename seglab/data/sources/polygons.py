@@ -193,8 +193,9 @@ class PolygonSource:
             data = b""  # read_polygon_json below names the problem
         size = self.original_size(i)
         key = f"{hashlib.sha1(data).hexdigest()}|{size}"
-        # Parsed only on a cache miss: 29 polygons of a few hundred points take longer to parse
-        # than their cached masks take to read.
+        # Parsed only on a cache miss. (At full resolution the cache read, about 39 ms for 29
+        # classes at 2048 px, costs more than parsing and rasterising, about 17 ms: see
+        # benchmarks/README.md, full-resolution section.)
         make = lambda: self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path)  # noqa: E731
         if self.labels.target == "binary_masks":
             return self.cache.get(self.ids[i], make, key)
