@@ -54,7 +54,7 @@ def main() -> None:
             cv2.imwrite(str(pngs[-1]), cv2.imread(str(f)))
         h, w = opencv_read(jpegs[0]).shape[:2]
         print(f"{len(jpegs)} images, {h}x{w}; median of 3 passes, one process")
-        print(f"| format | OpenCV (baseline) img/s | seglab read_image img/s | ratio |\n|---|---|---|---|")
+        print("| format | OpenCV (baseline) img/s | seglab read_image img/s | ratio |\n|---|---|---|---|")
         for name, files in (("JPEG", jpegs), ("PNG", pngs)):
             base, ours = images_per_second(opencv_read, files), images_per_second(seglab_read, files)
             print(f"| {name} | {base:.1f} | {ours:.1f} | {ours / base:.2f}x |")

@@ -187,7 +187,6 @@ class Task:
     def per_image_loss(self, probs, target):
         """[B] each image's mean negative log-likelihood of its target (ignored pixels left
         out): class maps [B, H, W] or class indices [B] against softmax probabilities."""
-        import torch
 
         classes = probs.shape[1]
         valid = target < classes

@@ -3,7 +3,6 @@ CAMs from the classifier's last feature map and weights, and one training step w
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from seglab.tasks.classification.snapmix import class_activation_maps, normalise_maps, snapmix_weights
@@ -55,7 +54,7 @@ def test_cams_come_from_the_last_feature_map_and_the_head():
 def test_a_training_step_with_snapmix(tmp_path):
     from seglab.core.module import LabModule
     from seglab.data import resolve_labels
-    from tests.workflow_helpers import ROOT, task_data
+    from tests.workflow_helpers import task_data
     from seglab.config import load_config
 
     config, overrides = task_data("classification", tmp_path)

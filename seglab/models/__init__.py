@@ -9,9 +9,9 @@ from torch import nn
 
 from seglab.errors import CheckpointError, ConfigError
 from seglab.models import smp_models  # noqa: F401  (registers the smp architectures)
-from seglab.models.pretrained import EncoderRef, encoder_ref, is_weights_path, resolve_value, weights_label
+from seglab.models.pretrained import EncoderRef, encoder_ref, is_weights_path, load_weight_files, resolve_value
 from seglab.models.registry import MODELS
-from seglab.models.weights import changed_parts, load_encoder_weights, load_model_weights
+from seglab.models.weights import load_encoder_weights, load_model_weights
 
 from seglab.models import classic  # noqa: F401  (registers FCN, DeconvNet, SegNet, DeepLab v1-v3)
 
@@ -47,14 +47,7 @@ def build_model(model_cfg, num_classes: int) -> nn.Module:
             raise CheckpointError(f"model.encoder_weights: {weights.path}: timm cannot load it into {kwargs['encoder']} ({first}); "
                                   f"check the file with `seglab weights import FILE --encoder {weights.spec.ref.cli_name}`") from None
         raise ConfigError(f"model: cannot build {model_cfg.arch!r} with encoder {model_cfg.encoder!r}: {first}") from None
-    model.weights_origin = {"encoder": weights_label(weights)} if at_build else {}
-    if weights.path is not None and not at_build:
-        parts = changed_parts(model, lambda: load_encoder_weights(model, weights.path))
-        model.weights_origin.update({part: weights_label(weights) for part in parts})
-    if model_cfg.weights:
-        parts = changed_parts(model, lambda: load_model_weights(model, model_cfg.weights))
-        model.weights_origin.update({part: f"file {model_cfg.weights}" for part in parts})
-    return model
+    return load_weight_files(model, weights, at_build, model_cfg.weights)
 
 
 def describe_models(num_classes: int = 12, encoder: str = "resnet34", width: float = 1.0) -> Iterator[dict]:

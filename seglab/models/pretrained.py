@@ -350,6 +350,21 @@ def weights_label(resolved: Resolved) -> str:
     return f"{resolved.tag} ({resolved.source})" if resolved.spec else resolved.source
 
 
+def load_weight_files(model, weights: Resolved, loaded_at_build: bool, model_weights: str | None):
+    """Load what the library did not load while building the model (a local encoder file,
+    then `model.weights`) and record in `model.weights_origin` which part started from what."""
+    from seglab.models.weights import changed_parts, load_encoder_weights, load_model_weights
+
+    model.weights_origin = {"encoder": weights_label(weights)} if loaded_at_build else {}
+    if weights.path is not None and not loaded_at_build:
+        parts = changed_parts(model, lambda: load_encoder_weights(model, weights.path))
+        model.weights_origin.update({part: weights_label(weights) for part in parts})
+    if model_weights:
+        parts = changed_parts(model, lambda: load_model_weights(model, model_weights))
+        model.weights_origin.update({part: f"file {model_weights}" for part in parts})
+    return model
+
+
 def describe_origin(model, record=None) -> str:
     """One line: each part of the model, pretrained (from what) or random."""
     origin = getattr(model, "weights_origin", {}) or {}

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.errors import CheckpointError, ConfigError
-from seglab.models.pretrained import EncoderRef, Resolved, is_weights_path, resolve_value, weights_label
-from seglab.models.weights import changed_parts, load_encoder_weights, load_model_weights
+from seglab.models.pretrained import EncoderRef, Resolved, is_weights_path, load_weight_files, resolve_value
 from seglab.registry import Registry
 
 CLASSIFIERS = Registry("classifier")
@@ -146,14 +145,8 @@ def build_classifier(cfg, num_classes: int) -> nn.Module:
     model = builder(encoder=m.encoder, num_classes=num_classes, in_channels=m.in_channels, head=c.head,
                     drop_rate=c.drop_rate, arcface_scale=c.arcface_scale, arcface_margin=c.arcface_margin,
                     pretrained=weights if weights.spec is not None else None, **m.params)
-    model.weights_origin = {"encoder": weights_label(weights)} if weights.spec is not None else {}
-    if weights.spec is None and weights.path is not None:
-        parts = changed_parts(model, lambda: load_encoder_weights(model, weights.path))
-        model.weights_origin.update({part: weights_label(weights) for part in parts})
-    if m.weights:
-        parts = changed_parts(model, lambda: load_model_weights(model, m.weights))
-        model.weights_origin.update({part: f"file {m.weights}" for part in parts})
-    return model
+    # timm loads a pretrained tag's file itself while building the backbone.
+    return load_weight_files(model, weights, weights.spec is not None, m.weights)
 
 
 def encoder_backbone_ref(encoder: str) -> EncoderRef:
