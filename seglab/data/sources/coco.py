@@ -325,6 +325,19 @@ def annotation_class(ann: dict, labels: LabelSpec) -> int | None:
     return labels.source_to_class.get(cat) if _is_int(cat) else None
 
 
+def _checked_class(coco: CocoFile, img: dict, ann: dict, labels: LabelSpec) -> int:
+    """The class of an annotation about to be rasterised; its geometry and category checked
+    (the rasterisers' own guard: validation has reported the same problems)."""
+    where = f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']})"
+    problem = segmentation_problem(ann.get("segmentation"), img["height"], img["width"])
+    if problem:
+        raise DataError(f"{where}: {problem}")
+    cls = annotation_class(ann, labels)
+    if cls is None:
+        raise DataError(f"{where}: unknown category id {_short(ann.get('category_id'))}")
+    return cls
+
+
 def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
     """The class map of image `index`: background 0, one class per pixel by `paint_order`."""
     img = coco.images[index]
@@ -333,14 +346,8 @@ def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -
     mask = np.zeros((h, w), dtype=mask_dtype(labels))
     masks, classes = [], []
     for ann in anns:
-        problem = segmentation_problem(ann.get("segmentation"), h, w)
-        if problem:
-            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): {problem}")
-        cls = annotation_class(ann, labels)
-        if cls is None:
-            raise DataError(f"{coco.path.name}: annotation {_short(ann.get('id'))} (image {img['id']}): unknown category id {_short(ann.get('category_id'))}")
+        classes.append(_checked_class(coco, img, ann, labels))
         masks.append(annotation_mask(ann["segmentation"], h, w))
-        classes.append(cls)
     for i in paint_sequence(anns, masks, classes, paint_order):
         mask[masks[i]] = classes[i]
     return mask
@@ -352,12 +359,7 @@ def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray
     h, w = img["height"], img["width"]
     mask = np.zeros((labels.num_classes, h, w), dtype=bool)
     for ann in coco.annotations.get(img["id"], []):
-        problem = segmentation_problem(ann.get("segmentation"), h, w)
-        if problem:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): {problem}")
-        cls = annotation_class(ann, labels)
-        if cls is None:
-            raise DataError(f"{coco.path.name}: annotation {ann.get('id')} (image {img['id']}): unknown category id {ann.get('category_id')!r}")
+        cls = _checked_class(coco, img, ann, labels)
         if cls < labels.num_classes:  # Background / ignore: no channel in a multi-label mask
             mask[cls] |= annotation_mask(ann["segmentation"], h, w)
     return mask
