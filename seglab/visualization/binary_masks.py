@@ -18,8 +18,9 @@ import numpy as np
 
 from seglab.io import write_json
 from seglab.visualization.class_maps import WorstImages, _to_uint8_hwc
-from seglab.visualization.figures import (FN, FP, OUTCOME_COLORS, TN, TP, _render, _shrink, _tile_grid, _unique, class_palette,
-                                          log_images, per_class_bars, safe_filename, save_png)
+from seglab.visualization.epoch_figures import EpochFigureHooks, Figures, lightning_callback
+from seglab.visualization.figures import (FN, FP, OUTCOME_COLORS, TN, TP, _render, _shrink, _tile_grid, class_palette,
+                                          per_class_bars, safe_filename)
 
 SECTIONS_FILE = "sections.json"
 PANEL_PX = 240  # stored crops are shrunk to this: C*k full-size 2048 px masks would be gigabytes
@@ -151,21 +152,15 @@ def area_ratio_figure(pred_area: Sequence[float], true_area: Sequence[float], cl
 # --- the callback
 
 
-class _BinaryMaskVisualizerHooks:
+class _BinaryMaskVisualizerHooks(EpochFigureHooks):
     """The Lightning hooks; validation_step returns {"pred": bool [B, C, H, W]}, the batch is
-    {"image": [B, 3, H, W], "target": [B, C, H, W], "id": [str]}. As for class maps, the
-    figures are drawn in on_validation_end (after the module set `last_val_result`) and only
-    rank 0 collects and draws."""
+    {"image": [B, 3, H, W], "target": [B, C, H, W], "id": [str]}. When and where it draws:
+    `EpochFigureHooks`; it also writes sections.json (the report's index)."""
 
     def __init__(self, run_dir, class_names: Sequence[str], every_n_epochs: int = 1, num_samples: int = 4,
                  worst_k: int = 3, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        self.run_dir, self.class_names = Path(run_dir), list(class_names)
-        self.every_n_epochs, self.num_samples, self.worst_k = max(1, every_n_epochs), num_samples, worst_k
-        self.mean, self.std = mean, std
+        super().__init__(run_dir, class_names, every_n_epochs, num_samples, worst_k, mean, std)
         self.palette = class_palette_no_background(len(self.class_names))
-        self._sample_ids: list[str] = []
-        self._samples_frozen = False
-        self._reset()
 
     def _reset(self) -> None:
         c = len(self.class_names)
@@ -173,13 +168,6 @@ class _BinaryMaskVisualizerHooks:
         self._samples: dict[str, tuple] = {}
         self._crops: dict[str, tuple] = {}
         self._areas = np.zeros((2, c), np.float64)  # predicted, true pixels per class
-
-    def _active(self, trainer) -> bool:
-        return (not getattr(trainer, "sanity_checking", False) and trainer.is_global_zero
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx: int = 0) -> None:
         from seglab.metrics.dice import dice_per_image
@@ -197,10 +185,7 @@ class _BinaryMaskVisualizerHooks:
         seen = (gt.flatten(2).any(-1) | pred.flatten(2).any(-1)).double()
         self._worst.update(ids, (dice * seen).cpu(), seen.cpu())
         self._areas += np.stack([pred.flatten(2).sum(-1).sum(0).cpu().numpy(), gt.flatten(2).sum(-1).sum(0).cpu().numpy()])
-        if not self._samples_frozen:
-            for image_id in ids:
-                if len(self._sample_ids) < self.num_samples and image_id not in self._sample_ids:
-                    self._sample_ids.append(image_id)
+        self._pick_samples(ids)
         held = self._worst.held_ids()
         for i, image_id in enumerate(ids):
             if image_id in held or image_id in self._sample_ids:
@@ -220,21 +205,8 @@ class _BinaryMaskVisualizerHooks:
                                              (c, *image_s.shape[:2]))
         self._crops = {k: v for k, v in self._crops.items() if k in held}
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not self._active(trainer):
-            return
-        self._samples_frozen = True
-        figures, sections = self.draw(getattr(pl_module, "last_val_result", None))
-        out_dir = self.run_dir / "viz" / f"epoch_{trainer.current_epoch:03d}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        used: set[str] = set()
-        files: dict[str, list[str]] = {}
-        for tag, (stem, img) in figures.items():
-            path = save_png(img, out_dir / _unique(stem, used))
-            files.setdefault(sections[tag], []).append(path.name)
+    def write_index(self, out_dir: Path, files: dict[str, list[str]]) -> None:
         write_json(out_dir / SECTIONS_FILE, {"sections": files, "worst": self.worst_lists()})
-        log_images(getattr(trainer, "loggers", []), {t: img for t, (_, img) in figures.items()}, trainer.global_step)
-        self._reset()
 
     def worst_lists(self) -> dict[str, list[dict]]:
         """{class: [{"id", "dice"}, ...]} lowest Dice first: what the worst panels show."""
@@ -246,7 +218,7 @@ class _BinaryMaskVisualizerHooks:
         n = int(np.prod(shape))
         return image, np.unpackbits(gt)[:n].reshape(shape).astype(bool), np.unpackbits(pred)[:n].reshape(shape).astype(bool)
 
-    def draw(self, val_result: Mapping | None) -> tuple[dict[str, tuple[str, np.ndarray]], dict[str, str]]:
+    def draw(self, val_result: Mapping | None) -> tuple[Figures, dict[str, str]]:
         """({logger tag: (file stem, image)}, {logger tag: report section})."""
         names, figures, sections = self.class_names, {}, {}
 
@@ -278,12 +250,7 @@ class _BinaryMaskVisualizerHooks:
 
 
 def __getattr__(name: str):
-    # Made on first use so that importing this module for drawing never imports Lightning.
     if name != "BinaryMaskVisualizer":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from lightning.pytorch.callbacks import Callback
-
-    cls = type(name, (_BinaryMaskVisualizerHooks, Callback),
-               {"__module__": __name__, "__doc__": _BinaryMaskVisualizerHooks.__doc__})
-    globals()[name] = cls
-    return cls
+    globals()[name] = lightning_callback(_BinaryMaskVisualizerHooks, name)
+    return globals()[name]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from seglab.visualization.figures import (_shrink, _unique, class_palette, confusion_matrix_figure, log_images,
-                                          per_class_bars, per_class_panel, prediction_panel, safe_filename, save_png)
+from seglab.visualization.epoch_figures import EpochFigureHooks, Figures, lightning_callback
+from seglab.visualization.figures import (_shrink, class_palette, confusion_matrix_figure, per_class_bars, per_class_panel,
+                                          prediction_panel, safe_filename)
 
 
 # --- worst images per class
@@ -86,39 +86,26 @@ def _to_uint8_hwc(image, mean, std) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
-class _ValidationVisualizerHooks:
+class _ValidationVisualizerHooks(EpochFigureHooks):
     """After each validation: fixed sample panels, the worst images per class, the confusion
     matrix and per-class IoU, as PNGs under RUN_DIR/viz/epoch_NNN/ and in every image logger.
 
     The LightningModule's validation_step returns {"pred": int [B, H, W]}; the batch is
-    {"image": [B, 3, H, W], "target": [B, H, W], "id": [str]}. The figures are drawn in
-    on_validation_end because Lightning runs the callbacks' on_validation_epoch_end before
-    the module's, where `last_val_result` gets set. Under DDP only rank 0 collects and
-    draws, so the worst images come from rank 0's share of the validation set.
+    {"image": [B, 3, H, W], "target": [B, H, W], "id": [str]}. When and where it draws:
+    `EpochFigureHooks`.
     """
 
     def __init__(self, run_dir, class_names: Sequence[str], ignore_index: int | None = 255,
                  every_n_epochs: int = 1, num_samples: int = 4, worst_k: int = 3,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-        self.run_dir, self.class_names = Path(run_dir), list(class_names)
-        self.ignore_index, self.every_n_epochs = ignore_index, max(1, every_n_epochs)
-        self.num_samples, self.worst_k, self.mean, self.std = num_samples, worst_k, mean, std
+        self.ignore_index = ignore_index
+        super().__init__(run_dir, class_names, every_n_epochs, num_samples, worst_k, mean, std)
         self.palette = class_palette(len(self.class_names))
-        self._sample_ids: list[str] = []
-        self._samples_frozen = False
-        self._reset()
 
     def _reset(self) -> None:
         self._worst = WorstImages(len(self.class_names), self.worst_k)
         self._samples: dict[str, tuple] = {}
         self._crops: dict[str, tuple] = {}
-
-    def _active(self, trainer) -> bool:
-        return (not getattr(trainer, "sanity_checking", False) and trainer.is_global_zero
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx: int = 0) -> None:
@@ -133,10 +120,7 @@ class _ValidationVisualizerHooks:
         gt, ids = batch["target"], [str(i) for i in batch["id"]]
         inter, union = per_image_class_iou(gt, pred, len(self.class_names), self.ignore_index)
         self._worst.update(ids, inter, union)
-        if not self._samples_frozen:
-            for image_id in ids:
-                if len(self._sample_ids) < self.num_samples and image_id not in self._sample_ids:
-                    self._sample_ids.append(image_id)
+        self._pick_samples(ids)
         held = self._worst.held_ids()
         for i, image_id in enumerate(ids):
             if image_id in held or image_id in self._sample_ids:
@@ -151,21 +135,8 @@ class _ValidationVisualizerHooks:
         # Drop crops that worse images pushed out of every class's list: memory stays O(C*k).
         self._crops = {k: v for k, v in self._crops.items() if k in held}
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not self._active(trainer):
-            return
-        self._samples_frozen = True
-        figures = self.draw(getattr(pl_module, "last_val_result", None))
-        out_dir = self.run_dir / "viz" / f"epoch_{trainer.current_epoch:03d}"
-        used: set[str] = set()
-        for tag, (stem, img) in figures.items():
-            save_png(img, out_dir / _unique(stem, used))
-        log_images(getattr(trainer, "loggers", []), {t: img for t, (_, img) in figures.items()},
-                   trainer.global_step)
-        self._reset()
-
-    def draw(self, val_result: Mapping | None) -> dict[str, tuple[str, np.ndarray]]:
-        """{logger tag: (file stem, image)} for this validation's collected data."""
+    def draw(self, val_result: Mapping | None) -> tuple[Figures, None]:
+        """{logger tag: (file stem, image)} for this validation's collected data (no sections)."""
         names, figures = self.class_names, {}
         for image_id in self._sample_ids:
             if image_id not in self._samples:
@@ -191,17 +162,11 @@ class _ValidationVisualizerHooks:
             if val_result.get("per_class_iou") is not None:
                 figures["val/per_class_iou"] = ("per_class_iou",
                                                 per_class_bars(val_result["per_class_iou"]))
-        return figures
+        return figures, None
 
 
 def __getattr__(name: str):
-    # The callback class is made on first use so that importing this module for drawing
-    # never imports Lightning; it is cached, so pickling and isinstance work as usual.
     if name != "ValidationVisualizer":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from lightning.pytorch.callbacks import Callback
-
-    cls = type(name, (_ValidationVisualizerHooks, Callback),
-               {"__module__": __name__, "__doc__": _ValidationVisualizerHooks.__doc__})
-    globals()[name] = cls
-    return cls
+    globals()[name] = lightning_callback(_ValidationVisualizerHooks, name)
+    return globals()[name]

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from seglab.visualization.figures import (_tile_grid, _unique, confusion_matrix_figure, log_images,
-                                          per_class_bars, safe_filename, save_png)
+from seglab.visualization.epoch_figures import EpochFigureHooks, Figures
+from seglab.visualization.figures import _tile_grid, confusion_matrix_figure, per_class_bars, safe_filename
 
 TILE_PX = 184
 
@@ -27,21 +26,16 @@ def misclassified_gallery(mistakes: Sequence[tuple[np.ndarray, str, str, str, fl
     return _tile_grid(tiles, min(ncols, len(tiles)), title, tile_px=TILE_PX, caption_lines=3)
 
 
-class ClassificationVisualizer(Callback):
-    """Needs validation_step to return {"pred": [B], "probs": [B, C]} with batch {"image", "target", "id"}."""
+class ClassificationVisualizer(EpochFigureHooks, Callback):
+    """Needs validation_step to return {"pred": [B], "probs": [B, C]} with batch {"image", "target", "id"}.
+    When and where it draws: `EpochFigureHooks`."""
 
     def __init__(self, run_dir, class_names: Sequence[str], every_n_epochs: int = 1, worst_k: int = 3):
-        self.run_dir, self.class_names = Path(run_dir), list(class_names)
-        self.every_n_epochs, self.worst_k = max(1, every_n_epochs), worst_k
-        self._heaps: dict[int, list] = {}
         self._serial = 0
+        super().__init__(run_dir, class_names, every_n_epochs, num_samples=0, worst_k=worst_k)
 
-    def _active(self, trainer) -> bool:
-        return (not getattr(trainer, "sanity_checking", False) and trainer.is_global_zero
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._heaps = {}
+    def _reset(self) -> None:
+        self._heaps: dict[int, list] = {}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx: int = 0) -> None:
         if not self._active(trainer) or self.worst_k == 0:
@@ -58,17 +52,7 @@ class ClassificationVisualizer(Callback):
                 item = entry + (image,)
                 heapq.heappush(heap, item) if len(heap) < self.worst_k else heapq.heapreplace(heap, item)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if not self._active(trainer):
-            return
-        figures = self.draw(getattr(pl_module, "last_val_result", None))
-        out_dir = self.run_dir / "viz" / f"epoch_{trainer.current_epoch:03d}"
-        used: set[str] = set()
-        for tag, (stem, img) in figures.items():
-            save_png(img, out_dir / _unique(stem, used))
-        log_images(getattr(trainer, "loggers", []), {t: img for t, (_, img) in figures.items()}, trainer.global_step)
-
-    def draw(self, val_result: Mapping | None) -> dict[str, tuple[str, np.ndarray]]:
+    def draw(self, val_result: Mapping | None) -> tuple[Figures, None]:
         figures = {}
         names = self.class_names
         mistakes = []
@@ -86,7 +70,7 @@ class ClassificationVisualizer(Callback):
                 figures["val/confusion_matrix"] = ("confusion_matrix", confusion_matrix_figure(cm, names))
             if val_result.get("per_class_f1") is not None:
                 figures["val/per_class_f1"] = ("per_class_f1", per_class_bars(val_result["per_class_f1"], metric="F1"))
-        return figures
+        return figures, None
 
 
 __all__ = ["ClassificationVisualizer", "misclassified_gallery", "safe_filename"]
