@@ -81,9 +81,15 @@ class SegmentationConfusion(ConfusionMatrix):
         return segmentation_scores(self.mat, class_names)
 
 
-def _nanmean(values: torch.Tensor) -> float:
+def nanmean(values: torch.Tensor) -> float:
+    """The mean over classes that have a value (NaN: the class is absent from GT and prediction)."""
     valid = values[~torch.isnan(values)]
     return float(valid.mean()) if valid.numel() else math.nan
+
+
+def per_class_values(names, values: torch.Tensor) -> dict:
+    """{class name: value}, an absent class's NaN as None (JSON has no NaN)."""
+    return {name: (None if math.isnan(v) else v) for name, v in zip(names, values.tolist())}
 
 
 def segmentation_scores(mat: torch.Tensor, class_names: list[str] | None = None) -> dict:
@@ -108,16 +114,13 @@ def segmentation_scores(mat: torch.Tensor, class_names: list[str] | None = None)
     present = gt > 0
     fw = float((freq[present] * iou[present]).sum()) if total > 0 else math.nan
 
-    def per_class(values: torch.Tensor) -> dict:
-        return {name: (None if math.isnan(v) else v) for name, v in zip(names, values.tolist())}
-
     return {
-        "mIoU": _nanmean(iou),
+        "mIoU": nanmean(iou),
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
-        "mean_class_accuracy": _nanmean(acc),
+        "mean_class_accuracy": nanmean(acc),
         "fwIoU": fw,
-        "per_class_iou": per_class(iou),
-        "per_class_accuracy": per_class(acc),
+        "per_class_iou": per_class_values(names, iou),
+        "per_class_accuracy": per_class_values(names, acc),
     }
 
 

@@ -13,12 +13,7 @@ import math
 
 import torch
 
-from seglab.metrics.confusion import ConfusionMatrix
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    valid = values[~torch.isnan(values)]
-    return float(valid.mean()) if valid.numel() else math.nan
+from seglab.metrics.confusion import ConfusionMatrix, nanmean, per_class_values
 
 
 def classification_scores(mat: torch.Tensor, class_names: list[str] | None = None) -> dict:
@@ -32,16 +27,13 @@ def classification_scores(mat: torch.Tensor, class_names: list[str] | None = Non
     recall = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
     total = m.sum()
 
-    def per_class(values: torch.Tensor) -> dict:
-        return {name: (None if math.isnan(v) else v) for name, v in zip(names, values.tolist())}
-
     return {
-        "macro_f1": _nanmean(f1),
+        "macro_f1": nanmean(f1),
         "accuracy": float(tp.sum() / total) if total > 0 else math.nan,
-        "mean_class_accuracy": _nanmean(recall),
-        "per_class_f1": per_class(f1),
-        "per_class_precision": per_class(precision),
-        "per_class_recall": per_class(recall),
+        "mean_class_accuracy": nanmean(recall),
+        "per_class_f1": per_class_values(names, f1),
+        "per_class_precision": per_class_values(names, precision),
+        "per_class_recall": per_class_values(names, recall),
         "support": {name: int(v) for name, v in zip(names, gt.tolist())},
     }
 

@@ -176,13 +176,13 @@ class ImageFolderSource(SampleSource):
             problems.append(f"{folder}: {len(loose)} image(s) lie loose in the split folder, outside any class folder "
                             f"(e.g. {loose[0]!r}); move them into <class>/ or remove them")
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not images_under(sub):
+            images = images_under(sub)
+            if not images:
                 continue  # an empty folder is not a class (see `classes`); nothing to read
             if sub.name not in classes:
                 problems.append(f"{sub}: folder {sub.name!r} is not a class (classes: {', '.join(classes)})")
                 continue
-            for p in images_under(sub):
-                samples.append(Sample(p, classes.index(sub.name), None, p.relative_to(folder).as_posix()))
+            samples.extend(Sample(p, classes.index(sub.name), None, p.relative_to(folder).as_posix()) for p in images)
         return samples, problems
 
 
