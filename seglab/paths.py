@@ -168,3 +168,12 @@ def marker(folder: Path) -> dict | None:
         return json.loads((Path(folder) / OUTPUT_MARKER).read_text())
     except (OSError, ValueError):
         return None
+
+
+def require_run_folder(run_dir: str | Path) -> Path:
+    """`run_dir` as a Path, or one line saying it is not a run folder (commands that read a
+    run check this first, so that a typo creates nothing)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
+    return run_dir

@@ -268,10 +268,9 @@ def write_report(run_dir) -> Path:
 
 
 def _write_report(run_dir: Path) -> Path:
-    from seglab.errors import SeglabError
+    from seglab.paths import require_run_folder
 
-    if not (run_dir / "config.yaml").is_file():
-        raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
+    require_run_folder(run_dir)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(report_dir / "figures", ignore_errors=True)  # copies from an earlier report

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from seglab.errors import SeglabError
+from seglab.paths import require_run_folder
 
 NOT_SCORES = ("epoch", "step", "images")
 # Folders a run writes its outputs into: never runs themselves, and can be large.
@@ -156,10 +157,7 @@ def _delta(a, b) -> str:
 
 def diff_runs(a, b) -> str:
     """Config differences and metric deltas (b minus a) between two run folders."""
-    a, b = Path(a), Path(b)
-    for run in (a, b):
-        if not (run / "config.yaml").is_file():
-            raise SeglabError(f"{run}: not a run folder (no config.yaml)")
+    a, b = require_run_folder(a), require_run_folder(b)
     lines = [f"a: {a}", f"b: {b}", "", "config (a -> b):"]
     changes = config_diff(_load_yaml(a / "config.yaml"), _load_yaml(b / "config.yaml"))
     lines += [f"  {k}: {va!r} -> {vb!r}" for k, va, vb in changes] or ["  (identical)"]

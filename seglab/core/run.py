@@ -15,6 +15,7 @@ from seglab.core.module import LabModule
 from seglab.task import Task, get_task
 from seglab.data.labels import LabelSpec
 from seglab.errors import CheckpointError, SeglabError
+from seglab.paths import require_run_folder
 
 THRESHOLDS_FILE = "thresholds.json"
 PLAN_FILE = "postprocess.json"  # written by tune-postprocess (seglab.inference.postprocess.PLAN_FILE)
@@ -102,9 +103,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
 
 def read_run_files(run_dir: str | Path) -> tuple[Config, LabelSpec]:
     """A run folder's resolved config and class list."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise SeglabError(f"{run_dir}: not a run folder (no config.yaml)")
+    run_dir = require_run_folder(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     return cfg, read_labels_file(run_dir / "labels.json")
 
