@@ -23,7 +23,7 @@ from seglab.data import collect_problems
 from seglab.errors import DataError, SeglabError
 from seglab.paths import OUTPUT_MARKER, OutputFolder, inside
 from tests.conftest import write_coco
-from tests.workflow_helpers import ROOT, constructed_run, seglab_process, tiny_config
+from tests.workflow_helpers import ROOT, TEST_ENCODER, constructed_run, seglab_process, tiny_config
 
 CATS = [{"id": 0, "name": "paper"}, {"id": 1, "name": "metal"}]
 
@@ -31,7 +31,7 @@ CATS = [{"id": 0, "name": "paper"}, {"id": 1, "name": "metal"}]
 def coco_config(root: Path, *extra):
     return load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={root}", "data.train=train.json", "data.val=null", "data.test=test.json", "data.classes=null",
-        "data.category_map=null", "model.encoder=resnet18", "trainer.progress_bar=false", *extra])
+        "data.category_map=null", f"model.encoder={TEST_ENCODER}", "trainer.progress_bar=false", *extra])
 
 
 # ------------------------------------------------------------ names from data files
@@ -174,7 +174,7 @@ def test_a_second_process_cannot_train_into_a_held_run_folder(tmp_path, synth_ro
     try:
         assert holder.stdout.readline().strip() == "held"
         config = tmp_path / "c.yaml"
-        config.write_text(f"data: {{root: {synth_root}}}\nmodel: {{encoder: resnet18}}\n")
+        config.write_text(f"data: {{root: {synth_root}}}\nmodel: {{encoder: {TEST_ENCODER}}}\n")
         assert main(["train", str(config), "--out", str(run), "trainer.max_epochs=1"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"in use by seglab train (process {holder.pid}" in err

@@ -191,7 +191,7 @@ def test_training_records_the_source_and_checksum_and_uses_the_weights_statistic
     config, overrides = task_data("multiclass", tmp_path / "data")
     from seglab.config import load_config
 
-    cfg = load_config(config, overrides + ["model.encoder_weights=imagenet", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "schedule.warmup_epochs=0",
+    cfg = load_config(config, overrides + ["model.encoder=resnet18", "model.encoder_weights=imagenet", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "schedule.warmup_epochs=0",
                                            "trainer.progress_bar=false", "logging.loggers=[]", "logging.viz_every_n_epochs=0"])
     with caplog.at_level(logging.INFO, logger="seglab"):
         train(cfg, tmp_path / "run")
@@ -256,7 +256,7 @@ def test_the_preflight_lists_weights_missing_offline_with_the_other_problems(tmp
     from seglab.errors import DataValidationError
 
     config, overrides = task_data("multiclass", tmp_path / "data")
-    cfg = load_config(config, overrides + ["model.encoder_weights=imagenet"])
+    cfg = load_config(config, overrides + ["model.encoder=resnet18", "model.encoder_weights=imagenet"])
     with pytest.raises(DataValidationError, match=r"smp-hub/resnet18\.imagenet.*seglab weights download resnet18"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()

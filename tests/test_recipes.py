@@ -12,6 +12,7 @@ from seglab.config import load_config
 from seglab.data.batch_augment import BatchAugmentations, build_batch_augment
 from seglab.data.sampling import WeightedEpochSampler
 from seglab.core.training import train
+from tests.workflow_helpers import TEST_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = "augment.batch=[{name: cutmix, p: 0.5}, {name: copy_paste, p: 1.0, classes: [star, ring], hflip_p: 0.5, translate: 0.2}]"
@@ -34,7 +35,7 @@ def test_training_applies_batch_augmentations_and_the_sampler(synth_root, tmp_pa
     original_loader = loaders.train_loader
     monkeypatch.setattr(loaders, "train_loader", lambda *a, **k: samplers.append(original_loader(*a, **k)) or samplers[-1])
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
-        f"data.root={synth_root}", "data.batch_size=4", "model.encoder=resnet18", "trainer.max_epochs=1",
+        f"data.root={synth_root}", "data.batch_size=4", f"model.encoder={TEST_ENCODER}", "trainer.max_epochs=1",
         "trainer.progress_bar=false", "logging.viz_every_n_epochs=0", "logging.loggers=[]", "schedule.warmup_epochs=0",
         "data.sampler={name: class_balanced, power: 1.0}", BATCH, TRAIN,
     ])

@@ -14,13 +14,14 @@ from seglab.core.training import train
 from seglab.inference.ensemble import resolve_members
 from seglab.inference.predict import evaluate
 from seglab.submission.segmentation import read_coco_csv
+from tests.workflow_helpers import TEST_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(synth_root, *extra):
     return load_config(ROOT / "configs" / "demo.yaml", [
-        f"data.root={synth_root}", "data.batch_size=4", "model.encoder=resnet18",
+        f"data.root={synth_root}", "data.batch_size=4", f"model.encoder={TEST_ENCODER}",
         "trainer.max_epochs=2", "trainer.progress_bar=false", "logging.viz_every_n_epochs=1",
         "logging.loggers=[]", "optim.lr=0.003", "schedule.warmup_epochs=0", *extra,
     ])
