@@ -4,9 +4,10 @@ Writes 2048x2048 polygon images in the hand-bone layout at the competition's den
 (29 classes, a few hundred vertices per polygon; seglab.data.synth.polygons), then, each
 measurement in a fresh process (so each peak RSS is its own):
 
-1. cache build: `seglab data cache` (seglab.data.cache_build) with 1 worker vs every core;
+1. cache build: `seglab data cache` (seglab.data.cache_build) of images and masks resized
+   to 1024 px, with 1 worker vs every core;
 2. data path at random crops of 512, 1024 and 2048 (`data.image_size: null` + RandomCrop):
-   seglab's training dataset (first epoch fills the mask cache, then steady state) against
+   seglab's training dataset (masks rasterised at load; first epoch, then steady state) against
    a plain Dataset that decodes the PNG, parses the JSON and rasterises every polygon
    every time, with the same crop; img/s, peak RSS, and the projection to 800 images;
 3. training (`seglab train`, Unet-ResNet18) on random crops of the full-resolution images
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,8 +57,11 @@ def config(data: Path, cache: Path, crop: int | None, extra=()):
 def child_cache(data: Path, cache: Path, workers: int) -> dict:
     from seglab.data.cache_build import build_caches
 
-    summary = build_caches(config(data, cache, None), workers, progress=None)
-    return {"seconds": summary["seconds"], "workers": summary["workers"], "samples": sum(summary["samples"].values())}
+    # Full-size polygon masks are rasterised at load, not cached: what a team prepares up
+    # front is a resized copy (images and masks) to train at 1024 px.
+    summary = build_caches(config(data, cache, None, ["data.image_size=[1024, 1024]"]), workers, progress=None)
+    return {"seconds": summary["seconds"], "workers": summary["workers"], "samples": sum(summary["samples"].values()),
+            "files": summary["new_files"]}
 
 
 class PlainDataset:
@@ -155,7 +160,8 @@ CHILDREN = {"cache": child_cache, "data": child_data, "train": child_train}
 
 
 def in_child(kind: str, *args) -> dict:
-    """One measurement in a fresh process; its JSON result."""
+    """One measurement in a fresh process, with its cache folder (args[1]) emptied first; its JSON result."""
+    shutil.rmtree(args[1], ignore_errors=True)  # a kept --workdir must not measure a warm cache
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, __file__, "--child", kind, *map(str, args)], env=env, cwd=ROOT,
                          capture_output=True, text=True)
@@ -183,7 +189,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=29)
     ap.add_argument("--points", type=int, default=200, help="vertices per polygon")
     ap.add_argument("--crops", default="512,1024,2048", help="data-path crop sides")
-    ap.add_argument("--epochs", type=int, default=2, help="data-path epochs (the first fills the caches)")
+    ap.add_argument("--epochs", type=int, default=2, help="data-path epochs (the first also learns the image sizes)")
     ap.add_argument("--train-crops", default="512", help="training crop sides ('' = no training)")
     ap.add_argument("--train-batches", type=int, default=4, help="training batches (of 2) per epoch, 2 epochs (full-size crops: at most 2 of 1)")
     ap.add_argument("--tile", type=int, default=1024, help="sliding-window validation tile")
@@ -209,9 +215,10 @@ def main() -> None:
     results: dict = {"images": 2 * people, "size": args.size, "cores": cores, "load_average_at_start": load}
 
     results["cache"] = {w: in_child("cache", data, work / f"cache_w{w}", w) for w in sorted({1, cores})}
-    print(f"\ncache build (full-size bit masks of train + val, {results['cache'][1]['samples']} images)")
+    print(f"\ncache build (`seglab data cache`: images and masks of train + val resized to 1024x1024, "
+          f"{results['cache'][1]['samples']} images)")
     for w, r in results["cache"].items():
-        print(f"  {w} worker(s): {r['seconds']:.1f} s ({r['samples'] / r['seconds']:.2f} img/s)")
+        print(f"  {w} worker(s): {r['seconds']:.1f} s ({r['samples'] / r['seconds']:.2f} img/s, {r['files']} files)")
 
     rows = []
     for crop in [int(c) for c in args.crops.split(",") if c]:

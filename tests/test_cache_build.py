@@ -28,9 +28,10 @@ def test_two_workers_fill_what_a_run_reads(tmp_path):
     assert calls[-1] == (n, n) and [d for d, _ in calls] == sorted(d for d, _ in calls)
     files = cache_files(cache)
     labelled = summary["samples"]["train"] + summary["samples"]["val"]
-    # Resized images of every split, resized masks and full-size bit masks of the labelled ones.
+    # Resized images of every split and resized masks of the labelled ones; full-size polygon
+    # masks are rasterised at load, never cached.
     assert len([f for f in files if f.parts[0] == "resized"]) == n + labelled
-    assert len([f for f in files if f.parts[0] == "bitmasks"]) == labelled
+    assert {f.parts[0] for f in files} == {"resized"}
     # A run's datasets now find everything: reading every item writes nothing new.
     labels = resolve_labels(cfg)
     for split in ("train", "val"):
@@ -46,5 +47,11 @@ def test_the_cli_prints_what_it_cached(tmp_path):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["data", "cache", str(config), *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--workers", "1"])
     assert code == 0 and "cached 13 samples (train 8, val 3, test 2)" in out.getvalue() and "with 1 worker" in out.getvalue()
+    # The class maps of the 11 labelled images (test has none); a second run finds them all.
+    assert "11 new cache files" in out.getvalue() and "nothing new" not in out.getvalue()
     assert "ETA 0:00:00" in err.getvalue()
+    again = io.StringIO()
+    with contextlib.redirect_stdout(again), contextlib.redirect_stderr(io.StringIO()):
+        main(["data", "cache", str(config), *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--workers", "1"])
+    assert "0 new cache files" in again.getvalue() and "nothing new to cache" in again.getvalue()
     assert format_eta(3725) == "1:02:05"

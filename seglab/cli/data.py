@@ -120,8 +120,13 @@ def cmd_data_cache(args) -> None:
     summary = build_caches(cfg, args.workers)
     splits = ", ".join(f"{split} {n}" for split, n in summary["samples"].items())
     where = cfg.data.cache_dir or "the default cache folder (~/.cache/seglab or $SEGLAB_CACHE)"
+    new = summary["new_files"]
     print(f"cached {sum(summary['samples'].values())} samples ({splits}) in {summary['seconds']:.1f} s "
-          f"with {summary['workers']} worker(s) under {where}")
+          f"with {summary['workers']} worker(s) under {where}: {new} new cache file{'s' * (new != 1)}")
+    if new == 0:
+        print("nothing new to cache: every entry was there already, or this config reads nothing that is "
+              "cached (full-size multi-label polygon masks are rasterised at load; data.image_size with "
+              "data.cache_images caches resized images and masks)")
 
 
 def register(sub) -> None:

@@ -1,10 +1,13 @@
-"""Multi-label masks (C x H x W booleans): a compact on-disk cache.
+"""Multi-label masks (C x H x W booleans): a compact on-disk cache, used for COCO
+multi-label masks (whether rasterising COCO annotations at load would pay, as it does for
+polygon JSON, has not been measured).
 
 A 29 x 2048 x 2048 mask is 121 MB as bytes; bit-packed (np.packbits) and compressed
-in an .npz it is a few hundred KB. Reading one back takes about 39 ms on one core: more
-than parsing and rasterising 29 simple polygons (about 17 ms, benchmarks/README.md,
-full-resolution section), less than decoding many COCO RLE or complex annotations. The cache is keyed by the label file's content, so editing a label
-file, the class list or the remap invalidates exactly the masks it changes.
+in an .npz it is a few hundred KB. Reading one back takes about 38 ms on one core: more
+than parsing and rasterising 29 simple polygons (5 to 12 ms), which is why per-image
+polygon JSON is rasterised at load instead (benchmarks/README.md, full-resolution
+section). The cache is keyed by the label file's content, so editing a label file, the
+class list or the remap invalidates exactly the masks it changes.
 """
 
 from __future__ import annotations

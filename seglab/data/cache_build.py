@@ -18,7 +18,10 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Callable
+
+from seglab.data.cache import default_cache_dir
 
 _WORKER: dict = {}
 
@@ -78,13 +81,16 @@ def print_progress(done: int, total: int, elapsed: float, stream=None) -> None:
 
 def build_caches(cfg, workers: int | None = None, progress: Callable | None = print_progress,
                  every_s: float = 2.0) -> dict:
-    """Fill every cache the config's splits read; returns {"samples": {split: n}, "seconds", "workers"}.
+    """Fill every cache the config's splits read; returns {"samples": {split: n}, "seconds",
+    "workers", "new_files"} (entries written now, not found already there).
 
     `workers`: processes (default: every core this process may use; 1 = in this process).
     `progress(done, total, elapsed)` is called at most every `every_s` seconds and at the end.
     """
     from seglab.data import resolve_labels
 
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    before = _entries(cache_dir)
     labels = resolve_labels(cfg)
     datasets = _datasets(cfg, labels)
     sizes = {split: len(ds) for split, ds in datasets.items()}
@@ -114,4 +120,9 @@ def build_caches(cfg, workers: int | None = None, progress: Callable | None = pr
                                  initializer=_init_worker, initargs=(cfg, labels)) as pool:
             for n in pool.map(_run_chunk, *zip(*chunks)) if chunks else ():
                 tick(n)
-    return {"samples": sizes, "seconds": time.perf_counter() - start, "workers": workers}
+    seconds = time.perf_counter() - start
+    return {"samples": sizes, "seconds": seconds, "workers": workers, "new_files": len(_entries(cache_dir) - before)}
+
+
+def _entries(cache_dir: Path) -> set[Path]:
+    return {p for p in cache_dir.rglob("*") if p.is_file()} if cache_dir.is_dir() else set()

@@ -36,9 +36,27 @@ TRANSPOSING = (5, 6, 7, 8)  # orientations that swap height and width
 LABEL_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I")  # one value per pixel
 
 
+def png_has_exif(path) -> bool:
+    """Whether a PNG file holds an eXIf chunk, from its chunk headers alone. PIL decodes the
+    whole image to look for one (it may follow the pixel data): 23 ms for a 2048 px PNG,
+    against well under 1 ms to step over the chunks."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return True  # not a PNG after all: let PIL decide
+        while True:
+            head = f.read(8)
+            if len(head) < 8 or head[4:] == b"IEND":
+                return False
+            if head[4:] == b"eXIf":
+                return True
+            f.seek(int.from_bytes(head[:4], "big") + 4, os.SEEK_CUR)  # the data and its CRC
+
+
 def header_size(im) -> tuple[int, int]:
     """(height, width) as seen after EXIF orientation, from an open PIL image's header."""
     w, h = im.size
+    if im.format == "PNG" and getattr(im, "filename", None) and not png_has_exif(im.filename):
+        return (h, w)
     try:
         turned = im.getexif().get(EXIF_ORIENTATION) in TRANSPOSING
     except Exception:  # a broken EXIF block: PIL's exif_transpose ignores it too
@@ -92,9 +110,15 @@ def read_image(path: Path, where: str, expect_hw: tuple[int, int] | None = None)
     if truncated_jpeg(path):  # decoders fill a cut JPEG with grey rather than fail
         raise DataError(f"{where}: truncated image (JPEG data ends early): {path}")
     im = _decode(path, where, "image")
+    # Grey and RGB skip PIL's convert: it and the copy out of PIL doubled the cost of a
+    # 2048 px grey PNG (48 ms against 24 ms; benchmarks/fullres.py).
     if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: keep the high byte, as OpenCV does
         array = (np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-        array = np.repeat(array[..., None], 3, axis=2)
+        array = cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    elif im.mode == "L":
+        array = cv2.cvtColor(np.asarray(im), cv2.COLOR_GRAY2RGB)
+    elif im.mode == "RGB":
+        array = np.asarray(im)
     else:
         array = np.asarray(im.convert("RGB"))
     if expect_hw is not None and array.shape[:2] != tuple(expect_hw):

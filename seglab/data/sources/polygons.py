@@ -29,7 +29,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir, file_digest
 from seglab.data.corrections import Applied, fix_polygons, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
@@ -129,7 +128,6 @@ class PolygonSource:
             # Keyed by the label spec (classes, remap, task) and paint order; per file by its content.
             key = (labels.fingerprint(), self.paint_order, json.dumps(sorted(self.class_of_name.items())),
                    *(corrections.cache_part() if corrections else ()))
-            self.cache = BitmaskCache(cache_dir, "polygons", *key)
             self.class_map_cache = ArrayCache(cache_dir, "masks/polygons", *key)
             # Per-file content is in each entry's key; the resized cache keys on the json folder too.
             self.cache_key = (str(self.json_root.resolve()),) + key
@@ -185,21 +183,24 @@ class PolygonSource:
         return file_digest(self.json_path(i))
 
     def load_target(self, i: int) -> np.ndarray:
-        """C x H x W booleans (multilabel) or a class map [H, W] (multiclass), from the cache."""
+        """C x H x W booleans (multilabel), rasterised from the label file at every load, or a
+        class map [H, W] (multiclass), from the cache.
+
+        Multi-label masks are not cached: at 2048 px, reading 29 bit-packed compressed
+        channels back (about 38 ms) cost more than parsing and rasterising the polygons
+        (5 to 12 ms; benchmarks/fullres.py). A class map is painted from one mask per
+        polygon, which costs more than reading it back."""
         path = self.json_path(i)
+        size = self.original_size(i)
+        if self.labels.target == "binary_masks":
+            return self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path)
         try:
             data = path.read_bytes()
         except OSError:
             data = b""  # read_polygon_json below names the problem
-        size = self.original_size(i)
         key = f"{hashlib.sha1(data).hexdigest()}|{size}"
-        # Parsed only on a cache miss. (At full resolution the cache read, about 39 ms for 29
-        # classes at 2048 px, costs more than parsing and rasterising, about 17 ms: see
-        # benchmarks/README.md, full-resolution section.)
-        make = lambda: self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path)  # noqa: E731
-        if self.labels.target == "binary_masks":
-            return self.cache.get(self.ids[i], make, key)
-        return self.class_map_cache.get(f"{self.ids[i]}|{key}", make)
+        return self.class_map_cache.get(f"{self.ids[i]}|{key}",
+                                        lambda: self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path))
 
     def corrected(self, i: int, anns: list[dict]) -> list[tuple[int, dict, int | None]]:
         """Image i's annotations after data.corrections: (index, annotation, corrected class or None)."""
@@ -239,7 +240,7 @@ class PolygonSource:
             for cls, pts in polys:
                 if cls < self.labels.num_classes:  # remapped to ignore: no channel
                     cv2.fillPoly(mask[cls], [pts], 1)
-            return mask.astype(bool)
+            return mask.view(bool)  # 0/1 bytes are booleans: no copy (121 MB at 29 x 2048 x 2048)
         singles = []
         for _, pts in polys:
             m = np.zeros((h, w), np.uint8)
