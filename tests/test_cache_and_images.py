@@ -125,6 +125,50 @@ def test_exif_orientation_turns_image_and_label_map_alike(tmp_path):
     assert len(problems) == 1 and "masks/a.png: label map is 8x16 but its image is 16x8" in problems[0]
 
 
+def png_with_exif_after_pixels(path: Path, hw: tuple[int, int], orientation: int) -> None:
+    """A PNG whose eXIf chunk follows its pixel data (legal; PIL writes it before)."""
+    import struct
+    import zlib
+
+    Image.fromarray(np.zeros(hw, np.uint8)).save(path)
+    data = path.read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    iend = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:iend] + chunk + data[iend:])
+
+
+def test_png_orientation_is_found_from_chunk_headers_wherever_the_chunk_lies(tmp_path):
+    from seglab.data.images import image_size, png_has_exif, read_image
+
+    png_with_exif_after_pixels(tmp_path / "late.png", (8, 16), 6)
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(tmp_path / "plain.png")
+    assert png_has_exif(tmp_path / "late.png") and not png_has_exif(tmp_path / "plain.png")
+    assert image_size(tmp_path / "late.png", "x") == (16, 8) == read_image(tmp_path / "late.png", "x").shape[:2]
+    assert image_size(tmp_path / "plain.png", "x") == (8, 16)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16"])
+def test_every_image_mode_reads_as_pil_converts_it(tmp_path, mode):
+    from seglab.data.images import read_image
+
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        stored = rng.integers(0, 65536, (5, 7), dtype=np.uint16)
+        Image.fromarray(stored).save(tmp_path / "a.png")
+        expected = np.repeat((stored >> 8).astype(np.uint8)[..., None], 3, axis=2)  # the high byte, as OpenCV
+    else:
+        channels = {"L": (), "RGB": (3,), "RGBA": (4,), "LA": (2,), "P": ()}[mode]
+        image = Image.fromarray(rng.integers(0, 256, (5, 7, *channels), dtype=np.uint8))
+        (image.convert(mode) if mode != image.mode else image).save(tmp_path / "a.png")
+        expected = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    assert Image.open(tmp_path / "a.png").mode == mode
+    array = read_image(tmp_path / "a.png", "x")
+    assert array.dtype == np.uint8 and array.flags.c_contiguous and np.array_equal(array, expected)
+
+
 def test_coco_record_size_is_the_upright_size(tmp_path):
     exif_jpeg(tmp_path / "a.jpg", (8, 16), 8)
     write_coco(tmp_path, "train.json", [{"id": 1, "file_name": "a.jpg", "height": 16, "width": 8}], [],
