@@ -11,7 +11,8 @@ per fold, score the out-of-fold (OOF) predictions.
 OOF is the task's metric over all folds' held-out sets at once: every training image is
 predicted once, by the model that did not train on it, and the fold metric states
 (confusion matrices, or Dice sums) are summed before any score is computed (not an
-average of fold scores). Each fold is scored by its best checkpoint with the run's TTA,
+average of fold scores); with `submission.classes` the same is done in submission classes
+(submission_* scores). Each fold is scored by its best checkpoint with the run's TTA,
 as `seglab evaluate` scores it. A killed k-fold resumes (`--resume OUT`) at the fold it
 stopped in: finished folds are skipped, the interrupted one continues from its last.ckpt.
 """
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from seglab.config import Config, load_config, to_yaml
-from seglab.core.module import finite
+from seglab.core.module import SUBMISSION, finite
+from seglab.data.labels import class_merge
 from seglab.task import get_task
 from seglab.errors import SeglabError
 from seglab.progress import progress_line
@@ -78,6 +80,7 @@ def _run_kfold(cfg: Config | None, out: Path, resume: bool, device: str | None) 
     base = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": None, "folds": None})})
     labels = preflight(base, None, ("train",))
     task = get_task(cfg.task)
+    merge = class_merge(labels, cfg.submission.classes)
     if not resume:
         write_text(out / "config.yaml", to_yaml(cfg))
         split = make_folds_file(base, labels, out)
@@ -103,53 +106,66 @@ def _run_kfold(cfg: Config | None, out: Path, resume: bool, device: str | None) 
             log.info(progress_line("k-fold", trained_here, trained_here + (k_total - 1 - k), time.monotonic() - started, "folds"))
         else:
             log.info("k-fold: fold %d already trained, skipped", k)
-        if "metric_state" not in state:
+        if "metric_state" not in state or (merge and "submission_metric_state" not in state):
             state.update(evaluate_fold(run_dir, k, split, task, labels, device))
             write_json(state_path, finite(state))
         rows.append(state)
 
-    summary = summarise(rows, task, labels, split, cfg.eval.monitor)
+    summary = summarise(rows, task, labels, split, cfg.eval.monitor, merge)
     write_json(out / "kfold.json", finite(summary))
     oof = summary["oof"]
     write_json(out / "metrics.json", finite({"monitor": cfg.eval.monitor, "source": "out-of-fold",
-                                             **{k: v for k, v in oof.items() if k != "metric_state"}}))
+                                             **{k: v for k, v in oof.items() if k not in STATES}}))
     return summary
 
 
 def evaluate_fold(run_dir: Path, k: int, split: dict, task, labels, device: str | None = None) -> dict:
     """The fold model's (best checkpoint, with the run's TTA) scores and metric state on its held-out fold."""
+    from seglab.core.module import monitorable
     from seglab.core.run import load_run
     from seglab.inference.ensemble import Member
-    from seglab.inference.predict import evaluate
-
-    from seglab.core.module import monitorable
+    from seglab.inference.predict import evaluate_in_spaces
 
     run = load_run(run_dir, "best", device)
-    scores, metric = evaluate([Member(run)], "val")
+    scores, metrics = evaluate_in_spaces([Member(run)], "val")
     best = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     n_val = split["per_fold"][k]["images"]
     return {
         "n_train": split["samples"] - n_val, "n_val": n_val, "best_epoch": best.get("epoch"),
         # with submission.classes also the submission_* scores: eval.monitor may name one
         **{key: scores[key] for key in monitorable(task, labels, run.merge)}, task.per_class_key: scores[task.per_class_key],
-        "metric_state": metric.state(),
+        "metric_state": metrics["train"].state(),
+        **({"submission_metric_state": metrics["submission"].state()} if "submission" in metrics else {}),
     }
 
 
-def summarise(rows: list[dict], task, labels, split: dict, monitor: str) -> dict:
+STATES = ("metric_state", "submission_metric_state")  # kept in kfold.json, not in metrics.json
+
+
+def summarise(rows: list[dict], task, labels, split: dict, monitor: str, merge=None) -> dict:
+    """Per-fold table and OOF scores; with a class merge (submission.classes) the OOF scores
+    in submission classes too, pooled the same way from the folds' submission metric states."""
+    from seglab.core.module import submission_scores
+
     metric = task.metric(labels)
     for r in rows:
         metric.add_state(r["metric_state"])
-    oof = metric.compute(list(labels.classes))
+    oof = {**metric.compute(list(labels.classes)), "metric_state": metric.state()}
+    if merge is not None:
+        pooled = task.metric(merge.submission)
+        for r in rows:
+            pooled.add_state(r["submission_metric_state"])
+        oof.update(submission_scores(pooled.compute(list(merge.submission.classes))),
+                   submission_metric_state=pooled.state())
     per_fold = [r.get(monitor) for r in rows]
     per_fold = [v for v in per_fold if v is not None and not math.isnan(v)]
     return {
         "task": task.name, "folds": len(rows), "strategy": split["strategy"], "seed": split.get("seed"), "monitor": monitor,
         "metrics": list(task.metric_names(labels)), "per_class_key": task.per_class_key,
-        "per_fold": [{k: v for k, v in r.items() if k != "metric_state"} for r in rows],
+        "per_fold": [{k: v for k, v in r.items() if k not in STATES} for r in rows],
         "fold_mean": float(np.mean(per_fold)) if per_fold else None,
         "fold_std": float(np.std(per_fold)) if per_fold else None,
-        "oof": {**oof, "metric_state": metric.state()},
+        "oof": oof,
     }
 
 
@@ -168,4 +184,8 @@ def format_kfold(summary: dict) -> str:
     lines.append("OOF  " + " | ".join(f"{n} {fmt(oof.get(n))}" for n in names))
     per_class = oof.get(summary["per_class_key"]) or {}
     lines.append(f"OOF {summary['per_class_key'].removeprefix('per_class_')} per class: " + ", ".join(f"{n} {fmt(v).strip()}" for n, v in per_class.items()))
+    if SUBMISSION + names[0] in oof:
+        lines.append("OOF in submission classes  " + " | ".join(f"{n} {fmt(oof.get(SUBMISSION + n))}" for n in names))
+        per_class = oof.get(SUBMISSION + summary["per_class_key"]) or {}
+        lines.append("OOF in submission classes, per class: " + ", ".join(f"{n} {fmt(v).strip()}" for n, v in per_class.items()))
     return "\n".join(lines)

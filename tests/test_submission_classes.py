@@ -163,3 +163,32 @@ def test_classification_merge_is_scored_through_evaluate(tmp_path):
         truth += (batch["target"] // 3).tolist()
     assert scores["submission_macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"), abs=1e-6)
     assert {"macro_f1", "age_accuracy", "submission_gender_accuracy"} <= set(scores)
+
+
+def test_kfold_pools_the_submission_scores_out_of_fold(data, tmp_path):
+    """OOF in submission classes: the folds' submission confusion matrices summed, then scored
+    (checked against IoU computed by hand from that sum); the console table shows them."""
+    from seglab.inference.predict import evaluate_in_spaces
+    from seglab.kfold import evaluate_fold, fold_config, format_kfold, make_folds_file, summarise
+
+    cfg = tiny_config(data, *SPLIT, "data.corrections=fix.yaml", "data.val=null", "kfold.folds=2",
+                      "eval.monitor=submission_mIoU")
+    labels, task, out = resolve_labels(cfg), get_task(cfg.task), tmp_path / "kf"
+    merge = class_merge(labels, cfg.submission.classes)
+    split = make_folds_file(cfg, labels, out)
+    rows, confusion = [], np.zeros((7, 7), np.int64)
+    for k in range(2):
+        run_dir = constructed_run(out / f"fold_{k}", fold_config(cfg, out, k), seed=k)
+        rows.append({"fold": k, **evaluate_fold(run_dir, k, split, task, labels, "cpu")})
+        _, metrics = evaluate_in_spaces([Member(load_run(run_dir, device="cpu"))], "val")
+        confusion += metrics["submission"].mat.cpu().numpy().astype(np.int64)
+    summary = summarise(rows, task, labels, split, "submission_mIoU", merge)
+    oof = summary["oof"]
+    assert int(confusion.sum()) == 4 * 32 * 32   # each training image once, by the fold that did not train on it
+    iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
+    assert oof["submission_mIoU"] == pytest.approx(np.nanmean(iou), abs=1e-9)
+    assert list(oof["submission_per_class_iou"]) == SUBMITTED and len(oof["per_class_iou"]) == 9
+    assert summary["fold_mean"] == pytest.approx(np.mean([r["submission_mIoU"] for r in rows]))
+    assert all("submission_metric_state" not in r for r in summary["per_fold"])
+    printed = format_kfold(summary)
+    assert f"OOF in submission classes  mIoU {oof['submission_mIoU']:.4f}" in printed and "UNKNOWN" in printed

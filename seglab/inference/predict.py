@@ -209,6 +209,15 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
     metric object: at the dataset's resolution (as validation scores), or with
     `original_size` against the original targets, scoring exactly what `predict` writes.
     The decision, tuned thresholds and post-processing apply."""
+    scores, metrics = evaluate_in_spaces(members, split, data_config, original_size, batch_size)
+    return scores, next(iter(metrics.values()))
+
+
+@torch.no_grad()
+def evaluate_in_spaces(members: list[Member], split: str = "val", data_config=None, original_size: bool = False,
+                       batch_size: int | None = None) -> tuple[dict, dict]:
+    """`evaluate`, with the metric object of each class space scored ({"train": ...,
+    "submission": ...} with submission.classes): what k-fold pools over the folds."""
     from seglab.core.module import submission_scores
 
     run = members[0].run
@@ -222,7 +231,7 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
         count += len(target[spaces[0]])
         for s, metric in metrics.items():
             metric.update(decide(run, probs[s], s), target[s])
-    scores, metric = {}, metrics[spaces[0]]
+    scores = {}
     for s, m in metrics.items():
         computed = m.compute(list(in_space(run, s)[0].classes))
         scores.update(submission_scores(computed) if s == "submission" and "train" in spaces else computed)
@@ -235,7 +244,7 @@ def evaluate(members: list[Member], split: str = "val", data_config=None, origin
         scores["thresholds_from"] = run.thresholds_source
     if run.postprocess_plan is not None:
         scores["postprocess_from"] = run.postprocess_source
-    return scores, metric
+    return scores, metrics
 
 
 @torch.no_grad()
