@@ -178,8 +178,9 @@ class Task:
         """The Lightning callback that draws this task's validation pictures, or None."""
         return None
 
-    def suspect_panel(self, image, target, probs, labels, title: str):
-        """A picture of one suspected label mistake (uint8 H x W x 3), or None when the task draws none."""
+    def suspect_panel(self, image, target, probs, labels, title: str, thresholds=None):
+        """A picture of one suspected label mistake (uint8 H x W x 3), or None when the task draws
+        none; `thresholds` are the run's tuned ones (None: the task's default decision)."""
         return None
 
     # ------------------------------------------------------------ workflows

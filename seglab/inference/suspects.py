@@ -52,7 +52,8 @@ def find_suspects(run, split: str = "val", top: int = 20, panels: bool = True) -
         records = propose(run.labels, dataset.source, index, sid, probs, target)
         panel = None
         if panels:
-            panel = run.task.suspect_panel(dataset.source.load_image(index), target, probs, run.labels, f"{sid}  loss {loss:.3f}")
+            panel = run.task.suspect_panel(dataset.source.load_image(index), target, probs, run.labels,
+                                           f"{sid}  loss {loss:.3f}", run.thresholds)
         out.append(Suspect(sid, loss, records, panel))
     return out
 

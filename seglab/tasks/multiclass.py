@@ -67,7 +67,7 @@ class MulticlassTask(SegmentationTask):
                                     num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k,
                                     mean=cfg.augment.mean, std=cfg.augment.std)
 
-    def suspect_panel(self, image, target, probs, labels, title):
+    def suspect_panel(self, image, target, probs, labels, title, thresholds=None):
         from seglab.visualization.figures import prediction_panel
 
         return prediction_panel(image, target, probs.argmax(0).cpu().numpy(), list(labels.classes), labels.ignore_index, title)

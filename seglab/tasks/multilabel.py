@@ -98,6 +98,15 @@ class MultilabelTask(SegmentationTask):
                                     num_samples=cfg.logging.viz_samples, worst_k=cfg.logging.viz_worst_k,
                                     mean=cfg.augment.mean, std=cfg.augment.std)
 
+    def suspect_panel(self, image, target, probs, labels, title, thresholds=None):
+        """One TP/FP/FN tile per class present in the labels or the prediction, with its Dice."""
+        import numpy as np
+
+        from seglab.visualization.binary_masks import per_class_mask_panel
+
+        pred = self.decide(probs[None], thresholds)[0].cpu().numpy()
+        return per_class_mask_panel(image, np.asarray(target, bool), pred, list(labels.classes), title)
+
     def confident_target(self, probs, threshold, labels, thresholds=None):
         """C x H x W masks (the run's decision) and the share of decisions whose probability is
         at least `threshold` or at most 1 - `threshold` (multi-label masks have no ignore value)."""

@@ -161,7 +161,7 @@ class ClassificationTask(Task):
 
         return ClassificationVisualizer(run_dir, labels.classes, cfg.logging.viz_every_n_epochs, cfg.logging.viz_worst_k)
 
-    def suspect_panel(self, image, target, probs, labels, title):
+    def suspect_panel(self, image, target, probs, labels, title, thresholds=None):
         from seglab.visualization.gallery import misclassified_gallery
 
         conf, pred = (float(v) for v in probs.max(0))
