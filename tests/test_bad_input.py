@@ -102,6 +102,7 @@ CATALOGUE = {
     "NaN/inf weights are never written over a good checkpoint": "tests.test_bad_input::test_non_finite_weights_are_never_checkpointed",
     "out of GPU memory (suggests batch size, accumulation, bf16)": "tests.test_bad_input::test_out_of_memory_suggests_what_to_change",
     "output folder not writable": "tests.test_bad_input::test_output_folder_not_writable",
+    "`data cache` into a cache folder that cannot be written (one line, not a silent nothing)": "tests.test_cache_build::test_an_unwritable_cache_folder_is_one_line_not_a_silent_nothing",
     "disk full while writing a checkpoint (previous one kept)": "tests.test_bad_input::test_disk_full_while_checkpointing_keeps_the_previous_one",
     # competition-B readers
     "polygon JSON with an unknown label": "tests.test_multilabel_data::test_data_problems_are_reported_one_line_each",

@@ -55,3 +55,13 @@ def test_the_cli_prints_what_it_cached(tmp_path):
         main(["data", "cache", str(config), *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--workers", "1"])
     assert "0 new cache files" in again.getvalue() and "nothing new to cache" in again.getvalue()
     assert format_eta(3725) == "1:02:05"
+
+
+def test_an_unwritable_cache_folder_is_one_line_not_a_silent_nothing(tmp_path, capsys):
+    config, overrides = task_data("multiclass", tmp_path / "data")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["data", "cache", str(config), *overrides, f"data.cache_dir={blocker}", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and "not writable" in err
+    assert blocker.read_text() == "not a folder"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from seglab.data.cache import default_cache_dir
+from seglab.io import check_writable
 
 _WORKER: dict = {}
 
@@ -90,6 +91,8 @@ def build_caches(cfg, workers: int | None = None, progress: Callable | None = pr
     from seglab.data import resolve_labels
 
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    # Training shrugs off an unwritable cache (it only costs speed); asked to fill it, say so.
+    check_writable(cache_dir)
     before = _entries(cache_dir)
     labels = resolve_labels(cfg)
     datasets = _datasets(cfg, labels)
