@@ -173,12 +173,13 @@ def format_kfold(summary: dict) -> str:
     """The per-fold table and the OOF line, for the console."""
     fmt = lambda v: "     -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
     names, monitor = summary["metrics"], summary["monitor"]
+    columns = names + ([monitor] if monitor not in names else [])  # e.g. submission_mIoU
     lines = [f"k-fold: {summary['folds']} folds, {summary['strategy']}",
-             f"{'fold':>4}  {'train':>5}  {'val':>4}  {'epoch':>5}  " + "  ".join(f"{n[:14]:>14}" for n in names)]
+             f"{'fold':>4}  {'train':>5}  {'val':>4}  {'epoch':>5}  " + "  ".join(f"{n[:15]:>15}" for n in columns)]
     for r in summary["per_fold"]:
         epoch = "-" if r.get("best_epoch") is None else str(r["best_epoch"])
         lines.append(f"{r['fold']:>4}  {r['n_train']:>5}  {r['n_val']:>4}  {epoch:>5}  "
-                     + "  ".join(f"{fmt(r.get(n)):>14}" for n in names))
+                     + "  ".join(f"{fmt(r.get(n)):>15}" for n in columns))
     oof = summary["oof"]
     lines.append(f"fold {monitor} mean {fmt(summary['fold_mean'])} +- {fmt(summary['fold_std'])}")
     lines.append("OOF  " + " | ".join(f"{n} {fmt(oof.get(n))}" for n in names))

@@ -192,3 +192,5 @@ def test_kfold_pools_the_submission_scores_out_of_fold(data, tmp_path):
     assert all("submission_metric_state" not in r for r in summary["per_fold"])
     printed = format_kfold(summary)
     assert f"OOF in submission classes  mIoU {oof['submission_mIoU']:.4f}" in printed and "UNKNOWN" in printed
+    assert printed.splitlines()[1].split()[-1] == "submission_mIoU"  # the monitored score has its column
+    assert printed.splitlines()[2].split()[-1] == f"{rows[0]['submission_mIoU']:.4f}"
