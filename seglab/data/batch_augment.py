@@ -12,8 +12,9 @@ labels of a pixel therefore always describe the pixel shown, whatever the mask t
     cutmix      a random box (area share 1 - lambda, lambda ~ Beta(alpha, alpha))
     copy_paste  the pixels of chosen classes (objects) of the partner, optionally
                 mirrored, scaled and shifted first (shape matters more than place);
-                `unit: instance` pastes single objects (connected components of a
-                class) instead of every pixel of the classes
+                `unit: instance` pastes single objects (annotations, where the batch
+                carries object ids; else connected components of a class) instead of
+                every pixel of the classes
 
 Config: `augment.batch: [{name: cutmix, p: 0.5}, {name: copy_paste, p: 0.5, classes: [Battery]}]`,
 applied in order. To add one, subclass `BatchAugment`, write `sample`, and register
