@@ -1,5 +1,6 @@
-"""Instance copy-paste (`copy_paste` with `unit: instance`): one object, a connected
-component of one class, lands with its exact mask, pixel for pixel, for both mask types."""
+"""Instance copy-paste (`copy_paste` with `unit: instance`): one object lands with its exact
+mask, pixel for pixel, for both mask types; an object is a connected component of one class,
+or one annotation where the batch carries object ids (COCO, polygons)."""
 
 from __future__ import annotations
 
