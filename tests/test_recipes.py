@@ -23,8 +23,8 @@ def test_training_applies_batch_augmentations_and_the_sampler(synth_root, tmp_pa
     seen = []
     original_call = BatchAugmentations.__call__
 
-    def spy(self, images, masks, generator=None):
-        out = original_call(self, images, masks, generator)
+    def spy(self, images, masks, generator=None, instances=None):
+        out = original_call(self, images, masks, generator, instances)
         seen.append((images.clone(), masks.clone(), *out))
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seglab.data.batch_augment import pastes_objects
 from seglab.data.cache import ArrayCache, default_cache_dir
 from seglab.data.dataset import LabDataset
 from seglab.data.labels import LabelSpec
@@ -88,7 +89,8 @@ def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_
                              f"{size[0]}x{size[1]}", compress=False)
     transform = build_transform(cfg.augment, size if resized is None else None, train=train)
     with_targets = source.has_targets if with_targets is None else with_targets
-    return LabDataset(source, transform, with_targets, resized, size)
+    instances = train and with_targets and labels.target == "class_map" and pastes_objects(cfg.augment.batch)
+    return LabDataset(source, transform, with_targets, resized, size, with_instances=instances)
 
 
 def _configured(cfg, split: str) -> bool:

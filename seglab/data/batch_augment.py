@@ -12,8 +12,9 @@ labels of a pixel therefore always describe the pixel shown, whatever the mask t
     cutmix      a random box (area share 1 - lambda, lambda ~ Beta(alpha, alpha))
     copy_paste  the pixels of chosen classes (objects) of the partner, optionally
                 mirrored, scaled and shifted first (shape matters more than place);
-                `unit: instance` pastes single objects (connected components of a
-                class) instead of every pixel of the classes
+                `unit: instance` pastes single objects (annotations, where the batch
+                carries object ids; else connected components of a class) instead of
+                every pixel of the classes
 
 Config: `augment.batch: [{name: cutmix, p: 0.5}, {name: copy_paste, p: 0.5, classes: [Battery]}]`,
 applied in order. To add one, subclass `BatchAugment`, write `sample`, and register
@@ -56,14 +57,29 @@ class BatchAugment:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
 
-    def sample(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator) -> dict:
-        """Draw this batch's parameters: at least `region` [B, H, W] bool, `src_images`, `src_masks`."""
+    def sample(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator,
+               instances: torch.Tensor | None = None) -> dict:
+        """Draw this batch's parameters: at least `region` [B, H, W] bool, `src_images`,
+        `src_masks` and `partner`; `src_instances` too when the source's object ids moved.
+        `instances`: object ids [B, H, W] beside class maps (0 = none), or None."""
         raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        params = self.sample(images, masks, _numpy_rng(generator))
-        return paste(images, masks, params["src_images"], params["src_masks"], params["region"])
+        return self.apply(images, masks, generator)[:2]
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None,
+              instances: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images, masks and object ids after the paste (ids follow the pixels, so a later
+        augmentation of the batch still sees which object each pixel belongs to)."""
+        params = self.sample(images, masks, _numpy_rng(generator), instances)
+        images, masks = paste(images, masks, params["src_images"], params["src_masks"], params["region"])
+        if instances is not None:
+            src = params.get("src_instances")
+            if src is None:
+                src = instances[torch.as_tensor(params["partner"], device=instances.device)]
+            instances = torch.where(params["region"], src, instances)
+        return images, masks, instances
 
     def _choose(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Which images are augmented, and each image's partner (never itself when B > 1)."""
@@ -92,7 +108,7 @@ class CutMix(BatchAugment):
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha = alpha
 
-    def sample(self, images, masks, rng):
+    def sample(self, images, masks, rng, instances=None):
         b, _, h, w = images.shape
         applied, partner = self._choose(b, rng)
         lam = rng.beta(self.alpha, self.alpha, b)
@@ -122,13 +138,14 @@ class CopyPaste(BatchAugment):
     `scale_range` and shifted by up to `translate` of the image size (nearest-neighbour
     resampling: every pasted pixel is a source pixel with its own label).
 
-    `unit: instance` pastes `objects` single objects instead (Ghiasi et al.'s unit): an
-    object is one 8-connected component of one class's mask in the partner (multilabel:
-    of one channel), drawn uniformly among the partner's objects of `classes`. Inside the
-    object's footprint the partner's pixels and ALL its labels replace this image's: a
-    multilabel object keeps the other classes it overlaps (its full C-channel mask). Masks
-    carry no instance ids, so touching objects of one class paste as one (connected
-    components are the general method: they work for every mask source).
+    `unit: instance` pastes `objects` single objects instead (Ghiasi et al.'s unit), drawn
+    uniformly among the partner's objects of `classes`. An object is one annotation where
+    the batch carries object ids (class maps from COCO annotations or polygons: its visible
+    pixels, so touching objects of one class stay apart), else one 8-connected component
+    of one class's mask (label-map PNGs; multilabel: of one channel, where each polygon of
+    a class is usually its own component). Inside the object's footprint the partner's
+    pixels and ALL its labels replace this image's: a multilabel object keeps the other
+    classes it overlaps (its full C-channel mask).
     """
 
     def __init__(self, p: float = 0.5, classes: Sequence[int | str] | None = None, hflip_p: float = 0.0,
@@ -159,9 +176,11 @@ class CopyPaste(BatchAugment):
             return (masks != 0) & (masks != self.ignore_index)
         return torch.isin(masks, torch.as_tensor(self.classes, device=masks.device, dtype=masks.dtype))
 
-    def instances(self, masks: torch.Tensor, applied: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def instances(self, masks: torch.Tensor, applied: np.ndarray, rng: np.random.Generator,
+                  ids: torch.Tensor | None = None) -> torch.Tensor:
         """[B, H, W] bool: for each applied image, the footprint of `self.objects` objects
-        (connected components of one class each) drawn from its mask; empty elsewhere."""
+        drawn from its mask (annotations by their ids where `ids` has any, else connected
+        components of one class each); empty elsewhere."""
         import cv2
 
         out = np.zeros((masks.shape[0], *masks.shape[-2:]), bool)
@@ -169,7 +188,13 @@ class CopyPaste(BatchAugment):
         for i in np.flatnonzero(applied):
             m = masks[i].cpu().numpy()
             found = []  # (component labels, component id)
-            if m.ndim == 3:
+            named = ids[i][chosen[i]].unique().cpu().numpy() if ids is not None else np.zeros(0)
+            named = named[named != 0]
+            binaries = []  # masks to split into connected components when there are no ids
+            if named.size:  # annotations: each id's visible pixels
+                labelled = ids[i].cpu().numpy()
+                found = [(labelled, int(k)) for k in named]
+            elif m.ndim == 3:
                 binaries = [m[c].astype(bool) for c in range(m.shape[0]) if self.classes is None or c in self.classes]
             else:
                 present = [int(c) for c in np.unique(m[chosen[i].cpu().numpy()])]
@@ -184,32 +209,34 @@ class CopyPaste(BatchAugment):
                     out[i] |= comp == k
         return torch.as_tensor(out, device=masks.device)
 
-    def sample(self, images, masks, rng):
+    def sample(self, images, masks, rng, instances=None):
         b, _, h, w = images.shape
         applied, partner = self._choose(b, rng)
         index = torch.as_tensor(partner, device=images.device)
         src_images, src_masks = images[index], masks[index]
+        src_ids = None if instances is None else instances[index]
         # Drawn before the warp: an object is picked whole, then moves with the image.
-        footprint = self.instances(src_masks, applied, rng) if self.unit == "instance" else None
+        footprint = self.instances(src_masks, applied, rng, src_ids) if self.unit == "instance" else None
         flip = rng.random(b) < self.hflip_p
         scale = rng.uniform(*self.scale_range, b)
         shift = rng.uniform(-1, 1, (b, 2)) * 2 * self.translate  # normalised coordinates span 2
         inside = torch.ones(b, h, w, dtype=torch.bool, device=images.device)
         if flip.any() or self.scale_range != (1.0, 1.0) or self.translate > 0:
-            src_images, src_masks, inside, footprint = _warp(src_images, src_masks, flip, scale, shift, footprint)
+            src_images, src_masks, inside, footprint, src_ids = _warp(src_images, src_masks, flip, scale, shift,
+                                                                      footprint, src_ids)
         chosen = self.objects_mask(src_masks) if footprint is None else footprint
         region = chosen & inside & torch.as_tensor(applied, device=images.device).view(b, 1, 1)
         return {"region": region, "src_images": src_images, "src_masks": src_masks, "partner": partner,
-                "applied": applied, "flip": flip, "scale": scale, "shift": shift}
+                "applied": applied, "flip": flip, "scale": scale, "shift": shift, "src_instances": src_ids}
 
 
 def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np.ndarray, shift: np.ndarray,
-          footprint: torch.Tensor | None = None):
+          footprint: torch.Tensor | None = None, ids: torch.Tensor | None = None):
     """Mirror / scale about the centre / shift each image and mask (and object footprint
-    [B, H, W], when given) alike (nearest neighbour).
+    and object ids [B, H, W], when given) alike (nearest neighbour).
 
     Returns the warped images and masks (same dtypes), where the result lies inside the
-    source, and the warped footprint (None when none was given).
+    source, and the warped footprint and ids (None when not given).
     """
     b, _, h, w = images.shape
     device = images.device
@@ -222,7 +249,7 @@ def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np
     theta = torch.as_tensor(m, dtype=torch.float32, device=device)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
     mask_channels = masks.float() if masks.dim() == 4 else masks.float().unsqueeze(1)
-    extra = [] if footprint is None else [footprint.float().unsqueeze(1)]
+    extra = [m.float().unsqueeze(1) for m in (footprint, ids) if m is not None]  # ids < 2**24: exact in float32
     stack = torch.cat([images.float(), mask_channels, *extra, torch.ones(b, 1, h, w, device=device)], 1)
     with torch.autocast(device.type, enabled=False):
         out = F.grid_sample(stack, grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -231,7 +258,8 @@ def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np
     out_masks = out[:, 3:end] if masks.dim() == 4 else out[:, 3]
     out_masks = (out_masks > 0.5) if masks.dtype == torch.bool else out_masks.round().to(masks.dtype)
     out_footprint = None if footprint is None else out[:, end] > 0.5
-    return out_images, out_masks, out[:, -1] > 0.5, out_footprint
+    out_ids = None if ids is None else out[:, end + (footprint is not None)].round().to(ids.dtype)
+    return out_images, out_masks, out[:, -1] > 0.5, out_footprint, out_ids
 
 
 def _class_indices(classes: Sequence[int | str], class_names: Sequence[str] | None) -> tuple[int, ...] | None:
@@ -263,11 +291,17 @@ class BatchAugmentations:
     def __init__(self, augments: Sequence[BatchAugment]):
         self.augments = list(augments)
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None,
+                 instances: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         for augment in self.augments:
-            images, masks = augment(images, masks, generator)
+            images, masks, instances = augment.apply(images, masks, generator, instances)
         return images, masks
+
+
+def pastes_objects(specs) -> bool:
+    """Whether `augment.batch` pastes single objects (copy_paste with unit: instance): the
+    training dataset then hands out object ids beside its class maps."""
+    return any(s.name == "copy_paste" and (s.model_extra or {}).get("unit") == "instance" for s in specs or ())
 
 
 def _make(spec, where: str, class_names: Sequence[str] | None, ignore_index: int) -> BatchAugment:

@@ -24,7 +24,7 @@ def is_mask(target) -> bool:
 
 class LabDataset(Dataset):
     def __init__(self, source, transform, with_targets: bool = True, resized_cache: ArrayCache | None = None,
-                 size: tuple[int, int] | None = None):
+                 size: tuple[int, int] | None = None, with_instances: bool = False):
         if with_targets and not source.has_targets:
             raise DataError(f"{source.name}: split has no labels")
         self.source = source
@@ -32,6 +32,19 @@ class LabDataset(Dataset):
         self.with_targets = with_targets
         # With a resized cache the transform has no Resize: images and masks come pre-resized.
         self.resized_cache, self.size = resized_cache, size
+        # Object ids beside a class map ("instances", transformed with it), for copy-paste by object.
+        self.with_instances = with_instances
+
+    def _instances(self, i: int, shape: tuple[int, int]) -> np.ndarray:
+        """Image i's object ids at the class map's size; all 0 (no ids: copy-paste falls back
+        to connected components) for a source without annotations (label maps)."""
+        load = getattr(self.source, "load_instances", None)
+        ids = load(i) if load is not None else None
+        if ids is None:
+            return np.zeros(shape, np.uint16)
+        if ids.shape != tuple(shape):  # the class map came resized from the cache
+            ids = cv2.resize(ids, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        return ids
 
     def __len__(self) -> int:
         return len(self.source)
@@ -67,6 +80,13 @@ class LabDataset(Dataset):
                 # 2048 px image, 20x slower than cropping the channels (benchmarks/fullres.py).
                 out = self.transform(image=image, masks=target.view(np.uint8))
                 mask = np.asarray(out["masks"]).astype(bool)
+            elif self.with_instances:
+                # Class map and object ids as two masks: every geometric transform moves them alike.
+                both = np.stack([target.astype(np.uint16), self._instances(i, target.shape)])
+                out = self.transform(image=image, masks=both)
+                both = np.asarray(out["masks"])
+                mask = both[0].astype(target.dtype)
+                item["instances"] = torch.from_numpy(both[1].astype(np.int32))
             else:
                 out = self.transform(image=image, mask=target)
                 mask = out["mask"]

@@ -41,7 +41,8 @@ def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[list[str], Iterator[t
         if len({tuple(m.shape) for m in masks}) > 1:
             raise ConfigError("augment.batch mixes images of one batch, so they must share a size: set data.image_size "
                               "or end augment.train with a fixed-size crop")
-        stacked = batch_augment(torch.stack(images), torch.stack(masks), torch.Generator().manual_seed(seed))
+        ids = torch.stack([item["instances"] for item in items]) if "instances" in items[0] else None
+        stacked = batch_augment(torch.stack(images), torch.stack(masks), torch.Generator().manual_seed(seed), ids)
         images, masks = list(stacked[0]), list(stacked[1])
 
     def samples():

@@ -55,7 +55,7 @@ class SegmentationTask(Task):
     def training_loss(self, module, batch):
         images, masks = batch["image"], batch["target"]
         if module.batch_augment is not None:
-            images, masks = module.batch_augment(images, masks)
+            images, masks = module.batch_augment(images, masks, instances=batch.get("instances"))
         return module.criterion(module(images), masks)
 
     def resize(self, probs, size):

@@ -338,19 +338,40 @@ def _checked_class(coco: CocoFile, img: dict, ann: dict, labels: LabelSpec) -> i
     return cls
 
 
-def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
-    """The class map of image `index`: background 0, one class per pixel by `paint_order`."""
+def painted_layers(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> tuple[tuple[int, int], list]:
+    """(height, width) and image `index`'s annotations as (mask, class), in the order they
+    are painted (later ones win overlapping pixels)."""
     img = coco.images[index]
     h, w = img["height"], img["width"]
     anns = coco.annotations.get(img["id"], [])
-    mask = np.zeros((h, w), dtype=mask_dtype(labels))
     masks, classes = [], []
     for ann in anns:
         classes.append(_checked_class(coco, img, ann, labels))
         masks.append(annotation_mask(ann["segmentation"], h, w))
-    for i in paint_sequence(anns, masks, classes, paint_order):
-        mask[masks[i]] = classes[i]
-    return mask
+    return (h, w), [(masks[i], classes[i]) for i in paint_sequence(anns, masks, classes, paint_order)]
+
+
+def paint_classes(size: tuple[int, int], layers: list, labels: LabelSpec) -> np.ndarray:
+    """The class map of painted (mask, class) layers: background 0, one class per pixel."""
+    out = np.zeros(size, dtype=mask_dtype(labels))
+    for mask, cls in layers:
+        out[mask] = cls
+    return out
+
+
+def paint_instances(size: tuple[int, int], layers: list) -> np.ndarray:
+    """The same layers as object ids (uint16, 0 = none; the k-th painted object is k): each
+    pixel names the object its class-map pixel came from."""
+    out = np.zeros(size, dtype=np.uint16)
+    for k, (mask, _) in enumerate(layers, start=1):
+        out[mask] = min(k, 65535)
+    return out
+
+
+def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
+    """The class map of image `index`: background 0, one class per pixel by `paint_order`."""
+    size, layers = painted_layers(coco, index, labels, paint_order)
+    return paint_classes(size, layers, labels)
 
 
 def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray:
@@ -424,6 +445,11 @@ class CocoSource:
         if self.labels.target == "binary_masks":  # C x H x W booleans, one channel per class
             return self.bitmask_cache.get(self.sample_id(i), lambda: rasterise_coco_multilabel(self.coco, i, self.labels))
         return self.cache.get(self.sample_id(i), lambda: rasterise(self.coco, i, self.labels, self.paint_order))
+
+    def load_instances(self, i: int) -> np.ndarray:
+        """Object ids [H, W] matching the class map (`paint_instances`): what copy-paste with
+        `unit: instance` pastes one by one. Not cached: asked for only by that augmentation."""
+        return paint_instances(*painted_layers(self.coco, i, self.labels, self.paint_order))
 
     def annotation_masks(self, i: int) -> list[tuple[int, int, np.ndarray]]:
         """(annotation id, class, [H, W] boolean mask) of image i's annotations after

@@ -53,6 +53,11 @@ class _Delegating:
         s, j = self._locate(i)
         return s.load_target(j)
 
+    def load_instances(self, i):
+        """The object ids of a source that has them (COCO, polygons), else None."""
+        s, j = self._locate(i)
+        return s.load_instances(j) if hasattr(s, "load_instances") else None
+
     def target_stamp(self, i):
         s, j = self._locate(i)
         return s.target_stamp(j) if hasattr(s, "target_stamp") else ""

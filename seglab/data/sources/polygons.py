@@ -34,7 +34,7 @@ from seglab.data.corrections import Applied, fix_polygons, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
 from seglab.data.sources import SOURCES
-from seglab.data.sources.coco import mask_dtype, paint_sequence
+from seglab.data.sources.coco import paint_classes, paint_instances, paint_sequence
 from seglab.errors import ConfigError, DataError
 from seglab.io import read_json
 from seglab.paths import inside
@@ -241,16 +241,24 @@ class PolygonSource:
                 if cls < self.labels.num_classes:  # remapped to ignore: no channel
                     cv2.fillPoly(mask[cls], [pts], 1)
             return mask.view(bool)  # 0/1 bytes are booleans: no copy (121 MB at 29 x 2048 x 2048)
+        return paint_classes(size, self._layers(polys, size), self.labels)
+
+    def _layers(self, polys: list[tuple[int, np.ndarray]], size: tuple[int, int]) -> list[tuple[np.ndarray, int]]:
+        """The polygons as (mask, class), in the order they are painted (`data.paint_order`)."""
         singles = []
         for _, pts in polys:
-            m = np.zeros((h, w), np.uint8)
+            m = np.zeros(size, np.uint8)
             cv2.fillPoly(m, [pts], 1)
-            singles.append(m.astype(bool))
+            singles.append(m.view(bool))
         classes = [cls for cls, _ in polys]
-        out = np.zeros((h, w), mask_dtype(self.labels))
-        for k in paint_sequence(polys, singles, classes, self.paint_order):
-            out[singles[k]] = classes[k]
-        return out
+        return [(singles[k], classes[k]) for k in paint_sequence(polys, singles, classes, self.paint_order)]
+
+    def load_instances(self, i: int) -> np.ndarray:
+        """Object ids [H, W] matching the class map (one per polygon, `paint_instances`): what
+        copy-paste with `unit: instance` pastes one by one. Not cached."""
+        path, size = self.json_path(i), self.original_size(i)
+        polys = self._polygons(self.corrected(i, read_polygon_json(path)[0]), size, path)
+        return paint_instances(size, self._layers(polys, size))
 
     def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
         problems = [] if self.ids else [f"{self.name}: empty split (no images)"]
