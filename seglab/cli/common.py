@@ -1,4 +1,4 @@
-"""What several commands share: loading a config with overrides, and the run / TTA flags."""
+"""What several commands share: a config with overrides (its arguments and loading), and the run / TTA flags."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ def load_cli_config(args):
     from seglab.config import load_config
 
     return load_config(args.config, args.overrides)
+
+
+def add_config_args(p, config_help: str = "YAML config", overrides_help: str = "key.path=value overrides",
+                    optional: bool = False) -> None:
+    """CONFIG [key.path=value ...]: what `load_cli_config` reads (`optional`: a command that
+    may resume instead)."""
+    p.add_argument("config", nargs="?" if optional else None, help=config_help)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
 
 
 def add_tta_flags(p) -> None:

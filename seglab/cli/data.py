@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seglab.cli.common import load_cli_config
+from seglab.cli.common import add_config_args, load_cli_config
 
 
 def cmd_data_synth(args) -> None:
@@ -149,21 +149,18 @@ def register(sub) -> None:
     i.add_argument("--json", dest="json_output", action="store_true", help="print the report as JSON")
     i.set_defaults(func=cmd_data_inspect)
     v = d.add_parser("validate", help="list every problem a config and its splits have")
-    v.add_argument("config", help="YAML config (a COCO JSON file? use `seglab data inspect FILE`)")
-    v.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    add_config_args(v, "YAML config (a COCO JSON file? use `seglab data inspect FILE`)")
     v.add_argument("--deep", action="store_true", help="decode every image and label map fully (truncated or corrupt files, label values outside the class map; slower)")
     v.set_defaults(func=cmd_data_validate)
     sp = d.add_parser("split", help="k folds of a split (groups kept together, stratified) -> OUT/folds.csv for data.folds/data.fold")
-    sp.add_argument("config", help="YAML config")
-    sp.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. kfold.metadata=meta.xlsx 'kfold.stratify=[sex,age]'")
+    add_config_args(sp, overrides_help="key.path=value overrides, e.g. kfold.metadata=meta.xlsx 'kfold.stratify=[sex,age]'")
     sp.add_argument("--folds", type=int, help="number of folds (default: kfold.folds)")
     sp.add_argument("--out", required=True, help="folder for folds.csv")
     sp.add_argument("--split", default="train", help="which configured split is the pool (default train)")
     sp.add_argument("--seed", type=int, help="default: the config's seed")
     sp.set_defaults(func=cmd_data_split)
     c = d.add_parser("cache", help="fill the mask (and, with data.image_size, resized image) caches of every split up front, on every core")
-    c.add_argument("config", help="YAML config")
-    c.add_argument("overrides", nargs="*", help="key.path=value overrides (the caches are those a run with them reads)")
+    add_config_args(c, overrides_help="key.path=value overrides (the caches are those a run with them reads)")
     c.add_argument("--workers", type=int, help="processes (default: every core)")
     c.set_defaults(func=cmd_data_cache)
     ct = d.add_parser("corrections-template", help="candidate label mistakes of a trained run (highest loss), as a commented-out corrections file with panels")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seglab.cli.common import add_run_flags, load_cli_config
+from seglab.cli.common import add_config_args, add_run_flags, load_cli_config
 
 
 def cmd_report(args) -> None:
@@ -100,8 +100,7 @@ def register(sub) -> None:
     g.add_argument("--limit", type=int, help="at most this many images (default: all)")
     g.set_defaults(func=cmd_viz_gt)
     a = vz.add_parser("aug", help="save training samples as the model sees them after augment.train and augment.batch")
-    a.add_argument("config", help="YAML config")
-    a.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    add_config_args(a)
     a.add_argument("--out", required=True, help="folder for the pictures (required)")
     a.add_argument("--n", type=int, default=8, help="samples (one batch for augment.batch)")
     a.add_argument("--seed", type=int, default=0, help="augmentation seed: another value shows other draws")
@@ -122,6 +121,5 @@ def register(sub) -> None:
     m.set_defaults(func=cmd_models)
 
     c = sub.add_parser("config", help="print a config with defaults filled in (validates it)")
-    c.add_argument("config", help="YAML config")
-    c.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    add_config_args(c)
     c.set_defaults(func=cmd_config)

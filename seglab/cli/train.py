@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from seglab.cli.common import load_cli_config
+from seglab.cli.common import add_config_args, load_cli_config
 
 
 def cmd_train(args) -> None:
@@ -54,15 +54,13 @@ def cmd_kfold(args) -> None:
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train one run from a config")
-    t.add_argument("config", nargs="?", help="YAML config")
-    t.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    add_config_args(t, optional=True)
     t.add_argument("--out", help="run folder (default runs/<config>-<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint; overrides after it are recorded in RUN_DIR/config.yaml (default: a new run)")
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("kfold", help="k-fold cross-validation: folds, one run per fold, out-of-fold scores")
-    k.add_argument("config", nargs="?", help="YAML config (its data.train is split)")
-    k.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    add_config_args(k, "YAML config (its data.train is split)", optional=True)
     k.add_argument("--folds", type=int, help="number of folds (default: the config's kfold.folds)")
     k.add_argument("--out", help="k-fold folder: folds.csv, fold_K/ runs, kfold.json (required unless --resume; no default)")
     k.add_argument("--resume", metavar="OUT", help="continue a stopped k-fold (finished folds are skipped; default: a new k-fold)")
