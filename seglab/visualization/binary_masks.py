@@ -18,7 +18,7 @@ import numpy as np
 
 from seglab.io import write_json
 from seglab.visualization.class_maps import WorstImages, _to_uint8_hwc
-from seglab.visualization.epoch_figures import EpochFigureHooks, Figures, lightning_callback
+from seglab.visualization.epoch_figures import EpochFigureHooks, Figures, lazy_callback
 from seglab.visualization.figures import (FN, FP, OUTCOME_COLORS, TN, TP, _render, _shrink, _tile_grid, class_palette,
                                           per_class_bars, safe_filename)
 
@@ -249,8 +249,4 @@ class _BinaryMaskVisualizerHooks(EpochFigureHooks):
         return figures, sections
 
 
-def __getattr__(name: str):
-    if name != "BinaryMaskVisualizer":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = lightning_callback(_BinaryMaskVisualizerHooks, name)
-    return globals()[name]
+__getattr__ = lazy_callback(globals(), _BinaryMaskVisualizerHooks, "BinaryMaskVisualizer")

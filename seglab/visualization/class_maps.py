@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from seglab.visualization.epoch_figures import EpochFigureHooks, Figures, lightning_callback
+from seglab.visualization.epoch_figures import EpochFigureHooks, Figures, lazy_callback
 from seglab.visualization.figures import (_shrink, class_palette, confusion_matrix_figure, per_class_bars, per_class_panel,
                                           prediction_panel, safe_filename)
 
@@ -165,8 +165,4 @@ class _ValidationVisualizerHooks(EpochFigureHooks):
         return figures, None
 
 
-def __getattr__(name: str):
-    if name != "ValidationVisualizer":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = lightning_callback(_ValidationVisualizerHooks, name)
-    return globals()[name]
+__getattr__ = lazy_callback(globals(), _ValidationVisualizerHooks, "ValidationVisualizer")

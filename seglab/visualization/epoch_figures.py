@@ -2,7 +2,7 @@
 which fixed samples it follows, and where its figures go.
 
 A visualizer subclasses `EpochFigureHooks`, collects in `on_validation_batch_end` and
-answers `draw`; `lightning_callback` makes the Lightning Callback from it on first use,
+answers `draw`; `lazy_callback` makes the Lightning Callback from it on first use,
 so that importing a visualizer module for drawing never imports Lightning.
 """
 
@@ -84,3 +84,16 @@ def lightning_callback(hooks: type, name: str) -> type:
     from lightning.pytorch.callbacks import Callback
 
     return type(name, (hooks, Callback), {"__module__": hooks.__module__, "__doc__": hooks.__doc__})
+
+
+def lazy_callback(namespace: dict, hooks: type, name: str):
+    """A module `__getattr__` (`__getattr__ = lazy_callback(globals(), Hooks, "Name")`) that
+    makes the Callback class `name` of `hooks` on first use, so importing the module does not
+    import Lightning, and keeps it in the module."""
+    def __getattr__(attr: str):
+        if attr != name:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attr!r}")
+        namespace[name] = lightning_callback(hooks, name)
+        return namespace[name]
+
+    return __getattr__
