@@ -50,6 +50,13 @@ def test_the_cli_prints_what_it_cached(tmp_path):
     # The class maps of the 11 labelled images (test has none); a second run finds them all.
     assert "11 new cache files" in out.getvalue() and "nothing new" not in out.getvalue()
     assert "ETA 0:00:00" in err.getvalue()
+    # Copy-paste by object also reads the training images' object ids: cached up front too.
+    objects = io.StringIO()
+    with contextlib.redirect_stdout(objects), contextlib.redirect_stderr(io.StringIO()):
+        main(["data", "cache", str(config), *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--workers", "1",
+              "augment.batch=[{name: copy_paste, unit: instance}]"])
+    assert "8 new cache files" in objects.getvalue()
+    assert len(list((tmp_path / "cache" / "instances").rglob("*.npy.z"))) == 8
     again = io.StringIO()
     with contextlib.redirect_stdout(again), contextlib.redirect_stderr(io.StringIO()):
         main(["data", "cache", str(config), *overrides, f"data.cache_dir={tmp_path / 'cache'}", "--workers", "1"])

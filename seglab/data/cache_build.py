@@ -35,13 +35,14 @@ def available_cores() -> int:
 
 
 def _datasets(cfg, labels) -> dict:
-    """{split: dataset} of the configured splits (test included: its resized images are cached too)."""
+    """{split: dataset} of the configured splits (test included: its resized images are cached too);
+    the training split's as training builds it (with object ids when copy-paste pastes objects)."""
     from seglab.data import SPLITS, _configured, build_dataset
 
     out = {}
     for split in SPLITS:
         if _configured(cfg, split):
-            out[split] = build_dataset(cfg, split, labels, train=False)
+            out[split] = build_dataset(cfg, split, labels, train=split == "train")
     return out
 
 
@@ -52,6 +53,8 @@ def _fill(dataset, start: int, stop: int) -> None:
             dataset._image(i)
         if dataset.with_targets:
             dataset._target(i)
+        if dataset.with_instances:
+            dataset.source.load_instances(i)
 
 
 def _init_worker(cfg, labels) -> None:

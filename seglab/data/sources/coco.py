@@ -409,6 +409,7 @@ class CocoSource:
             fixed = corrections.cache_part() if corrections else ()
             self.cache_key = (self.coco.content_hash, labels.fingerprint(), self.paint_order, *fixed)
             self.cache = ArrayCache(cache_dir, f"masks/{path.stem}", *self.cache_key)
+            self.instance_cache = ArrayCache(cache_dir, f"instances/{path.stem}", *self.cache_key)
             self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint(), *fixed)
 
     @staticmethod
@@ -448,8 +449,9 @@ class CocoSource:
 
     def load_instances(self, i: int) -> np.ndarray:
         """Object ids [H, W] matching the class map (`paint_instances`): what copy-paste with
-        `unit: instance` pastes one by one. Not cached: asked for only by that augmentation."""
-        return paint_instances(*painted_layers(self.coco, i, self.labels, self.paint_order))
+        `unit: instance` pastes one by one; cached like the class map, under the same key."""
+        return self.instance_cache.get(self.sample_id(i), lambda: paint_instances(
+            *painted_layers(self.coco, i, self.labels, self.paint_order)))
 
     def annotation_masks(self, i: int) -> list[tuple[int, int, np.ndarray]]:
         """(annotation id, class, [H, W] boolean mask) of image i's annotations after

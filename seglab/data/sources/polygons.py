@@ -129,6 +129,7 @@ class PolygonSource:
             key = (labels.fingerprint(), self.paint_order, json.dumps(sorted(self.class_of_name.items())),
                    *(corrections.cache_part() if corrections else ()))
             self.class_map_cache = ArrayCache(cache_dir, "masks/polygons", *key)
+            self.instance_cache = ArrayCache(cache_dir, "instances/polygons", *key)
             # Per-file content is in each entry's key; the resized cache keys on the json folder too.
             self.cache_key = (str(self.json_root.resolve()),) + key
 
@@ -194,13 +195,16 @@ class PolygonSource:
         size = self.original_size(i)
         if self.labels.target == "binary_masks":
             return self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""  # read_polygon_json below names the problem
-        key = f"{hashlib.sha1(data).hexdigest()}|{size}"
-        return self.class_map_cache.get(f"{self.ids[i]}|{key}",
+        return self.class_map_cache.get(self._entry(i, size),
                                         lambda: self.rasterise(self.corrected(i, read_polygon_json(path)[0]), size, path))
+
+    def _entry(self, i: int, size: tuple[int, int]) -> str:
+        """Image i's cache entry: its id, its label file's content and its size."""
+        try:
+            data = self.json_path(i).read_bytes()
+        except OSError:
+            data = b""  # read_polygon_json names the problem when the entry is made
+        return f"{self.ids[i]}|{hashlib.sha1(data).hexdigest()}|{size}"
 
     def corrected(self, i: int, anns: list[dict]) -> list[tuple[int, dict, int | None]]:
         """Image i's annotations after data.corrections: (index, annotation, corrected class or None)."""
@@ -255,10 +259,14 @@ class PolygonSource:
 
     def load_instances(self, i: int) -> np.ndarray:
         """Object ids [H, W] matching the class map (one per polygon, `paint_instances`): what
-        copy-paste with `unit: instance` pastes one by one. Not cached."""
+        copy-paste with `unit: instance` pastes one by one; cached like the class map."""
         path, size = self.json_path(i), self.original_size(i)
-        polys = self._polygons(self.corrected(i, read_polygon_json(path)[0]), size, path)
-        return paint_instances(size, self._layers(polys, size))
+
+        def paint() -> np.ndarray:
+            polys = self._polygons(self.corrected(i, read_polygon_json(path)[0]), size, path)
+            return paint_instances(size, self._layers(polys, size))
+
+        return self.instance_cache.get(self._entry(i, size), paint)
 
     def problems(self, check_files: bool = True, deep: bool = False) -> list[str]:
         problems = [] if self.ids else [f"{self.name}: empty split (no images)"]
