@@ -180,13 +180,18 @@ def format_kfold(summary: dict) -> str:
         epoch = "-" if r.get("best_epoch") is None else str(r["best_epoch"])
         lines.append(f"{r['fold']:>4}  {r['n_train']:>5}  {r['n_val']:>4}  {epoch:>5}  "
                      + "  ".join(f"{fmt(r.get(n)):>15}" for n in columns))
-    oof = summary["oof"]
+    oof, per_class_key = summary["oof"], summary["per_class_key"]
+
+    def scores(title: str, prefix: str = "") -> str:
+        return title + " | ".join(f"{n} {fmt(oof.get(prefix + n))}" for n in names)
+
+    def per_class(title: str, prefix: str = "") -> str:
+        return title + ", ".join(f"{n} {fmt(v).strip()}" for n, v in (oof.get(prefix + per_class_key) or {}).items())
+
     lines.append(f"fold {monitor} mean {fmt(summary['fold_mean'])} +- {fmt(summary['fold_std'])}")
-    lines.append("OOF  " + " | ".join(f"{n} {fmt(oof.get(n))}" for n in names))
-    per_class = oof.get(summary["per_class_key"]) or {}
-    lines.append(f"OOF {summary['per_class_key'].removeprefix('per_class_')} per class: " + ", ".join(f"{n} {fmt(v).strip()}" for n, v in per_class.items()))
+    lines.append(scores("OOF  "))
+    lines.append(per_class(f"OOF {per_class_key.removeprefix('per_class_')} per class: "))
     if SUBMISSION + names[0] in oof:
-        lines.append("OOF in submission classes  " + " | ".join(f"{n} {fmt(oof.get(SUBMISSION + n))}" for n in names))
-        per_class = oof.get(SUBMISSION + summary["per_class_key"]) or {}
-        lines.append("OOF in submission classes, per class: " + ", ".join(f"{n} {fmt(v).strip()}" for n, v in per_class.items()))
+        lines.append(scores("OOF in submission classes  ", SUBMISSION))
+        lines.append(per_class("OOF in submission classes, per class: ", SUBMISSION))
     return "\n".join(lines)
