@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-cls test venv browser clean readme-config gpu-check-prep gpu-tables
+.PHONY: demo demo-cls test venv extras browser clean readme-config gpu-check-prep gpu-tables
 
 venv: $(STAMP)
 
@@ -15,6 +15,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Optional extras (seglab[mlflow], seglab[tune], ...), each pinned in its own requirements-<extra>.txt;
+# installed together, under requirements.txt's pins, so no extra moves torch or another core package.
+EXTRA_REQS := $(sort $(filter-out requirements-dev.txt,$(wildcard requirements-*.txt)))
+EXTRAS_STAMP := $(VENV)/.extras
+extras: $(EXTRAS_STAMP)
+$(EXTRAS_STAMP): $(STAMP) $(EXTRA_REQS)
+	$(BIN)/pip install -q -c requirements.txt $(addprefix -r ,$(EXTRA_REQS))
+	touch $@
 
 demo: $(STAMP)
 	@set -e; start=$$(date +%s); \

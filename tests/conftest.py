@@ -42,3 +42,16 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A private PostgreSQL server for the session (tests/servers.py); skipped where initdb/pg_ctl
+    or the psycopg2 driver (requirements-postgres.txt, installed by `make extras`) are missing."""
+    from tests.servers import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not on this machine")
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver is an extra: make extras")
+    with postgres_server() as url:
+        yield url
