@@ -467,6 +467,9 @@ class LoggingConfig(Strict):
     viz_every_n_epochs: int = Field(1, ge=0, description="validation panels every N validations (0 = off)")
     viz_samples: int = Field(4, ge=0, description="fixed validation images drawn each time")
     viz_worst_k: int = Field(3, ge=0, description="worst images per class drawn each time")
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="tags the tracking loggers (MLflow, W&B) attach to the run, e.g. {member: jane}; k-fold and tune add their own"
+    )
 
 
 class SubmissionConfig(Strict):

@@ -316,11 +316,13 @@ def make_loggers(cfg, run_dir: Path) -> list:
         elif name == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
-            loggers.append(WandbLogger(save_dir=str(run_dir), name=cfg.name or run_dir.name, offline=True))
+            loggers.append(WandbLogger(save_dir=str(run_dir), name=cfg.name or run_dir.name, offline=True,
+                                       tags=[f"{k}:{v}" for k, v in cfg.logging.tags.items()] or None))
         elif name == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
 
-            loggers.append(MLFlowLogger(experiment_name=cfg.name or "seglab", tracking_uri=f"file:{run_dir / 'mlruns'}"))
+            loggers.append(MLFlowLogger(experiment_name=cfg.name or "seglab", tracking_uri=f"file:{run_dir / 'mlruns'}",
+                                        tags=dict(cfg.logging.tags) or None))
     return loggers
 
 
