@@ -1,4 +1,5 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""Files in and out: atomic output (write to a temporary file beside the target, then
+rename), and reading JSON and YAML that names its problems.
 
 A crash, a kill or a full disk never leaves a half-written checkpoint, metrics file
 or submission in place of a good one.
@@ -12,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+import yaml
 
 from seglab.errors import DataError, SeglabError
 
@@ -127,3 +130,18 @@ def read_json(path: str | Path, what: str = "file") -> tuple[object, bytes]:
         raise DataError(f"{path}: JSON nested too deeply to be a {what}") from None
     except ValueError as e:  # e.g. an integer of thousands of digits (Python's int parsing limit)
         raise DataError(f"{path}: not a usable JSON {what} ({str(e).split(';')[0][:100]})") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML would keep the
+    last silently): configs and corrections files."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)

@@ -70,6 +70,18 @@ def outside_root_problem(name, where: str, allow_outside=False, folder: Path = P
     return f"{where}: file name {name!r} {problem} (names are relative to the data folder; data.allow_outside_root=true reads them anyway)"
 
 
+def split_folders(data_cfg) -> list[str]:
+    """The folders the config's own splits live in (a split file's folder, or the split
+    folder): where a seglab-written extra set (data.extra_train) may read images from."""
+    folders = []
+    for split in ("train", "val", "test"):
+        path = data_cfg.split_path(split)
+        if path is not None:
+            path = Path(os.path.normpath(path))
+            folders.append(str(path.parent if path.is_file() or (path.suffix and not path.is_dir()) else path))
+    return folders
+
+
 def confined_name(name: str) -> str:
     """A relative output name for a sample id read from outside the root (with
     data.allow_outside_root): its anchor and `..` parts dropped, so it lands inside --out."""

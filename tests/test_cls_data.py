@@ -15,7 +15,7 @@ from seglab.data import (
     resolve_labels,
     validate_data,
 )
-from seglab.data.sources.maskstatus import label_of
+from seglab.data.maskstatus import label_of
 from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.errors import DataError
 

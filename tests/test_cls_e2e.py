@@ -22,7 +22,7 @@ from seglab.config import load_config
 from seglab.core.run import load_run
 from seglab.core.training import train
 from seglab.data import open_source, resolve_labels
-from seglab.data.sources.maskstatus import FACETS, class_names
+from seglab.data.maskstatus import FACETS, class_names
 from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import evaluate, predictions

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from seglab.config import load_config
-from seglab.data.sources import maskstatus
+from seglab.data import maskstatus
 from seglab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

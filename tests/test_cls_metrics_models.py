@@ -36,7 +36,7 @@ def test_macro_f1_matches_sklearn(seed):
 
 
 def test_facet_accuracies_count_a_prediction_right_on_each_part_of_the_class():
-    from seglab.data.sources.maskstatus import FACETS, decode
+    from seglab.data.maskstatus import FACETS, decode
 
     rng = np.random.default_rng(7)
     true = rng.integers(0, 18, 300)

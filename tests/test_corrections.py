@@ -10,7 +10,7 @@ import pytest
 
 from seglab.config import load_config
 from seglab.data import collect_problems, corrections_summary, open_source, resolve_labels
-from seglab.data.sources import maskstatus
+from seglab.data import maskstatus
 from seglab.data.synth.coco import make_coco_dataset
 from seglab.data.synth.maskstatus import make_maskstatus_dataset
 from seglab.data.synth.polygons import make_polygon_dataset
@@ -43,7 +43,7 @@ def test_coco_relabel_and_drop_change_exactly_those_pixels(coco_root, tmp_path):
     before = [plain.load_target(i) for i in range(len(plain))]
     first, dropped = plain.sample_id(0), plain.sample_id(2)
     ann = annotation(coco_root, 0, 0)
-    from seglab.data.sources.coco import annotation_mask
+    from seglab.data.painting import annotation_mask
 
     region = annotation_mask(ann["segmentation"], 32, 32) & (before[0] == labels.source_to_class[ann["category_id"]])
     assert region.any()

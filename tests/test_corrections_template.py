@@ -4,6 +4,7 @@ proposals checked by hand."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -13,7 +14,10 @@ from seglab.cli import main
 from seglab.config import load_config
 from seglab.data import open_source, resolve_labels
 from seglab.data.corrections import read_corrections
+from seglab.data.sources.base import Source
+from seglab.data.sources.combined import _Delegating
 from seglab.inference.suspects import propose
+from seglab.kfold import fold_config, make_folds_file
 from seglab.task import get_task
 from tests.workflow_helpers import TASKS, constructed_run, task_data
 
@@ -73,3 +77,28 @@ def test_proposals_name_the_annotation_the_model_disagrees_with(tmp_path):
     records = propose(labels, source, 0, source.sample_id(0), probs, source.load_target(0))
     assert [r for r, _ in records if f"annotation: {key}," in r] == [
         f'- {{image: "{source.sample_id(0)}", annotation: {key}, action: drop}}']
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_a_kfold_folder_gets_per_annotation_records_from_its_folds(task, tmp_path, capsys):
+    """Each fold judges its held-out images through the fold wrapper, which must pass the
+    annotations on: an untrained model disagrees with annotations, so records name them."""
+    config, overrides = task_data(task, tmp_path / "data")
+    cfg = load_config(config, overrides + ["kfold.folds=2"])
+    out = tmp_path / "kf"
+    make_folds_file(cfg, resolve_labels(cfg), out)
+    for k in range(2):
+        fold = fold_config(cfg, out, k)
+        assert open_source(fold, "val", resolve_labels(fold)).annotation_masks(0)  # through the fold wrapper
+        constructed_run(out / f"fold_{k}", fold, seed=k)
+    assert main(["data", "corrections-template", str(out), "--top", "4", "--device", "cpu", "--no-panels"]) == 0
+    records = [line for line in (out / "corrections_template.yaml").read_text().splitlines() if line.startswith("# - {")]
+    assert any("annotation: " in r for r in records), records
+    assert "4 images" in capsys.readouterr().out
+
+
+def test_the_fold_and_extra_set_wrappers_forward_every_per_sample_question():
+    asked = {name for name, f in vars(Source).items() if callable(f) and not name.startswith("_")
+             and list(inspect.signature(f).parameters)[1:2] == ["i"]}
+    assert {"load_target", "annotation_masks", "load_instances", "classes_present", "target_stamp"} <= asked
+    assert [name for name in sorted(asked) if getattr(_Delegating, name) is getattr(Source, name)] == []

@@ -25,7 +25,8 @@ from pycocotools import mask as mask_utils
 from seglab.config import DataConfig
 from seglab.data.inspect import inspect_coco
 from seglab.data.labels import LabelSpec, resolve_coco_labels
-from seglab.data.sources.coco import PAINT_ORDERS, rasterise, read_coco, validate_coco
+from seglab.data.painting import PAINT_ORDERS
+from seglab.data.sources.coco import rasterise, read_coco, validate_coco
 from seglab.errors import SeglabError
 
 SIZE = 16

@@ -1,6 +1,8 @@
 """The layout keeps its promises: the config schema loads no torch, the engine never asks
-which task it runs (tasks answer), and the schema's names match the registries."""
+which task it runs (tasks answer), the schema's names match the registries, and no module
+of seglab imports itself back through others."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -61,3 +63,70 @@ def test_every_task_answers_the_questions_the_engine_cannot():
         assert task.name == name and task.target and task.per_class_key and task.writers
         assert task.default_monitor in task.scalar_metrics
         assert [q for q in must if getattr(type(task), q) is getattr(Task, q)] == [], name
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the seglab modules it imports, function-level imports included. `from a.b
+    import c` is an edge to the module a.b.c when there is one, else to a.b (a package's
+    __init__ running before its modules is Python's order, not an import of the package)."""
+    modules = {}
+    for path in (ROOT / "seglab").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:
+                    edges.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_in_seglab():
+    graph = import_graph()
+    assert graph["seglab.data.sources.coco"] >= {"seglab.data.sources.registry", "seglab.data.painting"}
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -240,7 +240,7 @@ def test_resume_refuses_other_label_meanings_and_keeps_labels_json(tmp_path, syn
 def test_extra_sets_may_name_images_of_the_configs_own_split_folders_only(tmp_path):
     """A pseudo-label set of a test folder beside data.root names `../test/...`: readable,
     because the config names that folder; anything else outside the root is refused."""
-    from seglab.data.sources.combined import split_folders
+    from seglab.paths import split_folders
     from seglab.config import DataConfig
 
     data = DataConfig(root=str(tmp_path / "train"), train="train.json", test="../test")

@@ -11,10 +11,11 @@ from seglab.core.loaders import eval_loader, train_loader
 from seglab.data.labels import LabelSpec
 from seglab.data.presence import class_presence
 from seglab.data.resumable import SeededShuffle
+from seglab.data.sources.base import Source
 from seglab.data.sampling import WeightedEpochSampler, class_balanced_weights
 
 
-class MaskSource:
+class MaskSource(Source):
     def __init__(self, masks, classes):
         self.masks = masks
         self.labels = LabelSpec(classes=tuple(classes), ignore_index=255)

@@ -144,7 +144,7 @@ def test_classification_merge_is_scored_through_evaluate(tmp_path):
     from sklearn.metrics import f1_score
 
     from seglab.config import load_config
-    from seglab.data.sources import maskstatus
+    from seglab.data import maskstatus
     from tests.workflow_helpers import task_data
 
     config, overrides = task_data("classification", tmp_path / "data")

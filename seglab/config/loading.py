@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from seglab.config.schema import Config
 from seglab.errors import ConfigError
+from seglab.io import UniqueKeyLoader
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -96,20 +97,6 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
         raise ConfigError(_format_validation_error(e, source)) from None
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (first at line {seen[key] + 1})", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: str | Path) -> dict:

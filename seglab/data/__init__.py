@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seglab.data.batch_augment import pastes_objects
-from seglab.data.cache import ArrayCache, default_cache_dir
-from seglab.data.dataset import LabDataset
 from seglab.data.labels import LabelSpec
-from seglab.data.sources import SOURCES
-from seglab.data.transforms import build_transform
+from seglab.data.sources.combined import ConcatSource, SubsetSource, open_extra_sources, with_extra_sets
+from seglab.data.sources.registry import SOURCES
 from seglab.errors import ConfigError, DataValidationError, SeglabError
 
 SPLITS = ("train", "val", "test")
@@ -27,9 +24,7 @@ def resolve_labels(cfg) -> LabelSpec:
 
     task = get_task(cfg.task)
     source = SOURCES.get(cfg.data.format, "data.format")
-    if task.target not in source.targets:
-        raise ConfigError(f"data.format: {cfg.data.format!r} gives {' or '.join(source.targets)} targets; "
-                          f"task {task.name} trains on {task.target} (choose another task or data format)")
+    source.check_target(task.target, task.name, cfg.data.format)
     return task.adapt_labels(source.resolve_labels(cfg.data))
 
 
@@ -44,17 +39,14 @@ def open_source(cfg, split: str, labels: LabelSpec | None):
     else:
         source = SOURCES.get(data.format, "data.format")(data, split, labels)
     if split == "train" and data.extra_train:
-        from seglab.data.sources.combined import open_extra_sources, with_extra_sets
-
         extras = open_extra_sources(data, labels)
         source = with_extra_sets(source, extras, validation_ids(cfg, labels) if extras else None)
     return source
 
 
 def fold_source(cfg, split: str, labels: LabelSpec | None):
-    from seglab.task import get_task
-    from seglab.data.sources.combined import SubsetSource
     from seglab.data.splits import assign_folds, read_folds
+    from seglab.task import get_task
 
     pool = SOURCES.get(cfg.data.format, "data.format")(cfg.data, "train", labels)
     ids = [pool.sample_id(i) for i in range(len(pool))]
@@ -79,7 +71,14 @@ def validation_ids(cfg, labels: LabelSpec | None) -> set[str] | None:
     return {val.sample_id(i) for i in range(len(val))}
 
 
-def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_targets: bool | None = None) -> LabDataset:
+def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_targets: bool | None = None):
+    """The split's LabDataset (`train`: with the training augmentation)."""
+    # The training stack (torch, albumentations) loads here, not when the config reads the layouts.
+    from seglab.data.batch_augment import pastes_objects
+    from seglab.data.cache import ArrayCache, default_cache_dir
+    from seglab.data.dataset import LabDataset
+    from seglab.data.transforms import build_transform
+
     source = open_source(cfg, split, labels)
     size = cfg.data.image_size
     resized = None
@@ -98,7 +97,7 @@ def _configured(cfg, split: str) -> bool:
         return True
     if split in ("train", "val") and cfg.data.fold is not None:
         return cfg.data.train is not None
-    return getattr(SOURCES.get(cfg.data.format, "data.format"), "unset_split_is_everything", False)
+    return SOURCES.get(cfg.data.format, "data.format").unset_split_is_everything
 
 
 def validate_data(cfg, labels: LabelSpec | None, splits=SPLITS, check_files: bool = True, deep: bool = False) -> list[str]:
@@ -148,8 +147,6 @@ def overlap_problems(sources: dict) -> list[str]:
     """Splits that share an image file or a group (a person): a validation or test score
     measured on images the model trained on (or on the same person) is silently optimistic.
     Extra training sets (pseudo-labels of the test images) are left out on purpose."""
-    from seglab.data.sources.combined import ConcatSource
-
     seen: dict[str, tuple[dict, dict]] = {}
     for split, source in sources.items():
         base = source.sources[0] if isinstance(source, ConcatSource) else source

@@ -18,9 +18,11 @@ image and relabel sets a classification image's class; mask/gender/age change on
 of a mask-status class. Records apply to the labelled splits (train, val, folds), never
 to test: a submission covers every test image.
 
-Every source calls this module once (`match` and one `fix_*` function): the rules live
-here, not in copies. A record that no image of train/val matches is a problem listed by
-`seglab data validate` and by the preflight of `train`.
+The record format, reading, matching and the checks every layout shares live here; each
+layout applies the records its own way, beside its reader (`fix_coco` in coco.py,
+`fix_polygons` in polygons.py, `fix_samples` in classification.py; a layout whose only
+fix is an image drop uses `fix_ids`). A record that no image of train/val matches is a
+problem listed by `seglab data validate` and by the preflight of `train`.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ import csv
 import hashlib
 import io
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from seglab.config.loading import UniqueKeyLoader
+from seglab.data import maskstatus
 from seglab.errors import DataError
+from seglab.io import UniqueKeyLoader
 
 FIELDS = ("image", "annotation", "action", "value", "note")
 ACTIONS = ("relabel", "drop", "mask", "gender", "age")
@@ -246,8 +249,6 @@ def _record(path: Path, line: int, row: dict) -> Record:
 
 
 def _facet_value(where: str, action: str, value):
-    from seglab.data.sources import maskstatus
-
     text = str(value).strip().lower()
     if action == "mask":
         if text not in maskstatus.MASK_NAMES:
@@ -271,131 +272,22 @@ def _check_contradictions(records: list[Record]) -> None:
         seen.setdefault(r.image.strip("/"), []).append(r)
 
 
-# ---------------------------------------------------------------------- per layout
+# ---------------------------------------------------------------------- what layouts share
 
 
-def _class_of(record: Record, classes) -> int:
+def class_of(record: Record, classes) -> int:
+    """The training class a relabel record names (a DataError when it names none)."""
     if record.value not in classes:
         shown = ", ".join(list(classes)[:12]) + (" ..." if len(classes) > 12 else "")
         raise DataError(f"{record.where}: relabel to {record.value!r}: not a training class ({shown})")
     return list(classes).index(record.value)
 
 
-def _only_images(fix: SampleFix, layout: str) -> None:
+def only_images(fix: SampleFix, layout: str) -> None:
+    """A DataError for any record but an image drop (layouts without annotations or image classes)."""
     for r in fix.records:
         if r.kind != "drop image":
             raise DataError(f"{r.where}: {layout} data takes only image drops here ({r.kind} is not possible)")
-
-
-RELABELLED = "seglab_relabel"  # the class index a corrected COCO annotation takes (read by annotation_class)
-
-
-def fix_coco(coco, corrections: Corrections | None, labels, applied: Applied):
-    """A COCO file with dropped images gone and annotation records applied (the file is untouched)."""
-    if corrections is None:
-        return coco
-    fixes = corrections.match([img["file_name"] for img in coco.images], applied)
-    if not fixes:
-        return coco
-    images, annotations = [], dict(coco.annotations)
-    for i, img in enumerate(coco.images):
-        fix = fixes.get(i)
-        if fix is None:
-            images.append(img)
-            continue
-        if fix.drop:
-            annotations.pop(img["id"], None)
-            continue
-        if fix.image_records():
-            r = fix.image_records()[0]
-            raise DataError(f"{r.where}: {r.kind} needs an annotation id on COCO data")
-        images.append(img)
-        # Compared as text: a file may write annotation ids as strings, a CSV record always does.
-        wanted = {str(k): r for k, r in fix.annotation_records().items()}
-        anns = coco.annotations.get(img["id"], [])
-        missing = [k for k, r in wanted.items() if k not in {str(a.get("id")) for a in anns}]
-        if missing:
-            ids = [a.get("id") for a in anns]
-            r = wanted[missing[0]]
-            raise DataError(f"{r.where}: image {img['file_name']!r} has no annotation {r.annotation!r} (its ids: {ids})")
-        kept = []
-        for ann in anns:
-            r = wanted.get(str(ann.get("id")))
-            if r is None:
-                kept.append(ann)
-            elif r.action == "relabel":
-                cls = _class_of(r, labels.classes) if labels is not None else None
-                kept.append({**ann, RELABELLED: cls})
-        annotations[img["id"]] = kept
-    return replace(coco, images=images, annotations=annotations)
-
-
-def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list[tuple[int, dict, int | None]]:
-    """(index in the file, annotation, class index or None = its own label) of one polygon
-    JSON, dropped ones left out."""
-    if fix is None:
-        return [(k, a, None) for k, a in enumerate(anns)]
-    if fix.image_records():
-        r = fix.image_records()[0]
-        raise DataError(f"{r.where}: {r.kind} needs an annotation index on polygon data")
-    wanted = fix.annotation_records()
-    for k, r in wanted.items():
-        if not isinstance(k, int) or not 0 <= k < len(anns):
-            raise DataError(f"{r.where}: {where} has no annotations[{k}] (it has {len(anns)})")
-    out = []
-    for k, ann in enumerate(anns):
-        r = wanted.get(k)
-        if r is None:
-            out.append((k, ann, None))
-        elif r.action == "relabel":
-            out.append((k, ann, _class_of(r, labels.classes)))
-    return out
-
-
-def fix_samples(samples: list, corrections: Corrections | None, classes, applied: Applied, age_bounds=None) -> list:
-    """Classification samples with drops and new labels (age_bounds given: mask-status facets too)."""
-    if corrections is None:
-        return samples
-    fixes = corrections.match([s.id for s in samples], applied)
-    out = []
-    for i, sample in enumerate(samples):
-        fix = fixes.get(i)
-        if fix is None:
-            out.append(sample)
-            continue
-        if fix.drop:
-            continue
-        label = sample.label
-        for r in fix.records:
-            if r.annotation is not None:
-                raise DataError(f"{r.where}: classification data has no annotations (remove 'annotation')")
-            if r.action == "relabel":
-                from seglab.data.sources.classification import class_index
-
-                label = class_index(r.value, list(classes))
-                if label is None:
-                    _class_of(r, classes)
-        facets = [r for r in fix.records if r.action in FACET_ACTIONS]
-        if facets:
-            if age_bounds is None:
-                raise DataError(f"{facets[0].where}: {facets[0].action} is a mask-status field; this data has none")
-            label = _set_facets(label, facets, age_bounds)
-        out.append(replace(sample, label=label))
-    return out
-
-
-def _set_facets(label: int, records: list[Record], age_bounds) -> int:
-    from seglab.data.sources import maskstatus
-
-    mask, gender, band = maskstatus.decode(label)
-    for r in records:
-        if r.action == "mask":
-            mask = maskstatus.MASK_NAMES.index(r.value)
-        elif r.action == "gender":
-            gender = maskstatus.GENDERS[r.value]
-        else:
-            band = maskstatus.age_band(r.value, tuple(age_bounds))
-    return maskstatus.encode(mask, gender, band)
 
 
 def fix_ids(ids: list[str], corrections: Corrections | None, applied: Applied, layout: str) -> list[int]:
@@ -404,7 +296,7 @@ def fix_ids(ids: list[str], corrections: Corrections | None, applied: Applied, l
         return list(range(len(ids)))
     fixes = corrections.match(ids, applied)
     for fix in fixes.values():
-        _only_images(fix, layout)
+        only_images(fix, layout)
     return [i for i in range(len(ids)) if not (i in fixes and fixes[i].drop)]
 
 
@@ -419,17 +311,6 @@ def format_record(image: str, action: str, value=None, annotation=None) -> str:
     if value is not None:
         parts.append(f"value: {json.dumps(value)}")
     return "- {" + ", ".join(parts) + "}"
-
-
-def facet_value(facet: str, value: int):
-    """A mask-status facet's value as a record writes it (mask: wear/incorrect/not_worn, gender: male/female)."""
-    from seglab.data.sources import maskstatus
-
-    if facet == "mask":
-        return maskstatus.MASK_NAMES[value]
-    if facet == "gender":
-        return list(maskstatus.GENDERS)[value]
-    return None  # an age record takes years, which a class (an age band) does not tell
 
 
 def summarise(corrections: Corrections, applied: list[Applied]) -> tuple[dict[str, int], list[str]]:

@@ -38,8 +38,7 @@ class LabDataset(Dataset):
     def _instances(self, i: int, shape: tuple[int, int]) -> np.ndarray:
         """Image i's object ids at the class map's size; all 0 (no ids: copy-paste falls back
         to connected components) for a source without annotations (label maps)."""
-        load = getattr(self.source, "load_instances", None)
-        ids = load(i) if load is not None else None
+        ids = self.source.load_instances(i)
         if ids is None:
             return np.zeros(shape, np.uint16)
         if ids.shape != tuple(shape):  # the class map came resized from the cache
@@ -60,7 +59,7 @@ class LabDataset(Dataset):
         if self.resized_cache is None or self.source.labels.target == "class":
             return self.source.load_target(i)
         # The label file's own stamp is in the key: an edited label file is resized anew.
-        stamp = self.source.target_stamp(i) if hasattr(self.source, "target_stamp") else ""
+        stamp = self.source.target_stamp(i)
         return self.resized_cache.get(f"mask:{self.source.sample_id(i)}:{stamp}",
                                       lambda: _resize_mask(self.source.load_target(i), self.size))
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.data.corrections import Applied, fix_coco, read_corrections, summarise
-from seglab.data.sources.coco import annotation_class, annotation_mask, paint_sequence, read_coco, segmentation_problem, validate_coco
+from seglab.data.corrections import Applied, read_corrections, summarise
+from seglab.data.painting import annotation_mask, paint_sequence
+from seglab.data.sources.coco import annotation_class, fix_coco, read_coco, segmentation_problem, validate_coco
 from seglab.data.labels import LabelSpec
 
 
@@ -50,7 +51,7 @@ def inspect_coco(json_path: str | Path, root: str | Path | None = None, paint_or
         for cls in set(classes):
             images_per_class[class_name(cls)] += 1
         painted = np.zeros((h, w), dtype=np.int64)
-        for i in paint_sequence([None] * len(masks), masks, classes, paint_order):
+        for i in paint_sequence(masks, classes, paint_order):
             painted[masks[i]] = classes[i]
         pixels += np.bincount(painted.ravel(), minlength=pixels.size)[: pixels.size]
         for i, j in combinations(range(len(masks)), 2):

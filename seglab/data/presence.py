@@ -18,15 +18,13 @@ def classes_in_target(target, labels) -> set[int]:
 def class_presence(source, labels) -> np.ndarray:
     """[N, C] bool: which classes each sample of `source` holds (ignore left out).
 
-    A source that can say it cheaply (`classes_present`: COCO annotations, image labels)
-    is asked; otherwise its (cached) targets are read.
+    The source is asked (`Source.classes_present`): COCO annotations and image labels say
+    it without decoding anything; other layouts read their (cached) targets.
     """
     n, c = len(source), labels.num_classes
     out = np.zeros((n, c), dtype=bool)
-    fast = getattr(source, "classes_present", None)
     for i in range(n):
-        classes = fast(i) if fast is not None else classes_in_target(source.load_target(i), labels)
-        for cls in classes:
+        for cls in source.classes_present(i):
             if 0 <= cls < c:
                 out[i, cls] = True
     return out

@@ -19,7 +19,8 @@ import torch
 
 from seglab.config import TTAConfig
 from seglab.data import build_dataset
-from seglab.data.corrections import facet_value, format_record
+from seglab.data.corrections import format_record
+from seglab.data.maskstatus import record_value
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import at_original_size, member_probs, stream
 
@@ -66,15 +67,16 @@ def propose(labels, source, index: int, sid: str, probs: torch.Tensor, target) -
             return [(format_record(sid, "drop"), f"its class {labels.classes[true]} is predicted ({float(probs[pred]):.2f}), yet its loss ranks high")]
         why = f"labelled {labels.classes[true]}, predicted {labels.classes[pred]} ({float(probs[pred]):.2f})"
         differ = [f for f, values in labels.facets.items() if values[pred] != values[true]]
-        if len(differ) == 1 and facet_value(differ[0], labels.facets[differ[0]][pred]) is not None:
-            return [(format_record(sid, differ[0], facet_value(differ[0], labels.facets[differ[0]][pred])), why)]
+        if len(differ) == 1 and record_value(differ[0], labels.facets[differ[0]][pred]) is not None:
+            return [(format_record(sid, differ[0], record_value(differ[0], labels.facets[differ[0]][pred])), why)]
         return [(format_record(sid, "relabel", labels.classes[pred]), why)]
-    if not hasattr(source, "annotation_masks"):  # label maps: no annotations to name
+    annotations = source.annotation_masks(index)
+    if annotations is None:  # label maps: no annotations to name
         return [(format_record(sid, "drop"), "the whole label map disagrees with the model")]
     from seglab.tasks.segmentation import is_background
 
     out = []
-    for key, cls, mask in source.annotation_masks(index):
+    for key, cls, mask in annotations:
         if cls >= labels.num_classes or not mask.any():
             continue  # ignored or empty: nothing to judge
         share = probs[:, torch.from_numpy(mask)].mean(1)  # each class's mean probability over the annotation

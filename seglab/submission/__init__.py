@@ -6,28 +6,13 @@ one image at a time, in split order; `context` holds the run's classes and confi
 the split. Every file is written through a temporary file and renamed, so a crash leaves
 no partial file. The task says which formats it can write (`task.writers`).
 
+    registry.py        WRITERS and WriteContext
     segmentation.py    coco_csv (competition A), png
     rle.py             rle (competition B: image_name,class,rle)
     classification.py  maskstatus (competition C info.csv), id_label, probs
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from seglab.registry import Registry
-
-WRITERS = Registry("submission format")
-
-
-@dataclass
-class WriteContext:
-    classes: list[str]
-    cfg: object  # the reference config: data layout, submission.size
-    split: str
-    palette: bool = False  # png: colour-palette PNGs (mode P) instead of grey index PNGs
-
-
-from seglab.submission import classification, rle, segmentation  # noqa: E402,F401  (register)
+from seglab.submission import classification, rle, segmentation  # noqa: F401  (register)
+from seglab.submission.registry import WRITERS, WriteContext
 
 __all__ = ["WRITERS", "WriteContext"]

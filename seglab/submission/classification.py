@@ -13,7 +13,7 @@ from pathlib import Path
 
 from seglab.errors import DataError
 from seglab.io import atomic_open
-from seglab.submission import WRITERS, WriteContext
+from seglab.submission.registry import WRITERS, WriteContext
 
 
 @WRITERS.register("maskstatus")

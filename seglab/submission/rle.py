@@ -17,7 +17,7 @@ import numpy as np
 
 from seglab.errors import DataError
 from seglab.io import atomic_open
-from seglab.submission import WRITERS, WriteContext
+from seglab.submission.registry import WRITERS, WriteContext
 
 HEADER = ["image_name", "class", "rle"]
 

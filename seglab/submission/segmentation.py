@@ -13,7 +13,7 @@ import numpy as np
 from seglab.data.cache import atomic_write_png
 from seglab.errors import DataError
 from seglab.io import atomic_open
-from seglab.submission import WRITERS, WriteContext
+from seglab.submission.registry import WRITERS, WriteContext
 
 
 @WRITERS.register("coco_csv")

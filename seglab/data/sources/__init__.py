@@ -1,12 +1,12 @@
 """Data layouts: each turns a config split into a *source* of samples.
 
-A source has `name`, `labels`, `has_targets`, `cache_key`, `__len__`, `sample_id(i)`,
-`image_path(i)`, `original_size(i)`, `load_image(i)`, `load_target(i)`, `group(i)`
-(the sample's natural group for splits, e.g. a person; None when it has none) and
-`problems(check_files, deep)` (one line per problem). Its class
-`resolve_labels(data_cfg)` gives the natural class list, and `targets` the target forms
-it can produce. Adding a layout means writing one module here and registering it.
+A source is a `Source` (base.py: every question the engine may ask, with the answer a
+layout without the feature gives), registered in `SOURCES` (registry.py) under the
+`data.format` name; its `options` are its own config section, `data.<format>`. Adding a
+layout means writing one module here, registering it, and importing it below.
 
+    base.py            what a source is
+    registry.py        SOURCES, the data-format registry
     coco.py            COCO JSON (competition A)
     labelmap.py        image folder + label PNG folder
     polygons.py        per-image polygon JSON (competition B)
@@ -14,10 +14,7 @@ it can produce. Adding a layout means writing one module here and registering it
     combined.py        a fold of a source, a source plus extra labelled sets
 """
 
-from seglab.registry import Registry
-
-SOURCES = Registry("data format")
-
-from seglab.data.sources import classification, coco, labelmap, polygons  # noqa: E402,F401  (register)
+from seglab.data.sources import classification, coco, labelmap, polygons  # noqa: F401  (register)
+from seglab.data.sources.registry import SOURCES
 
 __all__ = ["SOURCES"]

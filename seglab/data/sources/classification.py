@@ -15,15 +15,17 @@ A source reads its split once into `Sample`s and keeps the problems it found, so
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from seglab.data.corrections import Applied, fix_samples, load_corrections
+from seglab.data import maskstatus
+from seglab.data.corrections import FACET_ACTIONS, Applied, Corrections, Record, class_of, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, images_under, read_image, truncated_jpeg
 from seglab.data.labels import LabelSpec
-from seglab.data.sources import SOURCES, maskstatus
+from seglab.data.sources.base import Source
+from seglab.data.sources.registry import SOURCES
 from seglab.errors import ConfigError, DataError
-from seglab.paths import outside_problem, outside_root_problem
+from seglab.paths import outside_problem, outside_root_problem, split_folders
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,54 @@ def class_index(value: str, classes: list[str]) -> int | None:
     return None
 
 
-class SampleSource:
+# ---------------------------------------------------------------------- data.corrections on image classes
+
+
+def fix_samples(samples: list[Sample], corrections: Corrections | None, classes, applied: Applied,
+                age_bounds=None) -> list[Sample]:
+    """Classification samples with drops and new labels (age_bounds given: mask-status facets too)."""
+    if corrections is None:
+        return samples
+    fixes = corrections.match([s.id for s in samples], applied)
+    out = []
+    for i, sample in enumerate(samples):
+        fix = fixes.get(i)
+        if fix is None:
+            out.append(sample)
+            continue
+        if fix.drop:
+            continue
+        label = sample.label
+        for r in fix.records:
+            if r.annotation is not None:
+                raise DataError(f"{r.where}: classification data has no annotations (remove 'annotation')")
+            if r.action == "relabel":
+                label = class_index(r.value, list(classes))
+                if label is None:
+                    class_of(r, classes)
+        facets = [r for r in fix.records if r.action in FACET_ACTIONS]
+        if facets:
+            if age_bounds is None:
+                raise DataError(f"{facets[0].where}: {facets[0].action} is a mask-status field; this data has none")
+            label = set_facets(label, facets, age_bounds)
+        out.append(replace(sample, label=label))
+    return out
+
+
+def set_facets(label: int, records: list[Record], age_bounds) -> int:
+    """A mask-status class with the mask / gender / age records applied."""
+    mask, gender, band = maskstatus.decode(label)
+    for r in records:
+        if r.action == "mask":
+            mask = maskstatus.MASK_NAMES.index(r.value)
+        elif r.action == "gender":
+            gender = maskstatus.GENDERS[r.value]
+        else:
+            band = maskstatus.age_band(r.value, tuple(age_bounds))
+    return maskstatus.encode(mask, gender, band)
+
+
+class SampleSource(Source):
     """A split read into a list of samples; subclasses fill `samples` and `found`."""
 
     targets = ("class",)
@@ -342,8 +391,6 @@ class LabelledCsv(SampleSource):
     def __init__(self, data_cfg, path: Path, labels: LabelSpec):
         self.labels, self.split, self.name = labels, "train", str(path)
         self.cache_key = (self.name,)
-        from seglab.data.sources.combined import split_folders
-
         # A seglab-written set names images of the config's own splits: those folders may be read.
         allow = True if data_cfg.allow_outside_root else tuple(split_folders(data_cfg))
         self.samples, self.found = CsvSource.read(data_cfg.model_copy(update={"group_column": None}), path, "train",

@@ -1,4 +1,5 @@
-"""COCO segmentation files (competition A): read, check, rasterise, and the `coco` source.
+"""COCO segmentation files (competition A): read, check, rasterise (`seglab.data.painting`),
+apply data.corrections to them, and the `coco` source.
 
 Masks are rasterised once per (annotation file content, label spec, paint order) and
 cached (`seglab.data.cache`), so polygons are never re-rasterised epoch after epoch: class
@@ -12,21 +13,24 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir
-from seglab.data.corrections import RELABELLED, Applied, fix_coco, load_corrections
+from seglab.data.corrections import Applied, Corrections, class_of, load_corrections
 from seglab.data.images import read_image
 from seglab.data.labels import LabelSpec, resolve_coco_labels
-from seglab.data.sources import SOURCES
+from seglab.data.painting import annotation_mask, ordered_layers, paint_classes, paint_instances
+from seglab.data.sources.base import Source
+from seglab.data.sources.registry import SOURCES
 from seglab.errors import ConfigError, DataError
 from seglab.io import read_json
 from seglab.paths import inside, outside_root_problem
 
-PAINT_ORDERS = ("area_desc", "annotation_order", "class_index")
 MAX_SIDE = 65535  # larger than any real image; beyond it a size is a typo, not a photo
+RELABELLED = "seglab_relabel"  # the class index a corrected annotation takes (data.corrections; read by annotation_class)
 
 
 def _is_int(value) -> bool:
@@ -288,35 +292,6 @@ def decode_rle_string(text: str) -> list[int] | None:
     return runs
 
 
-def annotation_mask(seg, height: int, width: int) -> np.ndarray:
-    """One annotation as a boolean [H, W] mask (polygons, uncompressed or compressed RLE)."""
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
-    return mask_utils.decode(rle).astype(bool)
-
-
-def paint_sequence(anns: list[dict], masks: list[np.ndarray], classes: list[int], order: str) -> list[int]:
-    """Indices of annotations in the order they are painted; later ones win overlapping pixels."""
-    idx = list(range(len(anns)))
-    if order == "area_desc":
-        # Large first, so small objects lying on large ones stay visible (the common fix).
-        areas = [int(m.sum()) for m in masks]
-        return sorted(idx, key=lambda i: -areas[i])
-    if order == "class_index":  # the higher class index wins
-        return sorted(idx, key=lambda i: classes[i])
-    if order == "annotation_order":
-        return idx
-    raise ValueError(f"unknown paint order {order!r}")
-
-
-def mask_dtype(labels: LabelSpec):
-    return np.uint8 if max(labels.ignore_index, labels.num_classes - 1) <= 255 else np.uint16
-
-
 def annotation_class(ann: dict, labels: LabelSpec) -> int | None:
     """An annotation's class index: a correction's (data.corrections) if it has one, else its category's."""
     if ann.get(RELABELLED) is not None:
@@ -348,24 +323,7 @@ def painted_layers(coco: CocoFile, index: int, labels: LabelSpec, paint_order: s
     for ann in anns:
         classes.append(_checked_class(coco, img, ann, labels))
         masks.append(annotation_mask(ann["segmentation"], h, w))
-    return (h, w), [(masks[i], classes[i]) for i in paint_sequence(anns, masks, classes, paint_order)]
-
-
-def paint_classes(size: tuple[int, int], layers: list, labels: LabelSpec) -> np.ndarray:
-    """The class map of painted (mask, class) layers: background 0, one class per pixel."""
-    out = np.zeros(size, dtype=mask_dtype(labels))
-    for mask, cls in layers:
-        out[mask] = cls
-    return out
-
-
-def paint_instances(size: tuple[int, int], layers: list) -> np.ndarray:
-    """The same layers as object ids (uint16, 0 = none; the k-th painted object is k): each
-    pixel names the object its class-map pixel came from."""
-    out = np.zeros(size, dtype=np.uint16)
-    for k, (mask, _) in enumerate(layers, start=1):
-        out[mask] = min(k, 65535)
-    return out
+    return (h, w), ordered_layers(masks, classes, paint_order)
 
 
 def rasterise(coco: CocoFile, index: int, labels: LabelSpec, paint_order: str) -> np.ndarray:
@@ -386,8 +344,51 @@ def rasterise_coco_multilabel(coco, index: int, labels: LabelSpec) -> np.ndarray
     return mask
 
 
+# ---------------------------------------------------------------------- data.corrections on COCO data
+
+
+def fix_coco(coco: CocoFile, corrections: Corrections | None, labels, applied: Applied) -> CocoFile:
+    """A COCO file with dropped images gone and annotation records applied (the file is untouched)."""
+    if corrections is None:
+        return coco
+    fixes = corrections.match([img["file_name"] for img in coco.images], applied)
+    if not fixes:
+        return coco
+    images, annotations = [], dict(coco.annotations)
+    for i, img in enumerate(coco.images):
+        fix = fixes.get(i)
+        if fix is None:
+            images.append(img)
+            continue
+        if fix.drop:
+            annotations.pop(img["id"], None)
+            continue
+        if fix.image_records():
+            r = fix.image_records()[0]
+            raise DataError(f"{r.where}: {r.kind} needs an annotation id on COCO data")
+        images.append(img)
+        # Compared as text: a file may write annotation ids as strings, a CSV record always does.
+        wanted = {str(k): r for k, r in fix.annotation_records().items()}
+        anns = coco.annotations.get(img["id"], [])
+        missing = [k for k, r in wanted.items() if k not in {str(a.get("id")) for a in anns}]
+        if missing:
+            ids = [a.get("id") for a in anns]
+            r = wanted[missing[0]]
+            raise DataError(f"{r.where}: image {img['file_name']!r} has no annotation {r.annotation!r} (its ids: {ids})")
+        kept = []
+        for ann in anns:
+            r = wanted.get(str(ann.get("id")))
+            if r is None:
+                kept.append(ann)
+            elif r.action == "relabel":
+                cls = class_of(r, labels.classes) if labels is not None else None
+                kept.append({**ann, RELABELLED: cls})
+        annotations[img["id"]] = kept
+    return replace(coco, images=images, annotations=annotations)
+
+
 @SOURCES.register("coco")
-class CocoSource:
+class CocoSource(Source):
     """A COCO JSON split; sample ids are the images' `file_name`s, in file order."""
 
     targets = ("class_map", "binary_masks")
@@ -427,9 +428,6 @@ class CocoSource:
 
     def sample_id(self, i: int) -> str:
         return self.coco.images[i]["file_name"]
-
-    def group(self, i: int) -> str | None:
-        return None
 
     def image_path(self, i: int) -> Path:
         img = self.coco.images[i]

@@ -12,19 +12,21 @@ reach validation).
 from __future__ import annotations
 
 import bisect
-import os
-from pathlib import Path
 
 import numpy as np
 
 from seglab.data.labels import LabelSpec
+from seglab.data.sources.base import Source
+from seglab.data.sources.classification import LabelledCsv
+from seglab.data.sources.coco import CocoSource, read_coco
 from seglab.errors import DataError
+from seglab.paths import split_folders
 
 IGNORE_NAME = "ignore"
 
 
-class _Delegating:
-    """Forwards the per-sample questions to (source, local index) pairs."""
+class _Delegating(Source):
+    """Forwards every per-sample question of `Source` to (source, local index) pairs."""
 
     def _locate(self, i: int):
         raise NotImplementedError
@@ -54,21 +56,20 @@ class _Delegating:
         return s.load_target(j)
 
     def load_instances(self, i):
-        """The object ids of a source that has them (COCO, polygons), else None."""
         s, j = self._locate(i)
-        return s.load_instances(j) if hasattr(s, "load_instances") else None
+        return s.load_instances(j)
 
     def target_stamp(self, i):
         s, j = self._locate(i)
-        return s.target_stamp(j) if hasattr(s, "target_stamp") else ""
+        return s.target_stamp(j)
 
     def classes_present(self, i):
         s, j = self._locate(i)
-        if hasattr(s, "classes_present"):
-            return s.classes_present(j)
-        from seglab.data.presence import classes_in_target
+        return s.classes_present(j)
 
-        return classes_in_target(s.load_target(j), s.labels)
+    def annotation_masks(self, i):
+        s, j = self._locate(i)
+        return s.annotation_masks(j)
 
 
 class SubsetSource(_Delegating):
@@ -76,8 +77,7 @@ class SubsetSource(_Delegating):
 
     def __init__(self, source, indices: list[int], name: str):
         self.source, self.indices, self.name = source, list(indices), name
-        self.labels, self.has_targets = source.labels, source.has_targets
-        self.cache_key = getattr(source, "cache_key", ())
+        self.labels, self.has_targets, self.cache_key = source.labels, source.has_targets, source.cache_key
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -97,7 +97,7 @@ class ConcatSource(_Delegating):
         self.name = " + ".join(s.name for s in sources)
         self.labels = sources[0].labels
         self.has_targets = all(s.has_targets for s in sources)
-        self.cache_key = tuple(k for s in sources for k in getattr(s, "cache_key", ()))
+        self.cache_key = tuple(k for s in sources for k in s.cache_key)
         self.offsets = np.cumsum([0] + [len(s) for s in sources]).tolist()
 
     def __len__(self) -> int:
@@ -129,9 +129,6 @@ def extra_labels(coco, labels: LabelSpec) -> LabelSpec:
 
 
 def open_extra_sources(data_cfg, labels: LabelSpec | None) -> list:
-    from seglab.data.sources.classification import LabelledCsv
-    from seglab.data.sources.coco import CocoSource, read_coco
-
     sources = []
     for entry in data_cfg.extra_train:
         path = data_cfg.resolve(entry)
@@ -153,17 +150,6 @@ def open_extra_sources(data_cfg, labels: LabelSpec | None) -> list:
             raise DataError(f"{path}: data.extra_train set has no 'annotations'")
         sources.append(source)
     return sources
-
-
-def split_folders(data_cfg) -> list[str]:
-    """The folders the config's own splits live in (a split file's folder, or the split folder)."""
-    folders = []
-    for split in ("train", "val", "test"):
-        path = data_cfg.split_path(split)
-        if path is not None:
-            path = Path(os.path.normpath(path))
-            folders.append(str(path.parent if path.is_file() or (path.suffix and not path.is_dir()) else path))
-    return folders
 
 
 def with_extra_sets(source, extras: list, val_ids: set[str] | None):

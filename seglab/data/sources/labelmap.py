@@ -12,13 +12,14 @@ from seglab.data.corrections import Applied, fix_ids, load_corrections
 from seglab.data.images import (IMAGE_EXTENSIONS, image_decode_problem, image_size, label_header_problem, read_image,
                                 read_label_map, truncated_jpeg)
 from seglab.data.labels import LabelSpec, resolve_value_labels
-from seglab.data.sources import SOURCES
-from seglab.data.sources.coco import mask_dtype
+from seglab.data.painting import mask_dtype
+from seglab.data.sources.base import Source
+from seglab.data.sources.registry import SOURCES
 from seglab.errors import DataError
 
 
 @SOURCES.register("labelmap")
-class LabelMapSource:
+class LabelMapSource(Source):
     """Images in `image_dir`, one label PNG per image in `mask_dir` with the same stem.
 
     A split is a text file of stems (one per line) or null for every image found.
@@ -87,9 +88,6 @@ class LabelMapSource:
 
     def load_image(self, i: int) -> np.ndarray:
         return read_image(self.image_path(i), f"{self.name}: {self.stems[i]}")
-
-    def group(self, i: int) -> str | None:
-        return None
 
     def target_stamp(self, i: int) -> str:
         return file_digest(self.mask_path(i))

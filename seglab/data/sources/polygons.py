@@ -26,15 +26,15 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from seglab.data.cache import ArrayCache, default_cache_dir, file_digest
-from seglab.data.corrections import Applied, fix_polygons, load_corrections
+from seglab.data.corrections import Applied, SampleFix, class_of, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
 from seglab.data.labels import LabelSpec, apply_remap
-from seglab.data.sources import SOURCES
-from seglab.data.sources.coco import paint_classes, paint_instances, paint_sequence
+from seglab.data.painting import fill_polygon, ordered_layers, paint_classes, paint_instances, polygon_mask
+from seglab.data.sources.base import Source
+from seglab.data.sources.registry import SOURCES
 from seglab.errors import ConfigError, DataError
 from seglab.io import read_json
 from seglab.paths import inside
@@ -88,8 +88,33 @@ def polygon_problem(points, height: int, width: int) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------- data.corrections on polygon data
+
+
+def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list[tuple[int, dict, int | None]]:
+    """(index in the file, annotation, class index or None = its own label) of one polygon
+    JSON, dropped ones left out."""
+    if fix is None:
+        return [(k, a, None) for k, a in enumerate(anns)]
+    if fix.image_records():
+        r = fix.image_records()[0]
+        raise DataError(f"{r.where}: {r.kind} needs an annotation index on polygon data")
+    wanted = fix.annotation_records()
+    for k, r in wanted.items():
+        if not isinstance(k, int) or not 0 <= k < len(anns):
+            raise DataError(f"{r.where}: {where} has no annotations[{k}] (it has {len(anns)})")
+    out = []
+    for k, ann in enumerate(anns):
+        r = wanted.get(k)
+        if r is None:
+            out.append((k, ann, None))
+        elif r.action == "relabel":
+            out.append((k, ann, class_of(r, labels.classes)))
+    return out
+
+
 @SOURCES.register("polygons")
-class PolygonSource:
+class PolygonSource(Source):
     """Images plus one polygon JSON per image (hand-bone layout); see the module docstring."""
 
     targets = ("binary_masks", "class_map")
@@ -217,9 +242,7 @@ class PolygonSource:
         h, w = self.original_size(i)
         corrected, out = self.corrected(i, anns), []
         for (k, _, _), (cls, pts) in zip(corrected, self._polygons(corrected, (h, w), self.json_path(i))):
-            m = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(m, [pts], 1)
-            out.append((k, cls, m.astype(bool)))
+            out.append((k, cls, polygon_mask(pts, (h, w))))
         return out
 
     def _polygons(self, anns: list[tuple[int, dict, int | None]], size: tuple[int, int], where: Path) -> list[tuple[int, np.ndarray]]:
@@ -243,19 +266,13 @@ class PolygonSource:
             mask = np.zeros((self.labels.num_classes, h, w), np.uint8)
             for cls, pts in polys:
                 if cls < self.labels.num_classes:  # remapped to ignore: no channel
-                    cv2.fillPoly(mask[cls], [pts], 1)
+                    fill_polygon(mask[cls], pts)
             return mask.view(bool)  # 0/1 bytes are booleans: no copy (121 MB at 29 x 2048 x 2048)
         return paint_classes(size, self._layers(polys, size), self.labels)
 
     def _layers(self, polys: list[tuple[int, np.ndarray]], size: tuple[int, int]) -> list[tuple[np.ndarray, int]]:
         """The polygons as (mask, class), in the order they are painted (`data.paint_order`)."""
-        singles = []
-        for _, pts in polys:
-            m = np.zeros(size, np.uint8)
-            cv2.fillPoly(m, [pts], 1)
-            singles.append(m.view(bool))
-        classes = [cls for cls, _ in polys]
-        return [(singles[k], classes[k]) for k in paint_sequence(polys, singles, classes, self.paint_order)]
+        return ordered_layers([polygon_mask(pts, size) for _, pts in polys], [cls for cls, _ in polys], self.paint_order)
 
     def load_instances(self, i: int) -> np.ndarray:
         """Object ids [H, W] matching the class map (one per polygon, `paint_instances`): what

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seglab.data.sources.maskstatus import MASK_KINDS, label_of
+from seglab.data.maskstatus import MASK_KINDS, label_of
 
 SKIN = np.array([[224, 187, 160], [198, 150, 120], [160, 110, 80], [241, 205, 180]], np.float32)
 HAIR = np.array([[40, 30, 25], [70, 45, 30], [25, 25, 30], [95, 65, 40]], np.float32)

@@ -70,3 +70,13 @@ FACETS = {
     "gender": tuple((c // 3) % 2 for c in range(18)),
     "age": tuple(c % 3 for c in range(18)),
 }
+
+
+def record_value(facet: str, value: int):
+    """A facet's value as a data.corrections record writes it (mask: wear/incorrect/not_worn,
+    gender: male/female); None for age (a record takes years, which an age band does not tell)."""
+    if facet == "mask":
+        return MASK_NAMES[value]
+    if facet == "gender":
+        return list(GENDERS)[value]
+    return None
