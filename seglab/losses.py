@@ -181,8 +181,8 @@ class BoundaryCE(CrossEntropy):
         return (target != self.ignore_index).float() + (self.factor - 1.0) * band.float()
 
     def forward(self, logits, target):
-        if target.dim() != 3:
-            raise ValueError(f"boundary_ce needs [B, H, W] targets, got shape {tuple(target.shape)}")
+        if target.shape != logits.shape[:1] + logits.shape[2:]:
+            raise ValueError(f"boundary_ce needs [B, H, W] class-map targets for [B, C, H, W] logits, got shape {tuple(target.shape)}")
         loss, denom = _pixel_ce(logits, target, self.weight, self.ignore_index)
         w = self.pixel_weights(target)
         return _mean(loss * w, denom * w)

@@ -2,24 +2,35 @@
 
 Training, resume, evaluation, prediction, TTA, ensembles, k-fold, pseudo-labels, the
 report and the run list are written once, against this class. A task (multiclass,
-multilabel, classification; detection one day) is a subclass in `seglab/tasks/`,
-registered in `TASKS`, that answers:
+multilabel, classification) is a subclass in `seglab/tasks/`, registered in `TASKS`, that
+answers what targets *mean*; what a target *is* (a class map, binary masks, an image class)
+is its kind (`seglab.kinds`), named by `target`, which answers everything that depends on
+the form alone (augmenting, resizing, collating, combining TTA views and ensemble members,
+undoing a view, drawing).
 
 | question | method or attribute |
 |---|---|
-| what a target is | `target`: "class_map" [H, W], "binary_masks" C x H x W, or "class" (one per image) |
+| what a target is | `target` (a kind name), `kind` (its object): collate, resize, combine, undo a TTA view, draw |
+| its own config section | `options` (a pydantic model read from the config key named after the task, or None) |
 | its class list, from the data's | `adapt_labels` |
 | its defaults and config checks | `defaults`, `config_problems` (torch-free: at config load), `preflight_problems` |
 | its model and loss | `build_model`, `pretrained_encoder`, `loss_targets`, `allowed_losses`, `build_loss` |
-| one training step | `batch_augment`, `training_loss`, `unlabelled_dataset` |
-| logits -> probabilities -> decision | `probabilities` (and back: `logits`), `thresholds`, `decide`, `resize`, `postprocess` |
+| one training step, one validation loss | `batch_augment`, `training_loss`, `unlabelled_dataset`, `validation_loss` |
+| logits -> probabilities -> decision | `probabilities` (and back: `logits`), `thresholds`, `decide`, `postprocess` |
 | training classes -> submission classes | `merge_probabilities`, `merge_targets`, `merge_thresholds` (`submission.classes`) |
-| its metric | `metric` (update, reduce, compute, state, add_state), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
+| its metric | `metric` (the contract below), `scalar_metrics`, `metric_names`, `per_class_key`, `format_table`, `history_extra` |
 | what it can write | `writers` (the first is the default), TTA views (`tta_flips`) |
 | its validation pictures | `visualizer`, `suspect_panel` |
-| which labels look wrong | `per_image_loss` (`seglab data corrections-template`) |
+| which labels look wrong | `per_image_loss`, `propose_corrections` (`seglab data corrections-template`) |
 | what k-fold stratifies on | `stratification_key` |
 | pseudo-labels | `write_pseudo_labels` |
+
+The metric contract: `update(decisions, targets)` per batch; `reduce()` combines the
+processes' states under DDP, by summing them (a confusion matrix, Dice sums) or by
+gathering them (per-image predictions, as COCO mAP needs); `state()` is JSON and
+`add_state(state)` pools another shard's or a held-out fold's state (added, or appended),
+so k-fold's out-of-fold score is the metric over every fold's images at once; `compute
+(class_names)` gives the scores; `reset()`, `to(device)`.
 
 Task modules import no torch at module level (the config asks them for defaults);
 heavy imports live inside the methods that need them.
@@ -36,7 +47,8 @@ TASKS = Registry("task")
 
 class Task:
     name: str = ""
-    target: str = ""                  # "class_map" | "binary_masks" | "class"
+    target: str = ""                  # the kind of its targets: "class_map" | "binary_masks" | "class"
+    options = None                    # its config section (a pydantic model class), or None
     scalar_metrics: tuple[str, ...] = ()
     per_class_key: str = ""           # the {class: score} entry of the scores shown per class
     per_class_log: str = ""           # logger prefix of the per-class scores
@@ -45,6 +57,13 @@ class Task:
     allowed_losses: tuple[str, ...] | None = None  # None = every loss that takes `loss_targets`
     writers: tuple[str, ...] = ()
     tta_flips: tuple[str, ...] = ("h", "v", "hv")
+
+    @property
+    def kind(self):
+        """The target kind object (`seglab.kinds`)."""
+        from seglab.kinds import target_kind
+
+        return target_kind(self.target)
 
     # ------------------------------------------------------------ config (torch-free)
 
@@ -102,6 +121,11 @@ class Task:
         """Images without labels drawn alongside each training batch (consistency training), or None."""
         return None
 
+    def validation_loss(self, module, logits, target):
+        """The loss of one validation batch (a scalar tensor), or None when the task has none
+        (a model that computes its losses only while training)."""
+        return module.criterion(logits, target)
+
     # ------------------------------------------------------------ decisions
 
     def probabilities(self, logits):
@@ -117,10 +141,6 @@ class Task:
 
     def decide(self, probs, thresholds=None):
         raise NotImplementedError
-
-    def resize(self, probs, size):
-        """Probabilities at another spatial size (what TTA scales and original-size output need)."""
-        return probs
 
     morphology: bool = False          # whether its decisions are masks that post-processing (morphology) can clean
 
@@ -161,6 +181,7 @@ class Task:
     # ------------------------------------------------------------ metric and report
 
     def metric(self, labels, device=None):
+        """A fresh metric object (the contract in the module docstring)."""
         raise NotImplementedError
 
     def metric_names(self, labels) -> tuple[str, ...]:
@@ -197,6 +218,11 @@ class Task:
         if not dims:
             return nll
         return nll.sum(dims) / valid.sum(dims).clamp_min(1).to(nll.dtype)
+
+    def propose_corrections(self, labels, source, index: int, sample_id: str, probs, target) -> list[tuple[str, str]]:
+        """(corrections record, why) candidates for one image whose loss ranks high; `probs`
+        at its original size."""
+        raise NotImplementedError
 
     def stratification_key(self, source, labels):
         """[N, K] 0/1 per sample: what k-fold keeps balanced across folds."""

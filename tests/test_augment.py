@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from seglab.data.labels import LabelSpec
+from seglab.kinds import target_kind
 from seglab.config import config_from_dict
 from seglab.config.schema import BatchAugmentSpec
 from seglab.core.training import config_problems
@@ -16,6 +18,8 @@ from seglab.errors import ConfigError
 
 FILL = 255  # fill_mask for pixels that geometric transforms bring in from outside the image
 
+
+CLASS_MAP = target_kind("class_map")
 
 def encoded_sample(seed=0, size=96, block=16):
     """An image that encodes its own mask: class c is the colour whose channels are the bits of
@@ -190,7 +194,7 @@ def test_cutmix_probability_zero_and_single_image_batches_are_untouched():
 
 def test_copy_paste_pastes_a_known_object_into_image_and_mask():
     images, masks = batch_with_objects()
-    copy_paste = CopyPaste(p=1.0, classes=["c3"], class_names=["Background", "c1", "c2", "c3", "c4"])
+    copy_paste = CopyPaste(p=1.0, classes=["c3"], class_names=["Background", "c1", "c2", "c3", "c4"], kind=CLASS_MAP)
     params = copy_paste.sample(images, masks, np.random.default_rng(0))
     out_images, out_masks = paste(images, masks, params["src_images"], params["src_masks"], params["region"])
     source = 2  # class 3 lives in image 2 only
@@ -210,7 +214,7 @@ def test_copy_paste_default_pastes_every_object_class_but_not_ignore():
     images, masks = batch_with_objects(b=2)
     masks[1, -3:, -3:] = 255
     images[1, :, -3:, -3:] = 77
-    out_images, out_masks = CopyPaste(p=1.0)(images, masks)
+    out_images, out_masks = CopyPaste(p=1.0, kind=CLASS_MAP)(images, masks)
     assert torch.equal(out_masks[0][masks[1] == 2], masks[1][masks[1] == 2])
     assert (out_images[0][:, masks[1] == 2] == 201).all()
     assert (out_masks[0][-3:, -3:] == 0).all() and (out_images[0][:, -3:, -3:] == 10).all()  # ignore is not an object
@@ -226,7 +230,7 @@ def test_copy_paste_with_flip_scale_and_shift_keeps_pixels_and_labels_together()
         masks[i, 30:40, 40:44] = 4 - i
     # the image encodes the mask, so any pixel pasted without its label shows up
     images = ((masks + 1) * 30).to(torch.uint8).unsqueeze(1).expand(b, 3, h, w).contiguous()
-    augment = CopyPaste(p=1.0, hflip_p=0.5, scale_range=(0.6, 1.5), translate=0.3)
+    augment = CopyPaste(p=1.0, hflip_p=0.5, scale_range=(0.6, 1.5), translate=0.3, kind=CLASS_MAP)
     for seed in range(5):
         params = augment.sample(images, masks, np.random.default_rng(seed))
         out_images, out_masks = paste(images, masks, params["src_images"], params["src_masks"], params["region"])
@@ -238,7 +242,7 @@ def test_copy_paste_with_flip_scale_and_shift_keeps_pixels_and_labels_together()
 
 def test_copy_paste_mirror_lands_where_expected():
     images, masks = batch_with_objects(b=2, h=16, w=20)
-    augment = CopyPaste(p=1.0, classes=[2], hflip_p=1.0)
+    augment = CopyPaste(p=1.0, classes=[2], hflip_p=1.0, kind=CLASS_MAP)
     params = augment.sample(images, masks, np.random.default_rng(0))
     out_images, out_masks = paste(images, masks, params["src_images"], params["src_masks"], params["region"])
     expected = torch.flip(masks[1] == 2, dims=[1])
@@ -250,7 +254,7 @@ def test_batch_augment_handles_multilabel_boolean_masks():
     images, class_maps = batch_with_objects(b=3)
     masks = torch.stack([class_maps == c for c in range(1, 5)], 1)  # [B, C=4, H, W] bool
     masks[0, 3, :4, :4] = True  # an overlapping second label in image 0
-    out_images, out_masks = CopyPaste(p=1.0, classes=[1])(images, masks)  # channel 1 = second class
+    out_images, out_masks = CopyPaste(p=1.0, classes=[1], kind=target_kind("binary_masks"))(images, masks)  # channel 1 = second class
     assert out_masks.dtype == torch.bool and out_masks.shape == masks.shape
     obj = masks[1, 1]
     receivers = [i for i in range(3) if torch.equal(out_masks[i][:, obj], masks[1][:, obj]) and i != 1]
@@ -268,10 +272,10 @@ def test_batch_augment_handles_multilabel_boolean_masks():
 def test_batch_augment_config_validation_and_build():
     cfg = config_from_dict({"augment": {"batch": [{"name": "cutmix", "p": 0.3, "alpha": 0.5},
                                                   {"name": "copy_paste", "classes": ["Battery"], "hflip_p": 0.5}]}})
-    pipeline = build_batch_augment(cfg.augment.batch, ["Background", "Metal", "Battery"], 255)
+    pipeline = build_batch_augment(cfg.augment.batch, LabelSpec(("Background", "Metal", "Battery"), 255))
     assert [type(a).__name__ for a in pipeline.augments] == ["CutMix", "CopyPaste"]
     assert pipeline.augments[0].p == 0.3 and pipeline.augments[1].classes == (2,)
-    assert build_batch_augment([], ["Background"], 255) is None
+    assert build_batch_augment([], LabelSpec(("Background",), 255)) is None
     # Names and parameters are preflight problems; p is checked at config load.
     def problems(spec):
         return config_problems(config_from_dict({"augment": {"batch": [{"name": "cutmix"}, spec]}}))
@@ -285,4 +289,4 @@ def test_batch_augment_config_validation_and_build():
     with pytest.raises(ConfigError, match=r"augment.batch.0.p"):
         config_from_dict({"augment": {"batch": [{"name": "cutmix", "p": 2}]}})
     with pytest.raises(ConfigError, match=r"unknown class 'Batery'; did you mean 'Battery'\?"):
-        build_batch_augment([BatchAugmentSpec(name="copy_paste", classes=["Batery"])], ["Background", "Battery"], 255)
+        build_batch_augment([BatchAugmentSpec(name="copy_paste", classes=["Batery"])], LabelSpec(("Background", "Battery"), 255))

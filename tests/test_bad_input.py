@@ -27,6 +27,7 @@ import torch
 
 import seglab.io
 import seglab.losses
+from seglab.kinds import target_kind
 from seglab.cli import main
 from seglab.config import config_from_dict, load_config
 from seglab.core import training
@@ -429,7 +430,7 @@ def prediction(image_id: str, output: np.ndarray) -> Prediction:
 def test_submission_rows_are_checked_against_the_test_split(tmp_path):
     ids = ["a/1.jpg", "a/2.jpg", "b/3.jpg"]
     preds = [prediction(i, np.zeros((8, 8), np.uint8)) for i in ids]
-    ctx = WriteContext(["Background", "paper"], config_from_dict({"submission": {"size": [4, 4]}}), "test")
+    ctx = WriteContext(["Background", "paper"], config_from_dict({"submission": {"size": [4, 4]}}), "test", target_kind("class_map"))
     cases = [
         (preds[:2], r"sub.csv: 2 rows, the test split has 3 images; missing e.g. \['b/3.jpg'\]"),
         (preds + [prediction("c/4.jpg", preds[0].output)], r"sub.csv: 4 rows, the test split has 3 images; not in the test split e.g. \['c/4.jpg'\]"),

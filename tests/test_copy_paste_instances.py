@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from seglab.kinds import target_kind
 from seglab.config import config_from_dict
 from seglab.data.batch_augment import CopyPaste, batch_problems
 
+
+CLASS_MAP = target_kind("class_map")
 
 def pair_multiclass():
     """Image 0: the partner, two class-2 objects (an L and a square) and a class-1 bar.
@@ -36,7 +39,7 @@ def objects_of(mask: np.ndarray, cls: int) -> list[np.ndarray]:
 
 def test_an_instance_lands_with_its_exact_mask_multiclass():
     images, masks = pair_multiclass()
-    aug = CopyPaste(p=1.0, classes=[2], unit="instance", class_names=["bg", "a", "b", "c"])
+    aug = CopyPaste(p=1.0, classes=[2], unit="instance", class_names=["bg", "a", "b", "c"], kind=CLASS_MAP)
     out_images, out_masks = aug(images, masks, torch.Generator().manual_seed(3))
     pasted = (out_masks[1] != 3).numpy()
     # Exactly one of the partner's two class-2 objects, whole: its footprint and nothing else.
@@ -51,17 +54,17 @@ def test_an_instance_lands_with_its_exact_mask_multiclass():
 
 def test_class_unit_pastes_every_object_of_the_class_instance_unit_one():
     images, masks = pair_multiclass()
-    whole = CopyPaste(p=1.0, classes=[2], class_names=["bg", "a", "b", "c"])
+    whole = CopyPaste(p=1.0, classes=[2], class_names=["bg", "a", "b", "c"], kind=CLASS_MAP)
     _, out = whole(images, masks, torch.Generator().manual_seed(3))
     assert torch.equal(out[1] == 2, masks[0] == 2)
-    many = CopyPaste(p=1.0, classes=[2], unit="instance", objects=5, class_names=["bg", "a", "b", "c"])
+    many = CopyPaste(p=1.0, classes=[2], unit="instance", objects=5, class_names=["bg", "a", "b", "c"], kind=CLASS_MAP)
     _, out = many(images, masks, torch.Generator().manual_seed(3))
     assert torch.equal(out[1] == 2, masks[0] == 2)   # asked for more objects than there are: all of them
 
 
 def test_a_mirrored_instance_lands_mirrored():
     images, masks = pair_multiclass()
-    aug = CopyPaste(p=1.0, classes=[1], unit="instance", hflip_p=1.0, class_names=["bg", "a", "b", "c"])
+    aug = CopyPaste(p=1.0, classes=[1], unit="instance", hflip_p=1.0, class_names=["bg", "a", "b", "c"], kind=CLASS_MAP)
     out_images, out_masks = aug(images, masks, torch.Generator().manual_seed(0))
     expected = torch.flip(masks[0] == 1, dims=[-1])
     assert torch.equal(out_masks[1] != 3, expected) and (out_masks[1][expected] == 1).all()
@@ -78,7 +81,7 @@ def test_a_multilabel_instance_keeps_the_classes_it_overlaps():
     images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     images[0] = torch.arange(256, dtype=torch.uint8).view(16, 16)
     images[1] = 50
-    aug = CopyPaste(p=1.0, classes=["disc"], unit="instance", class_names=["disc", "square", "bar"])
+    aug = CopyPaste(p=1.0, classes=["disc"], unit="instance", class_names=["disc", "square", "bar"], kind=target_kind("binary_masks"))
     out_images, out_masks = aug(images, masks, torch.Generator().manual_seed(1))
     footprint = masks[0, 0]
     expected = masks[1].clone()
@@ -122,7 +125,7 @@ def test_touching_objects_paste_one_by_one_with_their_ids(warp, reverse):
     src, dst = (1, 0) if reverse else (0, 1)
     if reverse:
         images, masks, ids = images.flip(0), masks.flip(0), ids.flip(0)
-    aug = CopyPaste(p=1.0, classes=[2], unit="instance", class_names=["bg", "a", "b", "c"], **warp)
+    aug = CopyPaste(p=1.0, classes=[2], unit="instance", class_names=["bg", "a", "b", "c"], kind=CLASS_MAP, **warp)
     out_images, out_masks, out_ids = aug.apply(images, masks, torch.Generator().manual_seed(0), ids)
     pasted = out_masks[dst] != 3
     source = torch.flip(ids[src], [1]) if warp else ids[src]   # the partner as it was pasted
@@ -148,7 +151,7 @@ def test_a_coco_training_batch_carries_ids_that_match_its_class_maps(tmp_path):
     """COCO annotations become ids 1..N painted like the class map (the visible object per
     pixel), transformed with it, collated, and only when copy-paste pastes objects."""
     from seglab.config import load_config
-    from seglab.core.loaders import collate
+    from seglab.core.loaders import Collate
     from seglab.data import build_dataset, resolve_labels
     from seglab.data.synth.coco import make_coco_dataset
     from tests.workflow_helpers import ROOT
@@ -159,7 +162,7 @@ def test_a_coco_training_batch_carries_ids_that_match_its_class_maps(tmp_path):
     cfg = load_config(ROOT / "configs" / "demo.yaml", base + ["augment.batch=[{name: copy_paste, p: 1.0, unit: instance}]"])
     labels = resolve_labels(cfg)
     dataset = build_dataset(cfg, "train", labels, train=True)
-    batch = collate([dataset[i] for i in range(4)])
+    batch = Collate(dataset.kind)([dataset[i] for i in range(4)])
     assert batch["instances"].shape == batch["target"].shape and batch["instances"].dtype == torch.int32
     for k in range(4):
         target, found = batch["target"][k], batch["instances"][k]

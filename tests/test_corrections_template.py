@@ -16,7 +16,6 @@ from seglab.data import open_source, resolve_labels
 from seglab.data.corrections import read_corrections
 from seglab.data.sources.base import Source
 from seglab.data.sources.combined import _Delegating
-from seglab.inference.suspects import propose
 from seglab.kfold import fold_config, make_folds_file
 from seglab.task import get_task
 from tests.workflow_helpers import TASKS, constructed_run, task_data
@@ -70,11 +69,11 @@ def test_proposals_name_the_annotation_the_model_disagrees_with(tmp_path):
     probs[:, torch.from_numpy(mask)] = 0
     probs[other, torch.from_numpy(mask)] = 1               # ... except the first, which it sees as `other`
     probs[0, probs.sum(0) == 0] = 1
-    records = propose(labels, source, 0, source.sample_id(0), probs, source.load_target(0))
+    records = get_task("multiclass").propose_corrections(labels, source, 0, source.sample_id(0), probs, source.load_target(0))
     relabels = [r for r, _ in records if f"annotation: {key}," in r]
     assert relabels == [f'- {{image: "{source.sample_id(0)}", annotation: {key}, action: relabel, value: "{labels.classes[other]}"}}']
     probs[:, torch.from_numpy(mask)] = 0.3                 # no class above one half there: drop it
-    records = propose(labels, source, 0, source.sample_id(0), probs, source.load_target(0))
+    records = get_task("multiclass").propose_corrections(labels, source, 0, source.sample_id(0), probs, source.load_target(0))
     assert [r for r, _ in records if f"annotation: {key}," in r] == [
         f'- {{image: "{source.sample_id(0)}", annotation: {key}, action: drop}}']
 

@@ -41,6 +41,67 @@ def test_no_module_outside_the_task_package_compares_a_task_name():
     assert offenders == []
 
 
+# Where a target's form may be looked at: the kinds own it, tasks and sources produce it; a
+# model's or an optimiser's tensors are weights, whose rank says nothing about a task.
+FORM_OWNERS = ("kinds", "tasks", "data/sources", "models", "optim.py")
+KIND_NAMES = ("class_map", "binary_masks")  # "class" too, but only as the value of a `.target`
+
+
+def _rank(node) -> bool:
+    """`x.ndim`, `x.dim()` or `len(x.shape)`."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "ndim"
+    if isinstance(node, ast.Call):
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "dim" and not node.args:
+            return True
+        return (isinstance(f, ast.Name) and f.id == "len" and len(node.args) == 1
+                and isinstance(node.args[0], ast.Attribute) and node.args[0].attr == "shape")
+    return False
+
+
+def _kind_name(node) -> bool:
+    """`something.target` or a kind's name, alone or in a tuple/list/set."""
+    if isinstance(node, ast.Attribute) and node.attr == "target":
+        return True
+    if isinstance(node, ast.Constant):
+        return node.value in KIND_NAMES
+    return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(_kind_name(e) for e in node.elts)
+
+
+def form_checks(tree) -> list[tuple[int, str]]:
+    """(line, what) of every comparison of a rank (with a number or another rank) and of a target kind."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        if any(_rank(o) for o in operands):
+            found.append((node.lineno, "rank compared"))
+        elif any(_kind_name(o) for o in operands):
+            found.append((node.lineno, "target kind compared"))
+    return found
+
+
+def test_only_the_kinds_tasks_and_sources_look_at_a_targets_form():
+    """`if x.ndim == 3` or `labels.target == "binary_masks"` outside the packages that own
+    targets is a task check in disguise: the kind (seglab.kinds) is asked instead."""
+    offenders = []
+    for path in sorted((ROOT / "seglab").rglob("*.py")):
+        rel = path.relative_to(ROOT / "seglab").as_posix()
+        if any(rel == owner or rel.startswith(owner + "/") for owner in FORM_OWNERS):
+            continue
+        offenders += [f"seglab/{rel}:{line}: {what}" for line, what in form_checks(ast.parse(path.read_text()))]
+    assert offenders == []
+
+
+def test_the_form_check_sees_what_it_looks_for():
+    code = ("a = x.ndim == 3\nb = 4 != t.dim()\nc = len(p.shape) > 2\nd = labels.target == 'class'\n"
+            "e = task.target not in source.targets\nf = name in ('class_map', 'x')\n"
+            "g = x.dim() == y.dim()\nok = x.ndim + 1\nok = unit in ('class', 'instance')\nok = x.shape == y.shape\n")
+    assert [line for line, _ in form_checks(ast.parse(code))] == [1, 2, 3, 4, 5, 6, 7]
+
+
 def test_schema_names_match_the_registries():
     from seglab.config import schema
     from seglab.task import TASKS

@@ -114,7 +114,7 @@ def test_final_output_thresholds_and_postprocesses_at_the_resized_size():
     assert run.thresholds.tolist() == pytest.approx([0.2, 0.5, 0.95])
     probs = torch.full((1, 3, 4, 4), 0.3)
     probs[:, :, 0, 0] = 0.99
-    pred = final_output(run, run.task.resize(probs, (8, 8)))   # what predictions() does at the original size
+    pred = final_output(run, run.task.kind.output_at(probs, (8, 8)))   # what predictions() does at the original size
     assert pred.shape == (3, 8, 8) and pred.dtype == bool
     assert pred[0].all() and not pred[1, 4:, 4:].any() and 0 < pred[2].sum() < 8   # per-class thresholds
     run = run_for("multilabel", False, threshold=0.5, largest_component=True)

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from seglab.metrics.dice import DICE_EPS, DiceScore, dice_per_image
-from seglab.inference.postprocess import PostprocessConfig, clean_mask, fill_holes, largest_component, postprocess, threshold_vector
+from seglab.config import PostprocessConfig
+from seglab.inference.morphology import clean_mask, fill_holes, largest_component
+from seglab.inference.postprocess import plan_from_config, threshold_vector
+from seglab.kinds import target_kind
 from seglab.tasks import get_task
 from seglab.inference.thresholds import ThresholdSearch
 
@@ -157,13 +160,14 @@ def test_postprocess_multilabel_per_class_and_multiclass_repaint():
     pred = np.zeros((2, 6, 6), bool)
     pred[:, 0, 0] = True
     pred[:, 2:5, 2:5] = True
-    out = postprocess(pred, cfg, ["a", "b"])
+    out = target_kind("binary_masks").clean(pred, plan_from_config(cfg, ["a", "b"]))
     assert out[0, 0, 0] and not out[1, 0, 0] and out[1, 3, 3]   # only class b cleaned
     class_map = np.zeros((6, 6), np.uint8)
     class_map[2:5, 2:5] = 1
     class_map[3, 3] = 2          # a hole in class 1 filled by class 2
     class_map[0, 0] = 1          # a speck of class 1
-    out = postprocess(class_map, PostprocessConfig(largest_component=True, fill_holes=True), ["Background", "a", "b"])
+    classes = ["Background", "a", "b"]
+    out = target_kind("class_map").clean(class_map, plan_from_config(PostprocessConfig(largest_component=True, fill_holes=True), classes))
     assert out[0, 0] == 0                  # removed -> Background
     assert out[3, 3] == 2                  # filling class 1's hole never overwrites class 2
-    assert postprocess(class_map, PostprocessConfig(), ["Background", "a", "b"]) is class_map  # off: untouched
+    assert target_kind("class_map").clean(class_map, plan_from_config(PostprocessConfig(), classes)) is class_map  # off: untouched

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from seglab.kinds import target_kind
 from seglab.cli import main
 from seglab.errors import DataError
 from seglab.inference.predict import Prediction
@@ -70,7 +71,7 @@ def test_writer_rows_per_image_and_class_and_reader(tmp_path):
     preds = [("ID001/a_L.png", rng.random((3, 5, 7)) > 0.5), ("ID001/a_R.png", rng.random((3, 5, 7)) > 0.7)]
     out = tmp_path / "sub.csv"
     assert WRITERS.get("rle") is write_rle_csv
-    assert write_rle_csv(_predictions(preds), out, WriteContext(classes, None, "test")) == 2
+    assert write_rle_csv(_predictions(preds), out, WriteContext(classes, None, "test", target_kind("binary_masks"))) == 2
     lines = out.read_text().splitlines()
     assert lines[0] == "image_name,class,rle"
     assert [line.split(",")[:2] for line in lines[1:]] == [[n, c] for n in ("a_L.png", "a_R.png") for c in classes]
@@ -82,7 +83,7 @@ def test_writer_rows_per_image_and_class_and_reader(tmp_path):
 def test_class_map_predictions_skip_background(tmp_path):
     class_map = np.array([[0, 1], [2, 2]], np.uint8)
     out = tmp_path / "sub.csv"
-    write_rle_csv(_predictions([("x.png", class_map)]), out, WriteContext(["Background", "a", "b"], None, "test"))
+    write_rle_csv(_predictions([("x.png", class_map)]), out, WriteContext(["Background", "a", "b"], None, "test", target_kind("class_map")))
     assert out.read_text().splitlines()[1:] == ["x.png,a,2 1", "x.png,b,3 2"]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seglab.cli import library_message, main, worker_message
-from seglab.core.loaders import collate
+from seglab.core.loaders import Collate
 from seglab.data.sources.coco import read_coco
 from seglab.errors import ConfigError, DataError
 from tests.workflow_helpers import ROOT, constructed_run, tiny_config
@@ -67,8 +67,8 @@ def test_os_errors_are_one_line_naming_the_file(monkeypatch, capsys, tmp_path):
 def test_images_of_mixed_sizes_in_a_batch_are_explained():
     items = [{"image": torch.zeros(3, 4, 4), "id": "a.jpg"}, {"image": torch.zeros(3, 4, 6), "id": "b.jpg"}]
     with pytest.raises(DataError, match=r"different sizes: 4x4 \('a.jpg'\), 4x6 \('b.jpg'\); set data.image_size"):
-        collate(items)
-    assert collate(items[:1])["image"].shape == (1, 3, 4, 4)
+        Collate()(items)
+    assert Collate()(items[:1])["image"].shape == (1, 3, 4, 4)
 
 
 def test_non_utf8_config_and_huge_integers(tmp_path, capsys):

@@ -18,7 +18,7 @@ from seglab.data.sources.combined import extra_labels, open_extra_sources
 from seglab.errors import ConfigError, DataError
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import predictions
-from seglab.inference.pseudo import mask_annotations, target_masks, write_pseudo_labels
+from seglab.inference.pseudo import mask_annotations, write_pseudo_labels
 from seglab.tasks import get_task
 from tests.workflow_helpers import constructed_run, tiny_config
 
@@ -54,7 +54,7 @@ def test_annotations_round_trip_through_the_coco_reader(tmp_path):
     class_map = rng.integers(0, 4, (20, 30)).astype(np.uint8)
     class_map[rng.random((20, 30)) < 0.3] = 255
     labels4 = LabelSpec(("bg", "a", "b", "c"), 255, {}, "class_map")
-    anns = mask_annotations(target_masks(class_map, labels4), 0, 0)
+    anns = mask_annotations(get_task("multiclass").category_masks(class_map, labels4), 0, 0)
     assert [a["category_id"] for a in anns] == [1, 2, 3, 4]
     assert [a["id"] for a in anns] == [0, 1, 2, 3]
     assert sum(a["area"] for a in anns) == int((class_map != 0).sum())

@@ -161,13 +161,14 @@ def test_coco_csv_quotes_a_comma_in_file_name_and_reads_back(tmp_path):
     from types import SimpleNamespace
 
     from seglab.inference.predict import Prediction
+    from seglab.kinds import target_kind
     from seglab.submission import WriteContext
     from seglab.submission.segmentation import read_coco_csv, write_coco_csv
 
     cfg = SimpleNamespace(submission=SimpleNamespace(size=(2, 2)))
     preds = [Prediction("a,b/x.jpg", Path("x"), None, np.array([[0, 1], [2, 3]], np.uint8)),
              Prediction('q"uote.jpg', Path("y"), None, np.zeros((2, 2), np.uint8))]
-    write_coco_csv(preds, tmp_path / "s.csv", WriteContext(["a"], cfg, "test"))
+    write_coco_csv(preds, tmp_path / "s.csv", WriteContext(["a"], cfg, "test", target_kind("class_map")))
     rows = read_coco_csv(tmp_path / "s.csv", (2, 2), expected_ids=["a,b/x.jpg", 'q"uote.jpg'])
     assert rows["a,b/x.jpg"].tolist() == [[0, 1], [2, 3]]
     with open(tmp_path / "s.csv", newline="") as f:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from seglab.data.labels import LabelSpec
 from seglab.cli import main
 from seglab.config import load_config
 from seglab.data.batch_augment import BatchAugmentations, build_batch_augment
@@ -72,7 +73,7 @@ def test_viz_aug_samples_follow_the_training_pipeline(synth_root):
 
 def test_recipe_config_resolves_against_its_classes():
     cfg = load_config(ROOT / "configs" / "trash_recipe.yaml")
-    pipeline = build_batch_augment(cfg.augment.batch, cfg.data.classes, cfg.data.ignore_index)
+    pipeline = build_batch_augment(cfg.augment.batch, LabelSpec(tuple(cfg.data.classes), cfg.data.ignore_index))
     names = [cfg.data.classes[i] for i in pipeline.augments[0].classes]
     assert names == ["Battery", "Clothing", "Metal", "Glass", "Paper pack"]
     assert cfg.trainer.precision == "bf16" and cfg.trainer.channels_last and cfg.averaging.ema_decay

@@ -16,9 +16,9 @@ from seglab.data.sampling import WeightedEpochSampler, class_balanced_weights
 
 
 class MaskSource(Source):
-    def __init__(self, masks, classes):
+    def __init__(self, masks, classes, target="class_map"):
         self.masks = masks
-        self.labels = LabelSpec(classes=tuple(classes), ignore_index=255)
+        self.labels = LabelSpec(classes=tuple(classes), ignore_index=255, target=target)
 
     def __len__(self):
         return len(self.masks)
@@ -28,11 +28,15 @@ class MaskSource(Source):
 
 
 class MaskDataset(torch.utils.data.Dataset):
-    def __init__(self, masks, classes=("Background", "common", "rare")):
-        self.source = MaskSource(masks, classes)
+    def __init__(self, masks, classes=("Background", "common", "rare"), target="class_map"):
+        self.source = MaskSource(masks, classes, target)
 
     def __len__(self):
         return len(self.source)
+
+    @property
+    def kind(self):
+        return self.source.labels.kind
 
     def __getitem__(self, key):
         # training loaders send (index, augmentation seed), as LabDataset accepts
@@ -67,7 +71,7 @@ def test_presence_and_weights():
 def test_presence_of_multilabel_masks():
     m = np.zeros((3, 4, 4), bool)
     m[0, 0, 0] = m[2, 1, 1] = True
-    source = MaskDataset([m, np.zeros((3, 4, 4), bool)], ("a", "b", "c")).source
+    source = MaskDataset([m, np.zeros((3, 4, 4), bool)], ("a", "b", "c"), "binary_masks").source
     presence = torch.from_numpy(class_presence(source, source.labels))
     assert presence.tolist() == [[True, False, True], [False, False, False]]
     assert class_balanced_weights(presence, 1.0).tolist() == [2.0, 1.0]  # an image with no labels weighs 1

@@ -17,6 +17,7 @@ from seglab.errors import ConfigError
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import evaluate, member_probs, predictions
 from seglab.inference.tta import parse_tta, tta_probs
+from seglab.kinds import target_kind
 from tests.workflow_helpers import constructed_run, tiny_config
 
 
@@ -52,6 +53,8 @@ def test_flip_tta_of_a_flip_equivariant_model_equals_the_plain_prediction(equiva
     assert tta.shape == plain.shape
     torch.testing.assert_close(tta, plain, atol=1e-6, rtol=1e-5)
 
+DENSE = target_kind("class_map")
+
 
 def test_flip_tta_averages_the_flipped_back_views():
     """A model that is not flip-equivariant: TTA is the mean of the plain view and the
@@ -64,7 +67,7 @@ def test_flip_tta_averages_the_flipped_back_views():
 
     images = torch.randint(0, 256, (1, 3, 8, 16), dtype=torch.uint8)
     expected = (prob_fn(images) + prob_fn(images.flip(-1)).flip(-1)) / 2
-    torch.testing.assert_close(tta_probs(prob_fn, images, TTAConfig(flips=["h"])), expected)
+    torch.testing.assert_close(tta_probs(prob_fn, images, TTAConfig(flips=["h"]), DENSE), expected)
 
 
 def test_multi_scale_views_are_resized_back():
@@ -75,7 +78,7 @@ def test_multi_scale_views_are_resized_back():
         return torch.full((x.shape[0], 3, *x.shape[-2:]), 1 / 3)
 
     images = torch.zeros(2, 3, 64, 48, dtype=torch.uint8)
-    out = tta_probs(prob_fn, images, TTAConfig(flips=["h"], scales=[0.75, 1.0, 1.25]))
+    out = tta_probs(prob_fn, images, TTAConfig(flips=["h"], scales=[0.75, 1.0, 1.25]), DENSE)
     assert sizes == [(48, 36), (48, 36), (64, 48), (64, 48), (80, 60), (80, 60)]
     assert out.shape == (2, 3, 64, 48)
     torch.testing.assert_close(out, torch.full_like(out, 1 / 3))
@@ -84,8 +87,8 @@ def test_multi_scale_views_are_resized_back():
 def test_no_tta_is_the_plain_function():
     calls = []
     prob_fn = lambda x: calls.append(1) or torch.ones(1, 2, 4, 4)  # noqa: E731
-    tta_probs(prob_fn, torch.zeros(1, 3, 4, 4), TTAConfig())
-    tta_probs(prob_fn, torch.zeros(1, 3, 4, 4), None)
+    tta_probs(prob_fn, torch.zeros(1, 3, 4, 4), TTAConfig(), DENSE)
+    tta_probs(prob_fn, torch.zeros(1, 3, 4, 4), None, DENSE)
     assert len(calls) == 2 and not TTAConfig().enabled and TTAConfig(scales=[0.5]).enabled
 
 

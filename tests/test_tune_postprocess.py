@@ -14,7 +14,8 @@ import torch
 from seglab.cli import main
 from seglab.config import PostprocessConfig, load_config
 from seglab.data.labels import LabelSpec
-from seglab.inference.postprocess import apply_plan, read_plan
+from seglab.inference.postprocess import read_plan
+from seglab.kinds import target_kind
 from seglab.inference.tune_postprocess import Decisions, search_plan
 from seglab.errors import SeglabError
 from seglab.tasks import get_task
@@ -41,7 +42,7 @@ def test_the_search_keeps_largest_component_only_where_it_raises_that_class_scor
     decisions.add(torch.as_tensor(pred[None]), torch.as_tensor(gt[None]))
     plan, start = search_plan(decisions, get_task("multilabel"), labels, kernels=(3,))
     assert set(plan) == {0} and start[1] == pytest.approx(1.0)
-    assert (apply_plan(pred, plan) == gt).all()
+    assert (target_kind("binary_masks").clean(pred, plan) == gt).all()
     # Opening 3 also removes the one-pixel speck: the first step found wins and nothing else helps.
     assert plan[0].largest_component or plan[0].opening == 3
 
@@ -51,7 +52,7 @@ def test_a_multiclass_plan_moves_only_removed_pixels_to_background():
     pred[1:6, 1:6] = 1
     pred[9, 9] = 1                              # speck of class 1
     pred[7:11, 1:5] = 2
-    out = apply_plan(pred, {1: PostprocessConfig(largest_component=True), 0: PostprocessConfig(opening=3)})
+    out = target_kind("class_map").clean(pred, {1: PostprocessConfig(largest_component=True), 0: PostprocessConfig(opening=3)})
     expected = pred.copy()
     expected[9, 9] = 0
     assert (out == expected).all()

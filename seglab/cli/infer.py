@@ -86,7 +86,7 @@ def _write_submission(members, split: str, out: str, fmt: str | None, data, batc
     writer = WRITERS.get(fmt, "--format")
     if palette and fmt != "png":
         raise ConfigError(f"--palette colours PNG class maps; add --format png (the format is {fmt})")
-    context = WriteContext(list(run.submission_labels.classes), ref.cfg, split, palette)  # submission.classes, merged
+    context = WriteContext(list(run.submission_labels.classes), ref.cfg, split, run.task.kind, palette)  # submission.classes, merged
     stream = not_over_inputs(predictions(members, split, ref, batch_size), Path(out), _input_files(members, ref.cfg))
     count = writer(stream, Path(out), context)
     print(f"wrote {count} predictions ({fmt}) to {out}")

@@ -25,31 +25,42 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def collate(items: list[dict]) -> dict:
-    """PyTorch's default collate, with images of different sizes explained instead of
-    torch.stack's "stack expects each tensor to be equal size"."""
-    try:
-        return default_collate(items)
-    except RuntimeError as e:
-        if "equal size" not in str(e) or not isinstance(items[0], dict):
-            raise
-        from seglab.errors import DataError
+class Collate:
+    """A batch of dataset items: their targets collated by the target kind (`kind.collate`:
+    stacked tensors, or a list of per-image records), everything else by PyTorch's default
+    collate; images of different sizes explained instead of torch.stack's "stack expects each
+    tensor to be equal size"."""
 
-        key = next((k for k, v in items[0].items() if torch.is_tensor(v)
-                    and len({tuple(item[k].shape) for item in items}) > 1), None)
-        seen = {}
-        for item in items:
-            seen.setdefault(tuple(item[key].shape[-2:]) if key else (), item.get("id", "?"))
-        sizes = ", ".join(f"{'x'.join(map(str, hw))} ({name!r})" for hw, name in list(seen.items())[:3])
-        raise DataError(f"one batch holds images of different sizes: {sizes}; set data.image_size [height, width] "
-                        "(or a crop in augment.train) so that every image of a batch has one size") from None
+    def __init__(self, kind=None):
+        self.kind = kind  # None: items without targets (unlabelled images)
+
+    def __call__(self, items: list[dict]) -> dict:
+        try:
+            if self.kind is None or "target" not in items[0]:
+                return default_collate(items)
+            batch = default_collate([{k: v for k, v in item.items() if k != "target"} for item in items])
+            batch["target"] = self.kind.collate([item["target"] for item in items])
+            return batch
+        except RuntimeError as e:
+            if "equal size" not in str(e) or not isinstance(items[0], dict):
+                raise
+            from seglab.errors import DataError
+
+            key = next((k for k, v in items[0].items() if torch.is_tensor(v)
+                        and len({tuple(item[k].shape) for item in items}) > 1), None)
+            seen = {}
+            for item in items:
+                seen.setdefault(tuple(item[key].shape[-2:]) if key else (), item.get("id", "?"))
+            sizes = ", ".join(f"{'x'.join(map(str, hw))} ({name!r})" for hw, name in list(seen.items())[:3])
+            raise DataError(f"one batch holds images of different sizes: {sizes}; set data.image_size [height, width] "
+                            "(or a crop in augment.train) so that every image of a batch has one size") from None
 
 
-def _common(dataset, cfg, batch: int, train: bool, world_size: int) -> dict:
+def _common(dataset, cfg, batch: int, train: bool, world_size: int, kind=None) -> dict:
     workers = cfg.data.workers()
     return dict(
         batch_size=batch, num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-        collate_fn=collate,
+        collate_fn=Collate(kind),
         # BatchNorm cannot train on a last batch of one image.
         drop_last=train and len(dataset) > batch * world_size,
     )
@@ -63,7 +74,8 @@ def train_loader(dataset, cfg, rank: int = 0, world_size: int = 1) -> ResumableL
         order = build_train_sampler(dataset, cfg.data.sampler, cfg.seed, rank, world_size)
     else:
         order = SeededShuffle(len(dataset), cfg.seed)
-    return ResumableLoader(dataset, sampler=order, seed=cfg.seed, **_common(dataset, cfg, cfg.data.batch_size, True, world_size))
+    return ResumableLoader(dataset, sampler=order, seed=cfg.seed,
+                           **_common(dataset, cfg, cfg.data.batch_size, True, world_size, dataset.kind))
 
 
 def draw_loader(dataset, cfg, batch: int, batches: int, seed: int, rank: int = 0, world_size: int = 1) -> ResumableLoader:
@@ -83,7 +95,7 @@ def eval_loader(dataset, cfg, rank: int = 0, world_size: int = 1, batch_size: in
     batch = batch_size or cfg.data.val_batch_size or cfg.data.batch_size
     shard = ShardSampler(len(dataset), rank, world_size) if world_size > 1 else None
     return DataLoader(dataset, shuffle=False, sampler=shard, generator=torch.Generator().manual_seed(cfg.seed & 0xFFFFFFFF),
-                      **_common(dataset, cfg, batch, False, world_size))
+                      **_common(dataset, cfg, batch, False, world_size, dataset.kind))
 
 
 class LabData(L.LightningDataModule):

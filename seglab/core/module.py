@@ -186,8 +186,10 @@ class LabModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         logits, probs = self.validation_outputs(batch["image"])
         target = batch["target"]
-        n = torch.tensor(float(len(target)), device=self.device)
-        self._val_loss += torch.stack([self.criterion(logits, target).detach().float() * n, n])
+        loss = self.task.validation_loss(self, logits, target)
+        if loss is not None:
+            n = torch.tensor(float(len(target)), device=self.device)
+            self._val_loss += torch.stack([loss.detach().float() * n, n])
         pred = self.task.decide(probs, self.thresholds)
         self.val_metric.update(pred, target)
         if self.merge is not None:
@@ -203,7 +205,8 @@ class LabModule(L.LightningModule):
         if self.merge is not None:
             self.submission_metric.reduce()
             scores.update(submission_scores(self.submission_metric.compute(list(self.merge.submission.classes))))
-        scores["loss"] = float(val_loss[0] / val_loss[1].clamp(min=1))
+        # NaN when the task has no validation loss: it is then neither logged nor monitorable.
+        scores["loss"] = float(val_loss[0] / val_loss[1]) if val_loss[1] > 0 else math.nan
         self.last_val_result = {**scores, **self.task.history_extra(self.val_metric)}
         # Values are already reduced over processes, so every rank logs the same number.
         for key in monitorable(self.task, self.labels, self.merge) + ("loss",):

@@ -285,17 +285,9 @@ def needs_class_frequencies(cfg) -> bool:
 
 def class_frequencies(source, labels) -> torch.Tensor:
     """Share of each class over the training targets (pixels of masks, or images)."""
-    import numpy as np
-
     counts = torch.zeros(labels.num_classes, dtype=torch.float64)
     for i in range(len(source)):
-        target = np.asarray(source.load_target(i))
-        if target.ndim == 3:  # C x H x W booleans: positive pixels per channel
-            counts += torch.from_numpy(target.reshape(target.shape[0], -1).sum(1).astype("float64"))
-            continue
-        values = torch.from_numpy(target.astype("int64")).flatten()
-        values = values[values < labels.num_classes]
-        counts += torch.bincount(values, minlength=labels.num_classes).double()
+        counts += labels.kind.class_counts(source.load_target(i), labels)
     return counts / counts.sum().clamp(min=1)
 
 

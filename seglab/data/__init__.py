@@ -88,7 +88,7 @@ def build_dataset(cfg, split: str, labels: LabelSpec, train: bool = False, with_
                              f"{size[0]}x{size[1]}", compress=False)
     transform = build_transform(cfg.augment, size if resized is None else None, train=train)
     with_targets = source.has_targets if with_targets is None else with_targets
-    instances = train and with_targets and labels.target == "class_map" and pastes_objects(cfg.augment.batch)
+    instances = train and with_targets and labels.kind.uses_object_ids and pastes_objects(cfg.augment.batch)
     return LabDataset(source, transform, with_targets, resized, size, with_instances=instances)
 
 

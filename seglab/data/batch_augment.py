@@ -1,8 +1,10 @@
 """Batch-level augmentations: mix images of one batch, pixels and labels together.
 
 They run on the device in the segmentation tasks' training step, before the forward, on
-uint8 images [B, 3, H, W] and masks that are integer class maps [B, H, W]
-(multiclass) or boolean / 0-1 maps [B, C, H, W] (multilabel).
+uint8 images [B, 3, H, W] and a batch of dense targets: integer class maps [B, H, W]
+(multiclass) or boolean / 0-1 maps [B, C, H, W] (multilabel). What the pixels of a target
+hold (which are an object's, its classes' regions, its channels) is its kind's answer
+(`seglab.kinds.dense`).
 
 Every augmentation here does the same thing with a different region: for each image
 it picks a partner image of the batch and a region, and inside the region takes the
@@ -150,7 +152,7 @@ class CopyPaste(BatchAugment):
 
     def __init__(self, p: float = 0.5, classes: Sequence[int | str] | None = None, hflip_p: float = 0.0,
                  scale_range: Sequence[float] = (1.0, 1.0), translate: float = 0.0, unit: str = "class",
-                 objects: int = 1, *, class_names: Sequence[str] | None = None, ignore_index: int = 255):
+                 objects: int = 1, *, class_names: Sequence[str] | None = None, ignore_index: int = 255, kind=None):
         super().__init__(p)
         if unit not in ("class", "instance"):
             raise ValueError(f"unit must be 'class' or 'instance', got {unit!r}")
@@ -165,16 +167,12 @@ class CopyPaste(BatchAugment):
             raise ValueError(f"translate must be in [0, 1] (share of the image size), got {translate}")
         self.hflip_p, self.scale_range, self.translate = hflip_p, tuple(scale_range), translate
         self.ignore_index = ignore_index
+        self.kind = kind  # the targets' kind (build_batch_augment gives it; None only to check parameters)
         self.classes = None if classes is None else _class_indices(classes, class_names)
 
     def objects_mask(self, masks: torch.Tensor) -> torch.Tensor:
         """[B, H, W] bool: pixels of the pasted classes."""
-        if masks.dim() == 4:  # multilabel [B, C, H, W]: a pixel is an object if any chosen channel is on
-            chosen = masks.bool() if self.classes is None else masks[:, list(self.classes)].bool()
-            return chosen.any(1)
-        if self.classes is None:
-            return (masks != 0) & (masks != self.ignore_index)
-        return torch.isin(masks, torch.as_tensor(self.classes, device=masks.device, dtype=masks.dtype))
+        return self.kind.object_pixels(masks, self.classes, self.ignore_index)
 
     def instances(self, masks: torch.Tensor, applied: np.ndarray, rng: np.random.Generator,
                   ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,11 +192,8 @@ class CopyPaste(BatchAugment):
             if named.size:  # annotations: each id's visible pixels
                 labelled = ids[i].cpu().numpy()
                 found = [(labelled, int(k)) for k in named]
-            elif m.ndim == 3:
-                binaries = [m[c].astype(bool) for c in range(m.shape[0]) if self.classes is None or c in self.classes]
             else:
-                present = [int(c) for c in np.unique(m[chosen[i].cpu().numpy()])]
-                binaries = [m == c for c in present]
+                binaries = self.kind.class_regions(m, self.classes, self.ignore_index)
             for binary in binaries:
                 if binary.any():
                     n, comp = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
@@ -222,7 +217,7 @@ class CopyPaste(BatchAugment):
         shift = rng.uniform(-1, 1, (b, 2)) * 2 * self.translate  # normalised coordinates span 2
         inside = torch.ones(b, h, w, dtype=torch.bool, device=images.device)
         if flip.any() or self.scale_range != (1.0, 1.0) or self.translate > 0:
-            src_images, src_masks, inside, footprint, src_ids = _warp(src_images, src_masks, flip, scale, shift,
+            src_images, src_masks, inside, footprint, src_ids = _warp(src_images, src_masks, self.kind, flip, scale, shift,
                                                                       footprint, src_ids)
         chosen = self.objects_mask(src_masks) if footprint is None else footprint
         region = chosen & inside & torch.as_tensor(applied, device=images.device).view(b, 1, 1)
@@ -230,10 +225,11 @@ class CopyPaste(BatchAugment):
                 "applied": applied, "flip": flip, "scale": scale, "shift": shift, "src_instances": src_ids}
 
 
-def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np.ndarray, shift: np.ndarray,
+def _warp(images: torch.Tensor, masks: torch.Tensor, kind, flip: np.ndarray, scale: np.ndarray, shift: np.ndarray,
           footprint: torch.Tensor | None = None, ids: torch.Tensor | None = None):
     """Mirror / scale about the centre / shift each image and mask (and object footprint
-    and object ids [B, H, W], when given) alike (nearest neighbour).
+    and object ids [B, H, W], when given) alike (nearest neighbour); `kind` says how a
+    mask is channels.
 
     Returns the warped images and masks (same dtypes), where the result lies inside the
     source, and the warped footprint and ids (None when not given).
@@ -248,14 +244,14 @@ def _warp(images: torch.Tensor, masks: torch.Tensor, flip: np.ndarray, scale: np
     m[:, 1, 2] = -m[:, 1, 1] * shift[:, 1]
     theta = torch.as_tensor(m, dtype=torch.float32, device=device)
     grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    mask_channels = masks.float() if masks.dim() == 4 else masks.float().unsqueeze(1)
+    mask_channels = kind.as_channels(masks)
     extra = [m.float().unsqueeze(1) for m in (footprint, ids) if m is not None]  # ids < 2**24: exact in float32
     stack = torch.cat([images.float(), mask_channels, *extra, torch.ones(b, 1, h, w, device=device)], 1)
     with torch.autocast(device.type, enabled=False):
         out = F.grid_sample(stack, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     out_images = out[:, :3].round().to(images.dtype)
     end = 3 + mask_channels.shape[1]
-    out_masks = out[:, 3:end] if masks.dim() == 4 else out[:, 3]
+    out_masks = kind.from_channels(out[:, 3:end])
     out_masks = (out_masks > 0.5) if masks.dtype == torch.bool else out_masks.round().to(masks.dtype)
     out_footprint = None if footprint is None else out[:, end] > 0.5
     out_ids = None if ids is None else out[:, end + (footprint is not None)].round().to(ids.dtype)
@@ -304,11 +300,14 @@ def pastes_objects(specs) -> bool:
     return any(s.name == "copy_paste" and (s.model_extra or {}).get("unit") == "instance" for s in specs or ())
 
 
-def _make(spec, where: str, class_names: Sequence[str] | None, ignore_index: int) -> BatchAugment:
+def _make(spec, where: str, labels) -> BatchAugment:
+    """One augmentation; `labels` (None: only its parameters are checked) gives the class
+    names, ignore index and target kind of the augmentations that take them."""
     cls = BATCH_AUGMENTS.get(spec.name, where)
     params = dict(spec.model_extra or {})
     accepted = inspect.signature(cls.__init__).parameters
-    context = {"class_names": class_names, "ignore_index": ignore_index}
+    context = ({"class_names": None, "ignore_index": 255, "kind": None} if labels is None else
+               {"class_names": labels.classes, "ignore_index": labels.ignore_index, "kind": labels.kind})
     for key in params:
         if key not in accepted or key in context:
             raise ConfigError(f"{where}.{key}: unknown parameter for {spec.name}")
@@ -324,7 +323,7 @@ def batch_problems(specs, where: str = "augment.batch") -> list[str]:
     problems = []
     for i, spec in enumerate(specs):
         try:
-            _make(spec, f"{where}[{i}]", None, 255)
+            _make(spec, f"{where}[{i}]", None)
         except ConfigError as e:
             problems.append(str(e))
     return problems
@@ -336,9 +335,8 @@ def validate_batch_specs(specs, where: str = "augment.batch") -> None:
         raise ConfigError(problems[0])
 
 
-def build_batch_augment(specs, class_names: Sequence[str], ignore_index: int,
-                        where: str = "augment.batch") -> BatchAugmentations | None:
-    """The pipeline for `augment.batch`, or None when it is empty."""
+def build_batch_augment(specs, labels, where: str = "augment.batch") -> BatchAugmentations | None:
+    """The pipeline for `augment.batch` on targets of `labels`, or None when it is empty."""
     if not specs:
         return None
-    return BatchAugmentations([_make(s, f"{where}[{i}]", class_names, ignore_index) for i, s in enumerate(specs)])
+    return BatchAugmentations([_make(s, f"{where}[{i}]", labels) for i, s in enumerate(specs)])

@@ -1,10 +1,11 @@
 """One dataset for every task and layout: a *source* knows the samples, the dataset
 decodes, augments and returns tensors.
 
-A source (`seglab.data.sources`) has `__len__`, `sample_id(i)`, `image_path(i)`,
-`original_size(i)`, `load_image(i)` and `load_target(i)`: a class map [H, W], C x H x W
-booleans or one class index, as its labels ask. Items are
-{"image": uint8 [3, H, W], "target": the same (masks augmented with the image), "id", "index"}.
+A source (`seglab.data.sources.base.Source`) gives images and targets in the form its
+labels' kind names (`seglab.kinds`: a class map [H, W], C x H x W booleans, one class
+index); the kind augments a target with its image. Items are {"image": uint8 [3, H, W],
+"target": the target as a tensor, "id", "index"} (and "instances", object ids beside class
+maps, when copy-paste pastes objects).
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ from torch.utils.data import Dataset
 
 from seglab.data.cache import ArrayCache, file_stamp
 from seglab.errors import DataError
-
-
-def is_mask(target) -> bool:
-    return isinstance(target, np.ndarray) and target.ndim >= 2
 
 
 class LabDataset(Dataset):
@@ -34,6 +31,10 @@ class LabDataset(Dataset):
         self.resized_cache, self.size = resized_cache, size
         # Object ids beside a class map ("instances", transformed with it), for copy-paste by object.
         self.with_instances = with_instances
+
+    @property
+    def kind(self):
+        return self.source.labels.kind
 
     def _instances(self, i: int, shape: tuple[int, int]) -> np.ndarray:
         """Image i's object ids at the class map's size; all 0 (no ids: copy-paste falls back
@@ -56,12 +57,11 @@ class LabDataset(Dataset):
         return self.resized_cache.get(key, lambda: cv2.resize(self.source.load_image(i), (w, h), interpolation=cv2.INTER_LINEAR))
 
     def _target(self, i: int):
-        if self.resized_cache is None or self.source.labels.target == "class":
+        if self.resized_cache is None:
             return self.source.load_target(i)
         # The label file's own stamp is in the key: an edited label file is resized anew.
-        stamp = self.source.target_stamp(i)
-        return self.resized_cache.get(f"mask:{self.source.sample_id(i)}:{stamp}",
-                                      lambda: _resize_mask(self.source.load_target(i), self.size))
+        key = f"mask:{self.source.sample_id(i)}:{self.source.target_stamp(i)}"
+        return self.kind.resized_target(self.resized_cache, key, lambda: self.source.load_target(i), self.size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         # A training sampler sends (index, augmentation seed): the same image then gets the
@@ -71,38 +71,10 @@ class LabDataset(Dataset):
             self.transform.set_random_seed(aug_seed)
         image = self._image(i)
         item = {"id": self.source.sample_id(i), "index": i}
-        target = self._target(i) if self.with_targets else None
-        if is_mask(target):
-            if target.ndim == 3:
-                # C x H x W booleans as albumentations' `masks` (N x H x W, each transformed like a
-                # mask): an H x W x C view would be copied whole before a crop, 121 MB per 29-class
-                # 2048 px image, 20x slower than cropping the channels (benchmarks/fullres.py).
-                out = self.transform(image=image, masks=target.view(np.uint8))
-                mask = np.asarray(out["masks"]).astype(bool)
-            elif self.with_instances:
-                # Class map and object ids as two masks: every geometric transform moves them alike.
-                both = np.stack([target.astype(np.uint16), self._instances(i, target.shape)])
-                out = self.transform(image=image, masks=both)
-                both = np.asarray(out["masks"])
-                mask = both[0].astype(target.dtype)
-                item["instances"] = torch.from_numpy(both[1].astype(np.int32))
-            else:
-                out = self.transform(image=image, mask=target)
-                mask = out["mask"]
-            item["target"] = torch.from_numpy(np.ascontiguousarray(mask))
-            if item["target"].dtype == torch.uint16:
-                item["target"] = item["target"].to(torch.int32)
+        if self.with_targets:
+            object_ids = (lambda shape: self._instances(i, shape)) if self.with_instances else None
+            item.update(self.kind.augment(self.transform, image, self._target(i), object_ids))
         else:
-            out = self.transform(image=image)
-            if target is not None:
-                item["target"] = torch.tensor(int(target), dtype=torch.int64)
-        item["image"] = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+            item["image"] = self.transform(image=image)["image"]
+        item["image"] = torch.from_numpy(np.ascontiguousarray(item["image"].transpose(2, 0, 1)))
         return item
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    if mask.ndim == 2:
-        return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    # C x H x W booleans (multilabel): resize each channel, keep the layout
-    return np.stack([cv2.resize(m.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) for m in mask]).astype(bool)

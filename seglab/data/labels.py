@@ -1,8 +1,9 @@
 """From the organiser's label ids to training class indices, explicitly.
 
 A `LabelSpec` says which source label (COCO category id, PNG pixel value, polygon label)
-becomes which training class, and in which form targets come: a class map [H, W]
-("class_map"), C x H x W booleans ("binary_masks") or one class per image ("class").
+becomes which training class, and in which form targets come (`target`, the name of a
+target kind, `seglab.kinds`: "class_map" [H, W], "binary_masks" C x H x W booleans, or
+"class", one per image).
 It is resolved once from the config and the data, saved in the run folder as
 labels.json, and used by every dataset, metric and writer. `facets` name parts of a
 composite class (competition C: mask, gender and age band), each a value per class.
@@ -17,9 +18,6 @@ from dataclasses import dataclass, field
 from seglab.errors import ConfigError
 
 
-TARGETS = ("class_map", "binary_masks", "class")
-
-
 @dataclass(frozen=True)
 class LabelSpec:
     classes: tuple[str, ...]
@@ -31,6 +29,13 @@ class LabelSpec:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def kind(self):
+        """The target kind object (`seglab.kinds`) these labels' targets are."""
+        from seglab.kinds import target_kind
+
+        return target_kind(self.target)
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from seglab.errors import ConfigError, SeglabError
 
-VOID_NAMES = ("void", "unlabelled", "unlabeled", "ignore", "other", "background_void")
-
 
 def not_a_config_hint(path: str | Path) -> None:
     """`seglab data validate train.json`: the user meant the data file itself."""
@@ -46,17 +44,8 @@ def split_counts(cfg, labels, splits=("train", "val", "test")) -> str:
 
 
 def void_lines(cfg, labels) -> list[str]:
-    """How pixels without a class are treated (dense targets only)."""
-    if labels.target == "class":
-        return []
-    lines = []
-    if labels.target == "class_map":
-        lines.append(f"unlabelled pixels: class 0 ({labels.classes[0]}); ignored pixels (index {labels.ignore_index}) "
-                     f"count in neither loss nor metric")
-    if getattr(cfg.data, "mask_ignore_value", None) is not None and cfg.data.format == "labelmap":
-        lines.append(f"label PNG value {cfg.data.mask_ignore_value} is void: ignored (data.mask_ignore_value)")
-    void = [c for c in labels.classes if c.lower() in VOID_NAMES]
-    for name in void:
-        lines.append(f"class {name!r} looks like void: to leave it out of the loss and the metric, "
-                     f"set data.remap={{{name}: ignore}} (or {{{name}: {labels.classes[0]}}} to merge it into class 0)")
-    return lines
+    """How pixels without a class are treated: the target kind's rule (class 0, ignored
+    pixels, classes that look like void) and the layout's own (a void PNG value)."""
+    from seglab.data.sources.registry import SOURCES
+
+    return labels.kind.void_lines(labels) + SOURCES.get(cfg.data.format, "data.format").notes(cfg.data)

@@ -1,15 +1,14 @@
-"""From probabilities to the final masks: per-class thresholds and morphology.
+"""From probabilities to the final masks: per-class thresholds and which morphology each
+class gets (a *plan*; the steps themselves are `seglab.inference.morphology`'s, applied by
+the target kind).
 
 Thresholds (multilabel): a pixel is in class c when its probability is strictly above
 threshold[c]. The config gives one value or {class: value}; `seglab tune-thresholds`
 writes RUN/thresholds.json, which evaluate and predict then use instead.
 
-Morphology, per class mask, in this order (each optional): opening (removes specks
-thinner than the kernel), closing (bridges gaps), fill holes (background regions not
-connected to the image border), keep the largest connected component (8-connected).
-Kernel sizes are pixels of the mask it runs on: the original image size in `predict`,
-the dataset's size in `evaluate` (unless --original-size). For multiclass class maps
-the same steps run on each non-background class's mask in class order: pixels a step
+Kernel sizes are pixels of the mask the steps run on: the original image size in
+`predict`, the dataset's size in `evaluate` (unless --original-size). For multiclass class
+maps the steps run on each non-background class's mask in class order: pixels a step
 removes become Background, Background pixels it adds take the class (other classes'
 pixels are never overwritten).
 """
@@ -18,8 +17,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
-import numpy as np
 import torch
 
 from seglab.config import PostprocessConfig
@@ -36,43 +33,7 @@ def threshold_vector(cfg: PostprocessConfig, classes: Sequence[str]) -> torch.Te
     return torch.full((len(classes),), float(cfg.threshold))
 
 
-# ------------------------------------------------------------------ morphology
-
-
-def _kernel(k: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Background pixels not 4-connected to the border become foreground."""
-    h, w = mask.shape
-    outside = np.zeros((h + 2, w + 2), np.uint8)
-    outside[1:-1, 1:-1] = ~mask
-    outside[0, :] = outside[-1, :] = outside[:, 0] = outside[:, -1] = 1
-    cv2.floodFill(outside, None, (0, 0), 0, flags=4)
-    return mask | outside[1:-1, 1:-1].astype(bool)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return mask
-    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == keep
-
-
-def clean_mask(mask: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
-    """One boolean [H, W] mask through the configured steps."""
-    m = mask.astype(bool)
-    if cfg.opening:
-        m = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, _kernel(cfg.opening)).astype(bool)
-    if cfg.closing:
-        m = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_CLOSE, _kernel(cfg.closing)).astype(bool)
-    if cfg.fill_holes:
-        m = fill_holes(m)
-    if cfg.largest_component:
-        m = largest_component(m)
-    return m
+# ------------------------------------------------------------------ which classes, which steps
 
 
 def selected_classes(cfg: PostprocessConfig, classes: Sequence[str]) -> list[int]:
@@ -94,32 +55,6 @@ def plan_from_config(cfg: PostprocessConfig, classes: Sequence[str]) -> Plan:
     if not cfg.morphology:
         return {}
     return {c: cfg for c in selected_classes(cfg, list(classes))}
-
-
-def apply_plan(pred: np.ndarray, plan: Plan) -> np.ndarray:
-    """C x H x W booleans (multilabel) or a class map [H, W] (multiclass, class 0 = Background)
-    through each class's steps."""
-    plan = {c: steps for c, steps in plan.items() if steps.morphology}
-    if not plan:
-        return pred
-    out = pred.copy()
-    if pred.ndim == 3:
-        for c, steps in sorted(plan.items()):
-            out[c] = clean_mask(pred[c], steps)
-        return out
-    for c, steps in sorted(plan.items()):
-        if c == 0:
-            continue  # Background is what the other classes leave
-        before = pred == c
-        after = clean_mask(before, steps)
-        out[before & ~after] = 0
-        out[after & ~before & (pred == 0)] = c  # additions never overwrite another class
-    return out
-
-
-def postprocess(pred: np.ndarray, cfg: PostprocessConfig, classes: Sequence[str]) -> np.ndarray:
-    """C x H x W booleans (multilabel) or a class map [H, W] (multiclass, class 0 = Background)."""
-    return apply_plan(pred, plan_from_config(cfg, classes))
 
 
 # ------------------------------------------------------------------ a tuned plan in the run folder

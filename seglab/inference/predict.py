@@ -4,10 +4,11 @@ pseudo-labels).
 
 Every member predicts the same images, read from one *reference* dataset (the first
 member's config, a k-fold's base config, or `--data`), each at its own input size and
-normalisation, with its own TTA and sliding window; its probabilities are resized to the
-reference batch (segmentation) and averaged with the weights. The decision and the
-post-processing are the first member's (its task, its tuned thresholds). Everything
-streams: one batch of probabilities per member is alive at a time.
+normalisation, with its own TTA and sliding window; the target kind maps its outputs to
+the reference batch's size and combines the members by their weights (probabilities: the
+weighted mean). The decision and the post-processing are the first member's (its task,
+its tuned thresholds). Everything streams: one batch of outputs per member is alive at a
+time.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def member_probs(member: Member, images: torch.Tensor) -> torch.Tensor:
                 return sliding_window_from_config(lambda t: task.probabilities(module(t)), x, cfg.sliding_window).float()
             return task.probabilities(module(x)).float()
 
-    return tta_probs(plain, images, member.tta)
+    return tta_probs(plain, images, member.tta, task.kind)
 
 
 class Reference(NamedTuple):
@@ -122,6 +123,7 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
             streams[key] = iter(loader(view))
     total_weight = sum(m.weight for m in members)
     first = members[0].run
+    kind = first.task.kind
     for ref_batch in progress(loader(ref), f"{split}: {len(members)} member(s) predicting"):
         size = tuple(ref_batch["image"].shape[-2:])
         views = {key: next(s) for key, s in streams.items()}
@@ -131,11 +133,10 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
             if m.weight == 0:
                 continue
             p = member_probs(m, views[_view_key(m.run.cfg)]["image"].to(m.run.device)).to(first.device)
-            p = first.task.resize(p, size) * (m.weight / total_weight)
+            p = kind.weighted(kind.output_at(p, size), m.weight / total_weight)
             for space in spaces:
-                q = m.run.to_submission(p) if space == "submission" else p
-                means[space] = q.clone() if space not in means else means[space].add_(q)
-        yield ref_batch, means, ref
+                means[space] = kind.summed(means.get(space), m.run.to_submission(p) if space == "submission" else p)
+        yield ref_batch, {space: kind.averaged(total, 1) for space, total in means.items()}, ref
 
 
 def in_space(run, space: str) -> tuple:
@@ -144,13 +145,11 @@ def in_space(run, space: str) -> tuple:
 
 
 def final_output(run, probs: torch.Tensor, space: str = "train") -> np.ndarray:
-    """One image's probabilities [1, C, ...] -> its decision after post-processing (numpy):
-    a class map [H, W], C x H x W booleans, or a class index."""
+    """One image's probabilities [1, C, ...] -> its decision after post-processing (numpy, as
+    the target kind holds it: a class map [H, W], C x H x W booleans, or a class index)."""
     labels, thresholds = in_space(run, space)
-    pred = run.task.decide(probs, thresholds)[0]
-    if pred.dim() == 2:
-        pred = pred.to(torch.uint8 if labels.num_classes <= 256 else torch.int32)
-    return run.task.postprocess(pred.cpu().numpy(), run.cfg, labels, tuned_plan(run, labels))
+    pred = run.task.kind.decision_array(run.task.decide(probs, thresholds)[0], labels)
+    return run.task.postprocess(pred, run.cfg, labels, tuned_plan(run, labels))
 
 
 def tuned_plan(run, labels) -> dict | None:
@@ -261,5 +260,6 @@ def predictions(members: list[Member], split: str = "test", data_config=None, ba
 
 
 def at_original_size(run, probs: torch.Tensor, source, index: int) -> torch.Tensor:
-    """Dense probabilities [1, C, h, w] resized to the image's original size (others as they are)."""
-    return run.task.resize(probs, source.original_size(index)) if probs.dim() == 4 else probs
+    """One image's output [1, ...] at its original size (`kind.output_at`: dense
+    probabilities resized, per-image ones as they are)."""
+    return run.task.kind.output_at(probs, source.original_size(index))

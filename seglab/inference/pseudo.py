@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from seglab.data.painting import coco_rle
 from seglab.data.sources.combined import IGNORE_NAME
 from seglab.io import write_json
 
@@ -33,29 +33,16 @@ def mask_annotations(masks: dict[int, np.ndarray], image_id: int, next_id: int) 
     for category, region in masks.items():
         if not region.any():
             continue
-        rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+        segmentation, bbox = coco_rle(region)
         anns.append({
             "id": next_id + len(anns), "image_id": image_id, "category_id": int(category), "iscrowd": 0,
-            "area": float(region.sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": float(region.sum()), "bbox": bbox, "segmentation": segmentation,
         })
     return anns
 
 
-def target_masks(target: np.ndarray, labels) -> dict[int, np.ndarray]:
-    """Category id -> mask of a confident target: a class map (class c -> category c for
-    c >= 1, ignore_index -> the ignore category) or C x H x W booleans (channel c -> c + 1)."""
-    if target.ndim == 3:
-        return {c + 1: target[c] for c in range(target.shape[0])}
-    masks = {c: target == c for c in range(1, labels.num_classes)}
-    masks[labels.num_classes] = target == labels.ignore_index
-    return masks
-
-
-def categories(labels) -> list[dict]:
-    """Category ids of the pseudo-label file: class names in order (a class map's class 0
-    is the unannotated rest, so it has none), then `ignore`."""
-    names = list(labels.classes[1:] if labels.target == "class_map" else labels.classes)
+def categories(names: list[str]) -> list[dict]:
+    """The categories of a pseudo-label file: the task's names in order (ids from 1), then `ignore`."""
     cats = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
     return cats + [{"id": len(cats) + 1, "name": IGNORE_NAME}]
 
@@ -67,22 +54,24 @@ def relative_file_name(path: Path, root: Path) -> str:
         return str(Path(path).resolve())
 
 
-def write_coco_pseudo_labels(predictions, out, ref_cfg, labels, confident, threshold: float, min_confident: float) -> dict:
-    """Write the COCO pseudo-label file; `confident(probs)` gives (target, confident share)."""
+def write_coco_pseudo_labels(predictions, out, ref_cfg, names: list[str], confident, threshold: float,
+                             min_confident: float) -> dict:
+    """Write the COCO pseudo-label file of categories `names`; `confident(probs)` gives
+    ({category id: mask}, confident share) of one image."""
     out = Path(out)
     path = out if out.suffix == ".json" else out / "pseudo.json"
     images, annotations, dropped, seen, confident_total = [], [], [], 0, 0.0
     for sample_id, image_path, probs in predictions:
         seen += 1
-        target, share = confident(probs)
+        masks, share = confident(probs)
         if share < min_confident:
             dropped.append(sample_id)
             continue
         confident_total += share
         image_id = len(images)
-        h, w = target.shape[-2:]
+        h, w = probs.shape[-2:]
         images.append({"id": image_id, "file_name": relative_file_name(image_path, Path(ref_cfg.data.root)), "height": int(h), "width": int(w)})
-        annotations.extend(mask_annotations(target_masks(target, labels), image_id, len(annotations)))
+        annotations.extend(mask_annotations(masks, image_id, len(annotations)))
     summary = {
         "threshold": threshold, "min_confident": min_confident, "images_seen": seen,
         "images_kept": len(images), "images_dropped": len(dropped),
@@ -90,7 +79,7 @@ def write_coco_pseudo_labels(predictions, out, ref_cfg, labels, confident, thres
         "data_root": str(ref_cfg.data.root),
     }
     write_json(path, {"info": {"description": "seglab pseudo-labels", **summary, "dropped": dropped},
-                      "images": images, "annotations": annotations, "categories": categories(labels)})
+                      "images": images, "annotations": annotations, "categories": categories(names)})
     summary["path"] = str(path.resolve())
     return summary
 

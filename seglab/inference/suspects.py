@@ -2,11 +2,12 @@
 written as a corrections file (data.corrections) whose records are all commented out.
 
 The images of a labelled split (val; for a k-fold folder each fold's held-out images, so
-out-of-fold) are ranked by the task's per-image loss. For each of the top ones a record is
-proposed: per annotation (COCO, polygons) a relabel to the class the model gives most of
-its pixels, or a drop where no class gets half; per image (classification) a relabel to
-the predicted class, or the one mask-status field that differs. A person decides: the
-file only lists candidates, with a panel of each image to look at.
+out-of-fold) are ranked by the task's per-image loss. For each of the top ones the task
+proposes records (`Task.propose_corrections`): per annotation (COCO, polygons) a relabel to
+the class the model gives most of its pixels, or a drop where no class gets half; per image
+(classification) a relabel to the predicted class, or the one mask-status field that
+differs. A person decides: the file only lists candidates, with a panel of each image to
+look at.
 """
 
 from __future__ import annotations
@@ -19,12 +20,8 @@ import torch
 
 from seglab.config import TTAConfig
 from seglab.data import build_dataset
-from seglab.data.corrections import format_record
-from seglab.data.maskstatus import record_value
 from seglab.inference.ensemble import Member
 from seglab.inference.predict import at_original_size, member_probs, stream
-
-HALF = 0.5  # mean probability over an annotation above which the model "sees" a class there
 
 
 @dataclass
@@ -50,45 +47,12 @@ def find_suspects(run, split: str = "val", top: int = 20, panels: bool = True) -
         image = dataset[index]["image"][None].to(run.device)
         probs = at_original_size(run, member_probs(member, image), dataset.source, index)[0].cpu()
         target = dataset.source.load_target(index)
-        records = propose(run.labels, dataset.source, index, sid, probs, target)
+        records = run.task.propose_corrections(run.labels, dataset.source, index, sid, probs, target)
         panel = None
         if panels:
             panel = run.task.suspect_panel(dataset.source.load_image(index), target, probs, run.labels,
                                            f"{sid}  loss {loss:.3f}", run.thresholds)
         out.append(Suspect(sid, loss, records, panel))
-    return out
-
-
-def propose(labels, source, index: int, sid: str, probs: torch.Tensor, target) -> list[tuple[str, str]]:
-    """Candidate records for one image: (record, why)."""
-    if probs.dim() == 1:  # one class per image
-        pred, true = int(probs.argmax()), int(target)
-        if pred == true:
-            return [(format_record(sid, "drop"), f"its class {labels.classes[true]} is predicted ({float(probs[pred]):.2f}), yet its loss ranks high")]
-        why = f"labelled {labels.classes[true]}, predicted {labels.classes[pred]} ({float(probs[pred]):.2f})"
-        differ = [f for f, values in labels.facets.items() if values[pred] != values[true]]
-        if len(differ) == 1 and record_value(differ[0], labels.facets[differ[0]][pred]) is not None:
-            return [(format_record(sid, differ[0], record_value(differ[0], labels.facets[differ[0]][pred])), why)]
-        return [(format_record(sid, "relabel", labels.classes[pred]), why)]
-    annotations = source.annotation_masks(index)
-    if annotations is None:  # label maps: no annotations to name
-        return [(format_record(sid, "drop"), "the whole label map disagrees with the model")]
-    from seglab.tasks.segmentation import is_background
-
-    out = []
-    for key, cls, mask in annotations:
-        if cls >= labels.num_classes or not mask.any():
-            continue  # ignored or empty: nothing to judge
-        share = probs[:, torch.from_numpy(mask)].mean(1)  # each class's mean probability over the annotation
-        if share[cls] >= HALF:
-            continue
-        best = max((c for c in range(labels.num_classes) if c != cls), key=lambda c: float(share[c]))
-        if share[best] >= HALF and not is_background(labels.classes[best]):
-            out.append((format_record(sid, "relabel", labels.classes[best], key),
-                        f"labelled {labels.classes[cls]} ({float(share[cls]):.2f}), the model sees {labels.classes[best]} ({float(share[best]):.2f})"))
-        else:
-            out.append((format_record(sid, "drop", annotation=key),
-                        f"labelled {labels.classes[cls]} ({float(share[cls]):.2f}), the model sees no class there"))
     return out
 
 

@@ -83,7 +83,7 @@ class PostprocessedSearch(ThresholdSearch):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        from seglab.inference.postprocess import clean_mask
+        from seglab.inference.morphology import clean_mask
 
         p, t = probs.float().cpu(), target.bool().cpu()
         for k in range(self.num_classes):

@@ -1,10 +1,11 @@
-"""Test-time augmentation: predict several views of a batch, average in probability space.
+"""Test-time augmentation: predict several views of a batch and combine them.
 
 A view is a scale and a flip (`tta.flips`, `tta.scales`; `--flips/--scales/--no-tta` on
-every command that predicts). Dense (segmentation) probabilities are flipped back and
-resized to the input size before averaging; per-image ones (classification) are averaged
-as they are. TTA wraps any "images -> probabilities" function and returns the same
-shape. Only one batch's views are alive at a time.
+every command that predicts). The target kind undoes each view (`kind.undo_view`: dense
+probabilities are flipped back and resized to the input size, per-image ones stay as
+they are) and combines the views (`kind.summed`, `kind.averaged`: the mean of
+probabilities). TTA wraps any "images -> outputs" function and returns what it returns
+for the plain view. Only one batch's views are alive at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from seglab.errors import ConfigError
 
 ProbFn = Callable[[torch.Tensor], torch.Tensor]
 
-FLIP_DIMS = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
+from seglab.kinds.dense import FLIP_DIMS
 
 
 def parse_tta(flips: str | None, scales: str | None, base: TTAConfig | None = None, off: bool = False) -> TTAConfig:
@@ -54,11 +55,12 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
 
 
-def tta_probs(prob_fn: ProbFn, images: torch.Tensor, tta: TTAConfig | None) -> torch.Tensor:
-    """The mean of `prob_fn` over the TTA views of `images` [B, 3, H, W], as [B, C, H, W].
+def tta_probs(prob_fn: ProbFn, images: torch.Tensor, tta: TTAConfig | None, kind) -> torch.Tensor:
+    """`prob_fn` combined over the TTA views of `images` [B, 3, H, W] by the target `kind`
+    (for probabilities: their mean, [B, C, H, W] or [B, C]).
 
     Scaled views are bilinear resizes of the image (as float, 0-255); their outputs
-    are resized back to H x W before averaging.
+    are mapped back to the plain view (H x W) before they are combined.
     """
     if tta is None or not tta.enabled:
         return prob_fn(images)
@@ -71,10 +73,5 @@ def tta_probs(prob_fn: ProbFn, images: torch.Tensor, tta: TTAConfig | None) -> t
             x = _resize(images, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
         if flip:
             x = torch.flip(x, FLIP_DIMS[flip])
-        p = prob_fn(x)
-        if p.dim() == images.dim():  # dense output: back to the plain view's pixels
-            if flip:
-                p = torch.flip(p, FLIP_DIMS[flip])
-            p = _resize(p, size)
-        total = p if total is None else total.add_(p)
-    return total / len(views)
+        total = kind.summed(total, kind.undo_view(prob_fn(x), flip, size))
+    return kind.averaged(total, len(views))

@@ -23,7 +23,7 @@ import torch
 
 from seglab.config import PostprocessConfig
 from seglab.errors import SeglabError
-from seglab.inference.postprocess import PLAN_FILE, STEP_KEYS, apply_plan, steps_text
+from seglab.inference.postprocess import PLAN_FILE, STEP_KEYS, steps_text
 
 DEFAULT_KERNELS = (3, 5)
 
@@ -60,11 +60,6 @@ class Decisions:
         data, shape, bits = packed
         return np.unpackbits(data)[: int(np.prod(shape))].reshape(shape).astype(bool) if bits else data
 
-    @property
-    def class_maps(self) -> bool:
-        """Whether the decisions are class maps [H, W] (else C x H x W masks)."""
-        return bool(self.items) and len(self.items[0][0][1]) == 2
-
     def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
             self.items.append((self._pack(p), self._pack(t)))
@@ -73,7 +68,7 @@ class Decisions:
         """The task metric's scores of every decision after `plan`."""
         metric = task.metric(labels)
         for pred, target in self.items:
-            out = apply_plan(self._unpack(pred), plan)
+            out = task.kind.clean(self._unpack(pred), plan)
             metric.update(torch.as_tensor(out)[None], torch.as_tensor(self._unpack(target))[None])
         return metric.compute(list(labels.classes))
 
@@ -93,7 +88,7 @@ def search_plan(decisions: Decisions, task, labels, kernels=DEFAULT_KERNELS, min
     steps alone and keeps one when the overall `monitor` rises by more than `min_gain`
     and the class's own score does not fall; Background gets no steps."""
     names = list(labels.classes)
-    class_maps = decisions.class_maps
+    class_maps = task.kind.exclusive
     monitor = monitor or task.scalar_metrics[0]
     none = PostprocessConfig()
     chosen = {c: none for c in range(len(names)) if not (class_maps and c == 0)}

@@ -21,13 +21,11 @@ DICE_EPS = 1e-4
 
 
 def dice_per_image(pred: torch.Tensor, target: torch.Tensor, eps: float = DICE_EPS) -> torch.Tensor:
-    """[B, C] Dice of boolean (or 0/1) masks [B, C, H, W]."""
+    """[B, C] Dice of boolean (or 0/1) masks [B, C, H, W] (one image [C, H, W]: [1, C])."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-    if pred.dim() < 3:
-        raise ValueError(f"expected masks [B, C, H, W], got {tuple(pred.shape)}")
-    p = pred.to(target.device).bool().flatten(2)
-    t = target.bool().flatten(2)
+    p = pred.to(target.device).bool().reshape(-1, *pred.shape[-3:]).flatten(2)
+    t = target.bool().reshape(-1, *target.shape[-3:]).flatten(2)
     inter = (p & t).sum(-1, dtype=torch.int64)
     total = p.sum(-1, dtype=torch.int64) + t.sum(-1, dtype=torch.int64)
     return (2 * inter.double() + eps) / (total.double() + eps)
@@ -52,10 +50,8 @@ class DiceScore:
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """pred, target: [B, C, H, W] (or one image [C, H, W]); returns the batch's [B, C] Dice."""
-        if pred.dim() == 3:
-            pred, target = pred[None], target[None]
-        if pred.shape[1] != self.num_classes:
-            raise ValueError(f"prediction has {pred.shape[1]} channels, the metric {self.num_classes} classes")
+        if pred.shape[-3] != self.num_classes:
+            raise ValueError(f"prediction has {pred.shape[-3]} channels, the metric {self.num_classes} classes")
         d = dice_per_image(pred, target, self.eps)
         self.sums += d.sum(0).to(self.sums.device)
         self.images += d.shape[0]

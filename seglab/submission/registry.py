@@ -18,4 +18,5 @@ class WriteContext:
     classes: list[str]
     cfg: object  # the reference config: data layout, submission.size
     split: str
+    kind: object  # the target kind of the decisions (`seglab.kinds`): what a writer reads from them
     palette: bool = False  # png: colour-palette PNGs (mode P) instead of grey index PNGs

@@ -55,27 +55,18 @@ def decode_rle(rle: str, size: tuple[int, int], where: str = "rle") -> np.ndarra
     return np.cumsum(flat[:-1]).astype(bool).reshape(h, w)
 
 
-def _class_masks(pred: np.ndarray, classes: Sequence[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(class, mask) rows of one prediction: C x H x W booleans, or a class map without Background."""
-    if pred.ndim == 3:
-        if pred.shape[0] != len(classes):
-            raise DataError(f"prediction has {pred.shape[0]} channels but the run has {len(classes)} classes")
-        yield from zip(classes, pred)
-    else:  # multiclass class map: class 0 is Background, which has no row
-        for c in range(1, len(classes)):
-            yield classes[c], pred == c
-
-
 @WRITERS.register("rle")
 def write_rle_csv(predictions: Iterable, out: Path, ctx: WriteContext) -> int:
-    """Competition B: `image_name,class,rle` at the original size, rows image by image in class order."""
+    """Competition B: `image_name,class,rle` at the original size, rows image by image in class
+    order: every class a decision has a mask of (`kind.class_masks`; a class map's Background,
+    the rest of the image, has no row)."""
     count = 0
     with atomic_open(out, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(HEADER)
         for p in predictions:
             name = Path(p.id).name
-            for cls, mask in _class_masks(np.asarray(p.output), list(ctx.classes)):
+            for cls, mask in ctx.kind.class_masks(np.asarray(p.output), list(ctx.classes)):
                 writer.writerow([name, cls, encode_rle(mask)])
             count += 1
     return count

@@ -26,9 +26,10 @@ def write_coco_csv(predictions: Iterable, out: Path, ctx: WriteContext) -> int:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["image_id", "PredictionString"])
         for p in predictions:
-            if p.output.ndim != 2:
-                raise DataError(f"--format coco_csv writes class maps; {p.id} has a {p.output.ndim}-d prediction (use rle or png)")
-            small = cv2.resize(p.output, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+            class_map = ctx.kind.class_map(p.output)
+            if class_map is None:
+                raise DataError(f"--format coco_csv writes class maps; {p.id} has a {ctx.kind.name} prediction (use rle or png)")
+            small = cv2.resize(class_map, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
             writer.writerow([p.id, " ".join(map(str, small.ravel().tolist()))])
             count += 1
     return count
@@ -37,7 +38,8 @@ def write_coco_csv(predictions: Iterable, out: Path, ctx: WriteContext) -> int:
 @WRITERS.register("png")
 def write_png_folder(predictions: Iterable, out: Path, ctx: WriteContext) -> int:
     """PNGs at each image's original size, at the image's relative path: a class map
-    (multiclass), or one 0/255 PNG per class in a folder per image (multilabel).
+    (multiclass), or, where classes overlap, one 0/255 PNG per class in a folder per image
+    (multilabel).
 
     Written whole or not at all (`seglab.paths.OutputFolder`): into a temporary sibling
     folder that replaces `out` at the end, so a killed predict leaves no folder that looks
@@ -49,13 +51,14 @@ def write_png_folder(predictions: Iterable, out: Path, ctx: WriteContext) -> int
         for p in predictions:
             # An id from outside data.root (data.allow_outside_root) is written by its confined form.
             stem = Path(confined_name(p.id)).with_suffix("").as_posix()
-            if p.output.ndim == 3:
-                for name, mask in zip(ctx.classes, p.output):
+            class_map = ctx.kind.class_map(p.output)
+            if class_map is None:  # classes overlap: one mask per class
+                for name, mask in ctx.kind.class_masks(p.output, ctx.classes):
                     atomic_write_png(folder.path(f"{stem}/{safe_name(name)}.png", f"image {p.id!r}"), mask.astype(np.uint8) * 255)
             elif ctx.palette:
-                write_palette_png(folder.path(f"{stem}.png", f"image {p.id!r}"), p.output, len(ctx.classes))
+                write_palette_png(folder.path(f"{stem}.png", f"image {p.id!r}"), class_map, len(ctx.classes))
             else:
-                atomic_write_png(folder.path(f"{stem}.png", f"image {p.id!r}"), p.output)
+                atomic_write_png(folder.path(f"{stem}.png", f"image {p.id!r}"), class_map)
             folder.count += 1
     return folder.count
 

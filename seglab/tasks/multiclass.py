@@ -82,3 +82,13 @@ class MulticlassTask(SegmentationTask):
         out = torch.where(keep, cls, torch.full_like(cls, labels.ignore_index))
         dtype = np.uint8 if max(labels.ignore_index, probs.shape[0] - 1) <= 255 else np.uint16
         return out.cpu().numpy().astype(dtype), float(keep.float().mean())
+
+    def pseudo_categories(self, labels) -> list[str]:
+        """Class 0 is the unannotated rest: it has no category."""
+        return list(labels.classes[1:])
+
+    def category_masks(self, target, labels) -> dict:
+        """Class c -> category c for c >= 1; ignore_index -> the `ignore` category."""
+        masks = {c: target == c for c in range(1, labels.num_classes)}
+        masks[labels.num_classes] = target == labels.ignore_index
+        return masks

@@ -112,3 +112,10 @@ class MultilabelTask(SegmentationTask):
         at least `threshold` or at most 1 - `threshold` (multi-label masks have no ignore value)."""
         confident = (probs >= threshold) | (probs <= 1 - threshold)
         return self.decide(probs[None], thresholds)[0].cpu().numpy(), float(confident.float().mean())
+
+    def pseudo_categories(self, labels) -> list[str]:
+        return list(labels.classes)
+
+    def category_masks(self, target, labels) -> dict:
+        """Channel c -> category c + 1."""
+        return {c + 1: target[c] for c in range(target.shape[0])}

@@ -111,12 +111,13 @@ class _ValidationVisualizerHooks(EpochFigureHooks):
                                 dataloader_idx: int = 0) -> None:
         if dataloader_idx != 0 or not self._active(trainer):
             return
+        import torch
+
         pred = outputs.get("pred") if isinstance(outputs, Mapping) else outputs
-        if not hasattr(pred, "argmax"):
+        if not torch.is_tensor(pred):
             # Fails on the first validation batch, not after hours of training.
             raise TypeError("ValidationVisualizer needs validation_step to return "
                             f"{{'pred': int tensor [B, H, W]}}, got {type(outputs).__name__}")
-        pred = pred.argmax(1) if pred.dim() == 4 else pred
         gt, ids = batch["target"], [str(i) for i in batch["id"]]
         inter, union = per_image_class_iou(gt, pred, len(self.class_names), self.ignore_index)
         self._worst.update(ids, inter, union)

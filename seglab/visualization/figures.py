@@ -211,6 +211,20 @@ def prediction_panel(image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
     return _tile_grid(tiles, len(tiles), title, legend, tile_px=300)
 
 
+def prediction_only_panel(image: np.ndarray, pred: np.ndarray, class_names: Sequence[str], ignore_index: int | None = 255,
+                          title: str = "", palette: np.ndarray | None = None) -> np.ndarray:
+    """image | prediction overlay, with a class legend (an image without labels)."""
+    palette = class_palette(len(class_names)) if palette is None else palette
+    legend = _class_legend(pred, pred, class_names, palette, ignore_index)
+    return _tile_grid([(image, "image"), (overlay(image, pred, palette, ignore_index), "prediction")], 2, title, legend,
+                      tile_px=400)
+
+
+def captioned_gallery(tiles: Sequence[tuple[np.ndarray, str]], title: str = "", ncols: int = 6) -> np.ndarray:
+    """(image, caption of up to three lines) tiles as one grid."""
+    return _tile_grid(tiles, min(ncols, len(tiles)), title, tile_px=184, caption_lines=3)
+
+
 def per_class_panel(gt: np.ndarray, pred: np.ndarray, class_names: Sequence[str],
                     ignore_index: int | None = 255, title: str = "", ncols: int = 6) -> np.ndarray:
     """One TP/FP/FN map per class in the GT or prediction, titled with its IoU on this image."""

@@ -46,6 +46,12 @@ class Source:
             raise ConfigError(f"data.format: {fmt!r} gives {' or '.join(cls.targets)} targets; "
                               f"task {task_name} trains on {target} (choose another task or data format)")
 
+    @classmethod
+    def notes(cls, data_cfg) -> list[str]:
+        """What `seglab data validate` says about how this layout's labels are read (a void
+        value, ...), besides the problems."""
+        return []
+
     # ------------------------------------------------------------ samples
 
     def __len__(self) -> int:
@@ -85,9 +91,7 @@ class Source:
     def classes_present(self, i: int) -> set[int]:
         """The classes sample i holds (ignore_index included when it has ignored parts); a
         layout that can tell without decoding its target overrides this."""
-        from seglab.data.presence import classes_in_target
-
-        return classes_in_target(self.load_target(i), self.labels)
+        return self.labels.kind.classes_in(self.load_target(i), self.labels)
 
     def annotation_masks(self, i: int) -> list[tuple[int | str, int, np.ndarray]] | None:
         """(annotation key, class, [H, W] boolean mask) of each of sample i's annotations, after

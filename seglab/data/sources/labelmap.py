@@ -63,6 +63,12 @@ class LabelMapSource(Source):
     def resolve_labels(data_cfg) -> LabelSpec:
         return resolve_value_labels(data_cfg)
 
+    @classmethod
+    def notes(cls, data_cfg) -> list[str]:
+        if data_cfg.mask_ignore_value is None:
+            return []
+        return [f"label PNG value {data_cfg.mask_ignore_value} is void: ignored (data.mask_ignore_value)"]
+
     def _lookup_table(self, labels: LabelSpec) -> np.ndarray:
         # Unlisted PNG values map to a sentinel so a stray value is reported, not silently trained on.
         self.invalid = 65535

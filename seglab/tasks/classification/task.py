@@ -167,6 +167,20 @@ class ClassificationTask(Task):
         conf, pred = (float(v) for v in probs.max(0))
         return misclassified_gallery([(image, title, labels.classes[int(target)], labels.classes[int(pred)], conf)], ncols=1)
 
+    def propose_corrections(self, labels, source, index, sample_id, probs, target):
+        """A relabel to the predicted class, or the one mask-status field that differs."""
+        from seglab.data.corrections import format_record
+        from seglab.data.maskstatus import record_value
+
+        pred, true = int(probs.argmax()), int(target)
+        if pred == true:
+            return [(format_record(sample_id, "drop"), f"its class {labels.classes[true]} is predicted ({float(probs[pred]):.2f}), yet its loss ranks high")]
+        why = f"labelled {labels.classes[true]}, predicted {labels.classes[pred]} ({float(probs[pred]):.2f})"
+        differ = [f for f, values in labels.facets.items() if values[pred] != values[true]]
+        if len(differ) == 1 and record_value(differ[0], labels.facets[differ[0]][pred]) is not None:
+            return [(format_record(sample_id, differ[0], record_value(differ[0], labels.facets[differ[0]][pred])), why)]
+        return [(format_record(sample_id, "relabel", labels.classes[pred]), why)]
+
     def stratification_key(self, source, labels):
         """Which classes each sample holds (k-fold keeps rare classes in every fold)."""
         from seglab.data.presence import class_presence
