@@ -70,7 +70,7 @@ def _run_kfold(cfg: Config | None, out: Path, resume: bool, device: str | None) 
     if resume:
         if not (out / "config.yaml").is_file() or not (out / "kfold_split.json").is_file():
             raise SeglabError(f"{out}: nothing to resume (no k-fold config.yaml and kfold_split.json)")
-        cfg = load_config(out / "config.yaml")
+        cfg = load_config(out / "config.yaml", saved=True)
     else:
         if cfg is None:
             raise SeglabError("kfold: give a CONFIG (or --resume OUT)")

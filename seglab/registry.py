@@ -31,11 +31,16 @@ class Registry:
 
     def get(self, name: str, where: str = "") -> Callable:
         """The builder for `name`; an unknown name is a ConfigError suggesting the closest one."""
+        return self._items[self.key(name, where)]
+
+    def key(self, name: str, where: str = "") -> str:
+        """The registered spelling of `name` (case does not matter); an unknown name is a
+        ConfigError suggesting the closest one."""
         if name in self._items:
-            return self._items[name]
+            return name
         lowered = {k.lower(): k for k in self._items}
         if name.lower() in lowered:
-            return self._items[lowered[name.lower()]]
+            return lowered[name.lower()]
         close = difflib.get_close_matches(name, list(self._items), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         prefix = f"{where}: " if where else ""

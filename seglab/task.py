@@ -67,6 +67,14 @@ class Task:
 
     # ------------------------------------------------------------ config (torch-free)
 
+    def options_in(self, cfg):
+        """This task's options in a config: its `<task>:` section (the defaults when the config
+        is another task's), or None when the task declares none."""
+        if self.options is None:
+            return None
+        found = cfg.task_options
+        return found if isinstance(found, self.options) else self.options()
+
     def defaults(self, cfg) -> dict[str, Any]:
         """Dotted config keys -> the task's default, applied where the config left them unset."""
         return {"eval.monitor": self.default_monitor, "submission.format": self.writers[0]}

@@ -77,7 +77,7 @@ CATALOGUE = {
     "empty split": "tests.test_coco::test_empty_split_and_malformed_json",
     # classes
     "class list in the config that does not match the data": "tests.test_coco::test_label_config_errors_are_clear",
-    "category id without a class in data.category_map": "tests.test_coco::test_label_config_errors_are_clear",
+    "category id without a class in data.coco.category_map": "tests.test_coco::test_label_config_errors_are_clear",
     "label-map PNG missing": "tests.test_bad_input::test_bad_input[label PNG missing]",
     "label-map PNG with values outside the class map": "tests.test_bad_input::test_bad_input[label PNG stray values]",
     # config
@@ -125,7 +125,7 @@ CATALOGUE = {
     "label map of another size than its image (an error, never resized)": "tests.test_cache_and_images::test_label_map_of_another_size_is_an_error_not_resized",
     "label map that is RGB or grey+alpha (a palette PNG is read as its indices)": "tests.test_cache_and_images::test_label_map_modes",
     "label-map values outside the class map, found by `data validate --deep`": "tests.test_cache_and_images::test_deep_validation_finds_label_values_outside_the_class_map",
-    "`--resume` with other label meanings (data.category_map, classes...; labels.json kept)": "tests.test_outputs_and_runs::test_resume_refuses_other_label_meanings_and_keeps_labels_json",
+    "`--resume` with other label meanings (data.coco.category_map, classes...; labels.json kept)": "tests.test_outputs_and_runs::test_resume_refuses_other_label_meanings_and_keeps_labels_json",
     "config: a key given twice in one YAML mapping": "tests.test_readers_checked::test_yaml_duplicate_keys_are_refused",
     "config: inf/nan or true/false for a number, limit_train_batches 0": "tests.test_readers_checked::test_numbers_reject_inf_nan_and_bools",
     "polygon JSON vertex absurdly far outside the image, or a `label` that is not a string": "tests.test_fuzz_readers::test_polygon_labels_that_used_to_escape_validation",
@@ -210,7 +210,7 @@ def unreadable(tmp_path):
 def truncated_at_load(tmp_path):
     noisy_jpeg(tmp_path / "d" / "x.jpg")
     write_coco(tmp_path, "train.json", [BIG], [], CATS, write_images=False)
-    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={tmp_path}", "data.train=train.json", "data.classes=null", "data.category_map=null"])
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={tmp_path}", "data.train=train.json", "data.classes=null", "data.coco=null"])
     source = CocoSource(cfg.data, "train", LABELS)
     truncate(tmp_path / "d" / "x.jpg")  # broken after validation: found when the loader reads it
     source.load_image(0)
@@ -243,7 +243,7 @@ def labelmap(tmp_path, mask_values: np.ndarray | None):
         cv2.imwrite(str(tmp_path / "masks" / "a.png"), mask_values.astype(np.uint8))
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={tmp_path}", "data.format=labelmap", "data.train=null", "data.val=null", "data.test=null",
-        "data.classes=[bg, road]", "data.category_map=null",
+        "data.classes=[bg, road]", "data.coco=null",
     ])
     labels, problems = collect_problems(cfg, ("train",))
     if problems:
@@ -277,7 +277,7 @@ CASES = [
          ["train.json: categories[2]", "duplicate category id 1"]),
     Case("label PNG missing", lambda p: labelmap(p, None), DataValidationError, ["images", "a: label file not found", "masks/a.png"]),
     Case("label PNG stray values", lambda p: labelmap(p, np.array([[0, 1, 7, 7]] * 4)), DataError,
-         ["masks/a.png", "pixel values [7] are not in data.mask_value_map / classes"]),
+         ["masks/a.png", "pixel values [7] are not in data.labelmap.mask_value_map / classes"]),
 ]
 
 
@@ -300,7 +300,7 @@ def test_truncated_png_needs_deep_validation(tmp_path, capsys):
     truncate(tmp_path / "d" / "x.jpg")
     truncate(tmp_path / "d" / "y.png", 0.8)
     config = tmp_path / "c.yaml"
-    config.write_text(f"data: {{root: {tmp_path}, train: train.json, classes: [Background, paper, metal], category_map: {{0: 1, 1: 2}}}}\n")
+    config.write_text(f"data: {{root: {tmp_path}, train: train.json, classes: [Background, paper, metal], coco: {{category_map: {{0: 1, 1: 2}}}}}}\n")
     with pytest.raises(SystemExit):
         main(["data", "validate", str(config)])
     out = capsys.readouterr().out
@@ -331,7 +331,7 @@ def test_all_problems_before_training_are_listed_at_once(tmp_path, capsys):
     text = str(e.value)
     assert f"output folder is not writable ({out} is a file, not a folder)" in text
     assert "model.arch: unknown model 'Unett'; did you mean 'Unet'?" in text
-    assert "data.category_map.1: class index 2 out of range for 2 classes" in text  # class list vs data
+    assert "data.coco.category_map.1: class index 2 out of range for 2 classes" in text  # class list vs data
     missing = f"train.json: image {doc['images'][1]['id']} ({doc['images'][1]['file_name']!r}): image file not found"
     unknown = f"train.json: annotation {doc['annotations'][0]['id']} (image {doc['annotations'][0]['image_id']}): unknown category id 99"
     assert missing in text and unknown in text

@@ -39,7 +39,7 @@ def target(cfg, i=0):
 def labelmap_config(root: Path, *extra):
     return load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={root}", "data.format=labelmap", "data.train=null", "data.val=null", "data.test=null",
-        "data.classes=[bg, a, b]", "data.category_map=null", "augment.train=[]", *extra])
+        "data.classes=[bg, a, b]", "data.coco=null", "augment.train=[]", *extra])
 
 
 def write_labelmap(root: Path, mask: np.ndarray, image_hw=None) -> None:
@@ -58,7 +58,7 @@ def test_labelmap_edit_keeping_size_and_mtime_is_a_cache_miss(tmp_path):
     keep_stamp(tmp_path / "masks" / "a.png", lambda p: cv2.imwrite(str(p), mask * 2, STORED))  # class a -> class b
     assert set(np.unique(target(cfg))) == {0, 2}
     # The class map (which value is which class) is in the key too.
-    swapped = labelmap_config(tmp_path, "data.image_size=[8, 8]", "data.mask_value_map={0: 0, 1: 2, 2: 1}")
+    swapped = labelmap_config(tmp_path, "data.image_size=[8, 8]", "data.labelmap.mask_value_map={0: 0, 1: 2, 2: 1}")
     assert set(np.unique(target(swapped))) == {0, 1}
     # And the size.
     assert target(labelmap_config(tmp_path, "data.image_size=[4, 4]")).shape == (4, 4)
@@ -87,8 +87,8 @@ def test_coco_category_map_change_is_a_cache_miss(tmp_path):
                [{"id": 0, "name": "paper"}, {"id": 1, "name": "metal"}])
     base = [f"data.root={tmp_path}", "data.train=train.json", "data.val=null", "data.test=null",
             "data.classes=[Background, paper, metal]", "data.image_size=[4, 4]", "augment.train=[]"]
-    one = load_config(ROOT / "configs" / "demo.yaml", base + ["data.category_map={0: 1, 1: 2}"])
-    two = load_config(ROOT / "configs" / "demo.yaml", base + ["data.category_map={0: 2, 1: 1}"])
+    one = load_config(ROOT / "configs" / "demo.yaml", base + ["data.coco.category_map={0: 1, 1: 2}"])
+    two = load_config(ROOT / "configs" / "demo.yaml", base + ["data.coco.category_map={0: 2, 1: 1}"])
     assert target(one).max() == 1 and target(two).max() == 2
 
 
@@ -174,7 +174,7 @@ def test_coco_record_size_is_the_upright_size(tmp_path):
     write_coco(tmp_path, "train.json", [{"id": 1, "file_name": "a.jpg", "height": 16, "width": 8}], [],
                [{"id": 0, "name": "paper"}], write_images=False)
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={tmp_path}", "data.train=train.json", "data.val=null",
-                                                       "data.test=null", "data.classes=null", "data.category_map=null"])
+                                                       "data.test=null", "data.classes=null", "data.coco=null"])
     labels, problems = collect_problems(cfg, ("train",))
     assert problems == []
     assert build_dataset(cfg, "train", labels).source.load_image(0).shape == (16, 8, 3)
@@ -216,7 +216,7 @@ def test_deep_validation_finds_label_values_outside_the_class_map(tmp_path):
     cfg = labelmap_config(tmp_path)
     assert collect_problems(cfg, ("train",))[1] == []  # the header is fine: only a decode finds values
     problems = collect_problems(cfg, ("train",), deep=True)[1]
-    assert len(problems) == 1 and "masks/a.png: pixel values [9] are not in data.mask_value_map / classes" in problems[0]
+    assert len(problems) == 1 and "masks/a.png: pixel values [9] are not in data.labelmap.mask_value_map / classes" in problems[0]
 
 
 def test_image_size_is_read_again_when_the_file_changes_even_with_its_mtime_restored(tmp_path):

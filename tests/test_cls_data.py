@@ -87,7 +87,7 @@ def test_maskstatus_reader_labels_from_folders_and_skips_hidden_files(mask_root)
 
 def test_age_bounds_knob_changes_the_labels(mask_root):
     base = cls_config(mask_root, val="train")
-    moved = cls_config(mask_root, val="train", age_bounds=[30, 40])
+    moved = cls_config(mask_root, val="train", maskstatus={"age_bounds": [30, 40]})
     a = load_split(base, "val", resolve_labels(base))
     b = load_split(moved, "val", resolve_labels(moved))
     ages = [int(s.id.split("/")[0].split("_")[-1]) for s in a.samples]
@@ -146,7 +146,7 @@ def test_csv_layout_with_groups_names_and_indices(tmp_path):
     (tmp_path / "test.csv").write_text("file\nimg/0.jpg\nimg/5.jpg\n")
     cfg = config_from_dict({"task": "classification", "data": {
         "format": "csv", "root": str(tmp_path), "train": "train.csv", "test": "test.csv", "image_size": [16, 16],
-        "path_column": "file", "label_column": "cls", "group_column": "person", "fold": 0}, "kfold": {"folds": 3}})
+        "csv": {"path_column": "file", "label_column": "cls", "group_column": "person"}, "fold": 0}, "kfold": {"folds": 3}})
     labels = resolve_labels(cfg)
     assert labels.classes == ("a", "b", "c")
     train, val = load_split(cfg, "train", labels), load_split(cfg, "val", labels)

@@ -208,13 +208,13 @@ def test_age_bounds_knob_renames_the_classes_and_relabels_the_images(trained_run
     with open(data_root / "train" / "train.csv") as f:
         ages = sorted({int(r["age"]) for r in csv.DictReader(f) if 30 < int(r["age"]) < 60})
     bound = ages[-1]  # the oldest of the middle band: with this second bound, only persons of this age move up
-    cfg = tiny_config(data_root, f"data.age_bounds=[30, {bound}]")
+    cfg = tiny_config(data_root, f"data.maskstatus.age_bounds=[30, {bound}]")
     run = constructed_run(tmp_path / "bounds", cfg)
     labels = json.loads((run / "labels.json").read_text())
     assert labels["classes"][17] == f"not_worn/female/>={bound}" and labels["classes"] == class_names((30, bound))
-    assert load_config(run / "config.yaml").data.age_bounds == (30, bound)
+    assert load_config(run / "config.yaml").data.maskstatus.age_bounds == (30, bound)
     base = open_source(tiny_config(data_root, "data.fold=null", "data.val=train"), "val", None)
-    moved = open_source(tiny_config(data_root, "data.fold=null", "data.val=train", f"data.age_bounds=[30, {bound}]"), "val", None)
+    moved = open_source(tiny_config(data_root, "data.fold=null", "data.val=train", f"data.maskstatus.age_bounds=[30, {bound}]"), "val", None)
     changed = [i for i in range(len(base)) if base.load_target(i) != moved.load_target(i)]
     assert changed and all(base.load_target(i) % 3 == 1 and moved.load_target(i) == base.load_target(i) + 1 for i in changed)
     assert changed == [i for i in range(len(base)) if f"_{bound}/" in base.sample_id(i)]

@@ -90,13 +90,13 @@ def test_classification_defaults_and_demo_config():
     cfg = load_config(ROOT / "configs" / "demo_cls.yaml")
     assert cfg.task == "classification" and cfg.model.arch == "classifier"
     assert cfg.eval.monitor == "macro_f1" and cfg.submission.format == "maskstatus"
-    assert cfg.data.age_bounds == (30, 60) and cfg.data.fold == 0 and cfg.kfold.folds == 5
+    assert cfg.data.maskstatus.age_bounds == (30, 60) and cfg.data.fold == 0 and cfg.kfold.folds == 5
 
 
 @pytest.mark.parametrize("text, message", [
     ("task: classification\ndata: {format: csv, image_size: [32, 32]}\nloss: [{name: dice}]\n", "loss[0].name: 'dice' is not a classification loss"),
     ("task: classification\ndata: {format: csv}\n", "data.image_size"),
-    ("task: classification\ndata: {format: csv, image_size: [32, 32], age_bounds: [60, 30]}\n", "age_bounds"),
+    ("task: classification\ndata: {format: maskstatus, image_size: [32, 32], maskstatus: {age_bounds: [60, 30]}}\n", "data.maskstatus.age_bounds"),
     ("task: classification\ndata: {format: csv, image_size: [32, 32], fold: 5}\n", "data.fold: 5 is out of range for kfold.folds 5"),
     ("task: classification\ndata: {format: csv, image_size: [32, 32]}\nclassification: {head: cosface}\n", "classification.head"),
     ("task: classification\ndata: {format: csv, image_size: [32, 32]}\nsubmission: {format: coco_csv}\n", "submission.format: 'coco_csv' is not a classification format"),

@@ -101,7 +101,7 @@ def test_local_backbone_weights_load_and_unknown_models_are_named(tmp_path):
     torch.save(donor.state_dict(), tmp_path / "w.pth")
     cfg = config_from_dict({"task": "classification", "data": {"format": "csv", "image_size": [32, 32]},
                             "model": {"encoder": "test_resnet", "encoder_weights": str(tmp_path / "w.pth")}})
-    model = build_classifier(cfg, 4)
+    model = build_classifier(cfg, cfg.classification, 4)
     for k, v in donor.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[k], v)
     with pytest.raises(ConfigError, match="not a timm model; did you mean 'resnet18'"):

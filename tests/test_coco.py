@@ -89,12 +89,12 @@ def test_default_map_is_background_then_json_order(tmp_path):
 def test_explicit_category_map_and_remap_to_background_and_ignore():
     classes = ["Background", "UNKNOWN", "paper", "metal"]
     cats = [{"id": 0, "name": "UNKNOWN"}, {"id": 1, "name": "paper"}, {"id": 2, "name": "metal"}]
-    cfg = DataConfig(classes=classes, category_map={0: 1, 1: 2, 2: 3})
-    assert resolve_coco_labels(cfg, cats, "t").source_to_class == {0: 1, 1: 2, 2: 3}
-    merged = resolve_coco_labels(DataConfig(classes=classes, category_map={0: 1, 1: 2, 2: 3}, remap={"UNKNOWN": "Background"}), cats, "t")
+    by_id = {0: 1, 1: 2, 2: 3}
+    assert resolve_coco_labels(DataConfig(classes=classes), cats, "t", by_id).source_to_class == {0: 1, 1: 2, 2: 3}
+    merged = resolve_coco_labels(DataConfig(classes=classes, remap={"UNKNOWN": "Background"}), cats, "t", by_id)
     assert merged.classes == ("Background", "paper", "metal")
     assert merged.source_to_class == {0: 0, 1: 1, 2: 2}
-    ignored = resolve_coco_labels(DataConfig(classes=classes, category_map={0: 1, 1: 2, 2: 3}, remap={"UNKNOWN": "ignore"}), cats, "t")
+    ignored = resolve_coco_labels(DataConfig(classes=classes, remap={"UNKNOWN": "ignore"}), cats, "t", by_id)
     assert ignored.source_to_class == {0: 255, 1: 1, 2: 2}
     assert ignored.num_classes == 3
 
@@ -106,16 +106,16 @@ def test_classes_matched_by_name_when_no_map():
 
 
 @pytest.mark.parametrize("cfg, message", [
-    (DataConfig(category_map={0: 1, 1: 2}), "no entry for category id 2 ('metal')"),
-    (DataConfig(category_map={0: 1, 1: 2, 2: 3, 9: 1}), "category id [9] is not in the categories"),
-    (DataConfig(category_map={0: 1, 1: 2, 2: 9}), "class index 9 out of range"),
+    (DataConfig(coco={"category_map": {0: 1, 1: 2}}), "data.coco.category_map: no entry for category id 2 ('metal')"),
+    (DataConfig(coco={"category_map": {0: 1, 1: 2, 2: 3, 9: 1}}), "category id [9] is not in the categories"),
+    (DataConfig(coco={"category_map": {0: 1, 1: 2, 2: 9}}), "class index 9 out of range"),
     (DataConfig(classes=["Background", "paper"]), "categories ['unknown', 'metal'] are not in data.classes"),
     (DataConfig(remap={"nope": "Background"}), "'nope' is not a class"),
-    (DataConfig(classes=["Background", "x", "x"], category_map={0: 1, 1: 1, 2: 1}), "duplicate class names"),
+    (DataConfig(classes=["Background", "x", "x"], coco={"category_map": {0: 1, 1: 1, 2: 1}}), "duplicate class names"),
 ])
 def test_label_config_errors_are_clear(cfg, message):
     with pytest.raises(ConfigError) as e:
-        resolve_coco_labels(cfg, CATS, "train.json")
+        resolve_coco_labels(cfg, CATS, "train.json", cfg.coco.category_map)
     assert message in str(e.value)
 
 

@@ -199,7 +199,7 @@ def test_labelmap_images_can_be_dropped_and_nothing_else(tmp_path):
         cv2.imwrite(str(tmp_path / "masks" / f"{stem}.png"), np.zeros((4, 4), np.uint8))
     (tmp_path / "fix.yaml").write_text("- {image: a.png, action: drop}\n")
     args = [f"data.root={tmp_path}", "data.format=labelmap", "data.train=null", "data.val=null", "data.test=null",
-            "data.classes=[bg, road]", "data.category_map=null"]
+            "data.classes=[bg, road]", "data.coco=null"]
     cfg = load_config(ROOT / "configs" / "demo.yaml", args + ["data.corrections=fix.yaml"])
     labels = resolve_labels(cfg)
     source = open_source(cfg, "train", labels)

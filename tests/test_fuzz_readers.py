@@ -94,7 +94,7 @@ def use_polygon_json(path: Path, root: Path) -> list[str]:
         image.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(image), np.full((SIZE, SIZE), 90, np.uint8))
     (root / f"{path.stem}.txt").write_text(f"{image.name}\n")
-    data = DataConfig(format="polygons", root=str(root), image_dir="poly_images", json_dir=".", train=f"{path.stem}.txt",
+    data = DataConfig(format="polygons", root=str(root), polygons={"image_dir": "poly_images", "json_dir": "."}, train=f"{path.stem}.txt",
                       classes=POLYGON_CLASSES)
     labels = resolve_polygon_labels(data)
     source = PolygonSource(data, "train", labels)

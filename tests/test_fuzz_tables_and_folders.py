@@ -109,7 +109,7 @@ def test_fuzzed_csv_loads_or_raises_seglab_errors(data, tmp_path_factory):
     (root / "t.csv").write_bytes(text.encode(encoding, errors="replace"))
     classes = data.draw(st.sampled_from([None, ["a", "b"], ["0", "1", "2"]]))
     config = DataConfig(format="csv", root=str(root), train="t.csv", classes=classes,
-                        group_column=data.draw(st.sampled_from([None, "group"])))
+                        csv={"group_column": data.draw(st.sampled_from([None, "group"]))})
     try:
         use_classification(config, CsvSource)
     except SeglabError as e:
@@ -210,7 +210,7 @@ def test_fuzzed_label_maps_load_or_raise_seglab_errors(data, tmp_path_factory):
             path.write_bytes(path.read_bytes()[: data.draw(st.integers(0, 60))])
     cfg = load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={root}", "data.format=labelmap", "data.train=null", "data.val=null", "data.test=null",
-        "data.classes=[bg, a, b]", "data.category_map=null", *data.draw(st.sampled_from([[], ["data.mask_value_map={0: 0, 255: 1}"]]))])
+        "data.classes=[bg, a, b]", "data.coco=null", *data.draw(st.sampled_from([[], ["data.labelmap.mask_value_map={0: 0, 255: 1}"]]))])
     try:
         labels, problems = collect_problems(cfg, ("train",), deep=True)
         event("read; problems listed" if problems else "read; no problems")
@@ -225,7 +225,7 @@ def test_fuzzed_label_maps_load_or_raise_seglab_errors(data, tmp_path_factory):
 
 
 KEYS = st.sampled_from(["optim.lr", "data.batch_size", "data.image_size", "trainer.limit_train_batches", "trainer.precision",
-                        "data.classes", "data.category_map", "loss.0.weight", "loss", "augment.train.0.p", "seed",
+                        "data.classes", "data.coco.category_map", "loss.0.weight", "loss", "augment.train.0.p", "seed",
                         "trainer", "data", "model.in_channels", "tta.scales", "nope.key", "optim..lr", ".", "data.train.x",
                         "loss.9.name", "optim.lr.x", "trainer.devices"])
 VALUES = st.sampled_from(["0.01", "4", "[32, 32]", "16", "bf16", "0.5", "[a, b]", "{0: 1}", ".inf", ".nan", "true", "null", "[", "{a: 1}", "[1, 2]", "[true, 3]", "-1", "0", "1e-3", "1" * 5000,

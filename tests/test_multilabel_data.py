@@ -46,7 +46,7 @@ def bones(tmp_path) -> Path:
 
 
 def cfg_for(root, *, task="multilabel", classes=("a", "b", "c"), **data):
-    raw = {"task": task, "data": {"format": "polygons", "root": str(root), "image_dir": "DCM", "json_dir": "outputs_json",
+    raw = {"task": task, "data": {"format": "polygons", "root": str(root), "polygons": {"image_dir": "DCM", "json_dir": "outputs_json"},
                                   "train": "train.txt", "val": "val.txt", "test": "../test", "classes": None if classes is None else list(classes),
                                   "num_workers": 0, **data}}
     if task == "multiclass":
@@ -182,7 +182,7 @@ def test_data_split_cli_writes_a_usable_folds_csv(tmp_path, capsys):
     paths = make_polygon_dataset(tmp_path / "d", n_train_ids=8, n_val_ids=2, n_test_ids=1, size=32, seed=0)
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps({"task": "multilabel", "data": {
-        "format": "polygons", "root": str(paths["root"]), "image_dir": "DCM", "json_dir": "outputs_json",
+        "format": "polygons", "root": str(paths["root"]), "polygons": {"image_dir": "DCM", "json_dir": "outputs_json"},
         "train": ".", "classes": ["disc", "square", "triangle", "bar", "star"]}}))
     out = tmp_path / "folds"
     assert main(["data", "split", str(config), f"kfold.metadata={paths['metadata']}", "kfold.stratify=[sex,age]",

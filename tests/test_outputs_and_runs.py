@@ -31,7 +31,7 @@ CATS = [{"id": 0, "name": "paper"}, {"id": 1, "name": "metal"}]
 def coco_config(root: Path, *extra):
     return load_config(ROOT / "configs" / "demo.yaml", [
         f"data.root={root}", "data.train=train.json", "data.val=null", "data.test=test.json", "data.classes=null",
-        "data.category_map=null", f"model.encoder={TEST_ENCODER}", "trainer.progress_bar=false", *extra])
+        "data.coco=null", f"model.encoder={TEST_ENCODER}", "trainer.progress_bar=false", *extra])
 
 
 # ------------------------------------------------------------ names from data files
@@ -224,10 +224,10 @@ def test_resume_refuses_other_label_meanings_and_keeps_labels_json(tmp_path, syn
     labels_before = (run / "labels.json").read_text()
     cfg_text = (run / "config.yaml").read_text()
     # Two categories swapped: the same class names, other meanings.
-    swap = "data.category_map={0: 2, 1: 1, 2: 3, 3: 4, 4: 5, 5: 6}"
+    swap = "data.coco.category_map={0: 2, 1: 1, 2: 3, 3: 4, 4: 5, 5: 6}"
     assert main(["train", "--resume", str(run), swap]) == 2
     err = capsys.readouterr().err
-    assert "data.category_map cannot change in a resumed run" in err, err  # the CLI refuses the override by name
+    assert "data.coco.category_map cannot change in a resumed run" in err, err  # the CLI refuses the override by name
     # Past the CLI (a config edited by hand), labels.json still guards the meaning of the outputs.
     from seglab.core.training import train
 

@@ -91,7 +91,7 @@ def test_timm_encoders_and_classifier_backbones_load_timms_hub_file():
     assert set(seg.weights_origin) == {"encoder"}
     cfg = config_from_dict({"task": "classification", "data": {"format": "csv", "image_size": [32, 32]},
                             "model": {"encoder": "test_resnet", "encoder_weights": "imagenet"}})
-    cls = build_classifier(cfg, 3)
+    cls = build_classifier(cfg, cfg.classification, 3)
     assert torch.equal(cls.encoder.state_dict()[key], tensors[key])
     assert "encoder pretrained: r160_in1k (HF hub timm/test_resnet.r160_in1k/model.safetensors)" in describe_origin(cls)
     assert "head random" in describe_origin(cls)

@@ -63,7 +63,7 @@ def test_annotations_round_trip_through_the_coco_reader(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(doc))
     # the extra-set reader maps by name ...
     cfg = config_from_dict({"data": {"root": str(tmp_path), "train": "p.json", "classes": ["bg", "a", "b", "c"],
-                                     "category_map": {1: 1, 2: 2, 3: 3, 4: "ignore"}}})
+                                     "coco": {"category_map": {1: 1, 2: 2, 3: 3, 4: "ignore"}}}})
     labels = resolve_labels(cfg)
     spec = extra_labels(read_coco(tmp_path / "p.json", tmp_path), labels)
     assert spec.source_to_class == {1: 1, 2: 2, 3: 3, 4: 255}

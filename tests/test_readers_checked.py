@@ -149,7 +149,7 @@ def test_train_and_val_sharing_images_or_people_is_an_error(tmp_path):
     (tmp_path / "va.csv").write_text("path,label,person\na2.jpg,x,ann\nb2.jpg,y,cid\n")
     cfg = load_config(ROOT / "configs" / "demo_cls.yaml", [f"data.root={tmp_path}", "data.format=csv", "data.train=tr.csv",
                                                            "data.fold=null", "data.val=va.csv", "data.test=null", "data.classes=[x, y]",
-                                                           "data.group_column=person"])
+                                                           "data.maskstatus=null", "data.csv.group_column=person"])
     _, problems = collect_problems(cfg)
     assert problems == ["data.train and data.val share 1 group(s) (person/ID), e.g. 'ann' ('a1.jpg' and 'a2.jpg'): keep each group in one split"]
 

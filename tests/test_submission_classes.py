@@ -23,7 +23,7 @@ from seglab.task import get_task
 from tests.workflow_helpers import constructed_run, tiny_config
 
 SPLIT = ["data.classes=[Background, disc, square, triangle, ring, bar, UNKNOWN_a, UNKNOWN_b, UNKNOWN_c]",
-         "data.category_map={0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6}",
+         "data.coco.category_map={0: 1, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6}",
          "submission.classes={UNKNOWN: [UNKNOWN_a, UNKNOWN_b, UNKNOWN_c]}"]
 PLAIN = ["data.classes=[Background, disc, square, triangle, ring, bar, UNKNOWN]"]
 SUBMITTED = ["Background", "disc", "square", "triangle", "ring", "bar", "UNKNOWN"]

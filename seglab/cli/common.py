@@ -4,9 +4,12 @@ from __future__ import annotations
 
 
 def load_cli_config(args):
+    """The command's CONFIG with its overrides; a config seglab wrote (RUN/config.yaml) is read
+    in today's keys, as the run itself would be."""
     from seglab.config import load_config
+    from seglab.config.loading import saved_config
 
-    return load_config(args.config, args.overrides)
+    return load_config(args.config, args.overrides, saved=saved_config(args.config))
 
 
 def add_config_args(p, config_help: str = "YAML config", overrides_help: str = "key.path=value overrides",

@@ -12,11 +12,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from seglab.config.schema import SECTION_TYPES, Config
+from seglab.config.schema import SECTION_TYPES, Config, plugin_sections
 
 
 def schema_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, description) for every leaf field, for the README table."""
+    """(dotted key, default, description) for every leaf field, for the README table; a
+    section with plug-ins (the config's task, data.format) is followed by every registered
+    plug-in's own options, under its name."""
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
@@ -30,6 +32,8 @@ def schema_reference(model: type[BaseModel] = Config, prefix: str = "") -> list[
         elif isinstance(default, list) and default and isinstance(default[0], BaseModel):
             default = [d.model_dump(mode="json") for d in default]
         rows.append((key, yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("..."), field.description or ""))
+    for name, options in plugin_sections(model).items():
+        rows.extend(schema_reference(options, f"{prefix}{name}."))
     return rows
 
 

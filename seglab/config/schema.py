@@ -6,7 +6,13 @@ need the stack (loss parameters, albumentations names, model names) run in the
 preflight before training (`seglab.core.preflight`). Defaults that depend on the task
 (the loss, the monitored metric, the submission format) are declared by the task and
 filled in here, so the saved config.yaml holds every value a run used. One file on
-purpose: every knob of seglab, with its default and description, is read in one place.
+purpose: every knob of the engine, with its default and description, is read in one place.
+
+`task` and `data.format` name plug-ins (the TASKS and SOURCES registries, read when a config
+is validated, not when this module is imported). A plug-in declares its own options (an
+`Options` model, its `options` attribute), mounted under its name: the task's at the top
+level (`classification:`), the data format's under `data` (`data.labelmap:`). Only the
+configured task's and format's sections are read; a section of another one is refused.
 """
 
 from __future__ import annotations
@@ -14,14 +20,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Any, ClassVar, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-TASK_NAMES = ("multiclass", "multilabel", "classification")
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "radam", "adamp")
 SCHEDULE_NAMES = ("none", "cosine", "cosine_restarts", "poly", "step", "multistep", "plateau", "onecycle")
-DATA_FORMATS = ("coco", "labelmap", "polygons", "imagefolder", "csv", "maskstatus")
 
 
 def _admits_bool(annotation) -> bool:
@@ -63,6 +67,70 @@ class Strict(Checked):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class Options(Strict):
+    """A plug-in's own config section (a task's, a data format's): its `options` attribute."""
+
+
+def _relocated(errors: list[dict], prefix: tuple) -> list[dict]:
+    """A section's validation errors, located under `prefix`, as pydantic takes them back."""
+    return [{"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e.get("input"),
+             **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in errors]
+
+
+class WithPluginOptions(Checked):
+    """A section (the config, its data section) whose `PLUGIN` field names a registered
+    plug-in, and which holds that plug-in's options under the plug-in's name (an extra key,
+    validated by the plug-in's `options` model). Any other key is refused, a section of
+    another plug-in of the same registry included: it would be read by nobody."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    PLUGIN: ClassVar[str]
+    WHERE: ClassVar[str]  # the plug-in field's dotted key, for messages
+
+    @classmethod
+    def plugins(cls):
+        """The registry `PLUGIN` names an entry of."""
+        raise NotImplementedError
+
+    @classmethod
+    def options_of(cls, name: str):
+        """The options model of the plug-in `name`, or None when it declares none."""
+        return cls.plugins().get(name).options
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _plugin_options(cls, raw, handler):
+        if not isinstance(raw, dict):
+            return handler(raw)
+        raw = dict(raw)
+        name = raw.get(cls.PLUGIN, cls.model_fields[cls.PLUGIN].default)
+        if not isinstance(name, str):
+            return handler(raw)  # the field's own type error
+        raw[cls.PLUGIN] = name = cls.plugins().key(name, cls.WHERE)  # unknown: a ConfigError with the closest name
+        options, errors = cls.options_of(name), []
+        if options is not None:
+            try:
+                raw[name] = options.model_validate(raw.get(name) or {})
+            except ValidationError as e:
+                errors += _relocated(e.errors(include_url=False), (name,))
+                raw[name] = options()  # the checks that read the options still run (their problems are listed too)
+        for key in [k for k in raw if k not in cls.model_fields and not (options is not None and k == name)]:
+            value = raw.pop(key)
+            if value is None and key in cls.plugins():
+                continue  # `data.coco: null`: no section (an override switching the format removes the old one so)
+            errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+        try:
+            out = handler(raw)
+        except ValidationError as e:
+            errors = _relocated(e.errors(include_url=False), ()) + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
+
+    def _options(self):
+        return (self.__pydantic_extra__ or {}).get(getattr(self, self.PLUGIN))
+
+
 def _known(value: str, names: tuple[str, ...], what: str) -> str:
     if value.lower() not in names:
         raise ValueError(f"unknown {what} {value!r} (known: {', '.join(names)})")
@@ -82,9 +150,12 @@ class SamplerConfig(Strict):
     num_samples: int | None = Field(None, gt=0, description="class_balanced: images drawn per epoch, all processes together; default = dataset size")
 
 
-class DataConfig(Strict):
-    format: Literal["coco", "labelmap", "polygons", "imagefolder", "csv", "maskstatus"] = Field(
-        "coco", description="dataset layout: coco, labelmap (image + label PNG folders), polygons (per-image polygon JSON, hand-bone layout); classification: imagefolder, csv or maskstatus"
+class DataConfig(WithPluginOptions):
+    PLUGIN: ClassVar[str] = "format"
+    WHERE: ClassVar[str] = "data.format"
+
+    format: str = Field(
+        "coco", description="dataset layout: coco, labelmap (image + label PNG folders), polygons (per-image polygon JSON, hand-bone layout); classification: imagefolder, csv or maskstatus; its own options are `data.<format>`"
     )
     root: str = Field(".", description="data root; file names and split files are relative to it")
     train: str | None = Field(
@@ -100,9 +171,6 @@ class DataConfig(Strict):
         default_factory=list, description="extra labelled sets added to train, e.g. `seglab pseudo` output: COCO JSON (segmentation) or CSV path,label (classification)"
     )
     classes: list[str] | None = Field(None, description="training class names, index = position; default Background + categories in JSON order (coco), class folders (imagefolder)")
-    category_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
-        None, description="COCO category id -> class index (or 'ignore'); default: by class name, else JSON order from 1"
-    )
     remap: dict[str, str] = Field(
         default_factory=dict, description="merge classes after mapping: {UNKNOWN: Background} or {UNKNOWN: ignore}"
     )
@@ -125,19 +193,6 @@ class DataConfig(Strict):
     val_batch_size: int | None = Field(None, gt=0, description="evaluation batch size; default = batch_size")
     num_workers: Union[int, Literal["auto"]] = Field("auto", description="DataLoader workers; auto = min(CPU count, 8)")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="how training images are drawn")
-    image_dir: str = Field("images", description="labelmap / polygons: folder of images under root (polygons: DCM)")
-    json_dir: str = Field("outputs_json", description="polygons: folder of per-image label JSON under root, mirroring image_dir")
-    mask_dir: str = Field("masks", description="labelmap: folder of label PNGs under root, matched by file stem")
-    mask_ignore_value: int | None = Field(255, description="labelmap: PNG value meaning void/ignore")
-    mask_value_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
-        None, description="labelmap: PNG value -> class index (e.g. {0: 1, 255: 0}); default identity"
-    )
-    age_bounds: tuple[int, int] = Field(
-        (30, 60), description="maskstatus: age band edges [a, b]: age < a is band 0, a <= age < b band 1, age >= b band 2 (teams used 59 or 58 for b)"
-    )
-    path_column: str = Field("path", description="csv: column with the image path, relative to data.root")
-    label_column: str = Field("label", description="csv: column with the class (a name from data.classes, or an index)")
-    group_column: str | None = Field(None, description="csv: column naming each row's group (e.g. person id), kept together by splits; null = every row its own group")
 
     @field_validator("image_size")
     @classmethod
@@ -159,9 +214,18 @@ class DataConfig(Strict):
             raise ValueError("give data.val or data.fold (a fold of data.train as validation), not both")
         if self.folds is not None and self.fold is None:
             raise ValueError("data.folds needs data.fold (which fold is the validation split)")
-        if not 0 < self.age_bounds[0] < self.age_bounds[1]:
-            raise ValueError(f"age_bounds must be two increasing positive ages, got {list(self.age_bounds)}")
         return self
+
+    @classmethod
+    def plugins(cls):
+        from seglab.data.sources.registry import SOURCES
+
+        return SOURCES
+
+    @property
+    def format_options(self):
+        """The configured format's own section (`data.<format>`), or None when it declares none."""
+        return self._options()
 
     def split_path(self, split: str) -> Path | None:
         value = getattr(self, split)
@@ -520,47 +584,15 @@ class SlidingWindowConfig(Strict):
         return v
 
 
-# ---------------------------------------------------------------- classification
-
-
-class UdaConfig(Strict):
-    weight: float = Field(0.0, ge=0, description="weight of the consistency loss on unlabelled images; 0 = off")
-    unlabelled: str | None = Field(None, description="folder of unlabelled images (relative to data.root, searched recursively); null = the test split's images")
-    batch_size: int | None = Field(None, gt=0, description="unlabelled images per step; null = data.batch_size")
-    temperature: float = Field(0.4, gt=0, description="sharpening temperature of the weak view's prediction (the target)")
-    threshold: float = Field(0.8, ge=0, lt=1, description="confidence mask: unlabelled images whose weak-view max probability is below this are left out")
-    weak: list[dict] = Field(default_factory=list, description="albumentations transforms of the weak view ({name, params...}); [] = the clean image")
-    strong: list[dict] = Field(
-        default_factory=lambda: [
-            {"name": "HorizontalFlip", "p": 0.5},
-            {"name": "ColorJitter", "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.05, "p": 0.8},
-            {"name": "Affine", "scale": [0.85, 1.15], "translate_percent": [-0.1, 0.1], "rotate": [-15, 15], "p": 0.7},
-            {"name": "CoarseDropout", "num_holes_range": [1, 3], "hole_height_range": [0.1, 0.25], "hole_width_range": [0.1, 0.25], "p": 0.5},
-        ],
-        description="albumentations transforms of the strong view",
-    )
-
-
-class ClassificationConfig(Strict):
-    head: Literal["linear", "arcface"] = Field("linear", description="classifier head: linear, or arcface (cosine logits with an additive angular margin while training)")
-    arcface_scale: float = Field(30.0, gt=0, description="arcface: logit scale s (logits = s * cos)")
-    arcface_margin: float = Field(0.5, ge=0, lt=1.5708, description="arcface: additive angular margin m in radians, added to the true class's angle while training")
-    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout on the pooled features before the head")
-    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha) (timm Mixup); 0 = off")
-    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha) (timm Mixup); 0 = off")
-    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed when mixup or cutmix is on")
-    mix_switch_prob: float = Field(0.5, ge=0, le=1, description="probability of cutmix instead of mixup when both are on")
-    snapmix_alpha: float = Field(0.0, ge=0, description="SnapMix Beta(alpha, alpha) box sizes, labels weighted by class activation maps (paper: 5); 0 = off; not with mixup/cutmix")
-    snapmix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed by SnapMix")
-    uda: UdaConfig = Field(default_factory=UdaConfig)
-
-
 # ---------------------------------------------------------------- the whole config
 
 
-class Config(Strict):
-    task: Literal["multiclass", "multilabel", "classification"] = Field(
-        "multiclass", description="multiclass (softmax, one class per pixel), multilabel (sigmoid, C x H x W masks, classes overlap) or classification (one class per image)"
+class Config(WithPluginOptions):
+    PLUGIN: ClassVar[str] = "task"
+    WHERE: ClassVar[str] = "task"
+
+    task: str = Field(
+        "multiclass", description="multiclass (softmax, one class per pixel), multilabel (sigmoid, C x H x W masks, classes overlap) or classification (one class per image); its own options are `<task>:`"
     )
     name: str | None = Field(None, description="experiment name (free text)")
     seed: int = Field(42, description="random seed for weights, data order and augmentation")
@@ -581,7 +613,17 @@ class Config(Strict):
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     sliding_window: SlidingWindowConfig = Field(default_factory=SlidingWindowConfig)
-    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+
+    @classmethod
+    def plugins(cls):
+        from seglab.task import TASKS
+
+        return TASKS
+
+    @property
+    def task_options(self):
+        """The configured task's own section (`<task>:`), or None when it declares none."""
+        return self._options()
 
     @model_validator(mode="after")
     def _task_defaults_and_checks(self):
@@ -614,3 +656,11 @@ def set_default(cfg: BaseModel, dotted: str, value: Any) -> None:
 
 
 SECTION_TYPES = (LossSpec, TransformSpec, BatchAugmentSpec)  # lists of these are values, not sections, in the reference
+
+
+def plugin_sections(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """{plug-in name: its options model} of a section with plug-ins (every registered one
+    that declares options), {} for any other section."""
+    if not (isinstance(model, type) and issubclass(model, WithPluginOptions)):
+        return {}
+    return {name: model.options_of(name) for name in model.plugins() if model.options_of(name) is not None}

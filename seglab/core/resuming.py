@@ -18,8 +18,8 @@ FIXED_KEYS = {
     "task": "the task",
     "model": "the network the checkpoint's weights were built for",
     "data.classes": "the class list (the output channels)",
-    "data.category_map": "the category -> class map (what each output channel means)",
-    "data.mask_value_map": "the pixel value -> class map (what each output channel means)",
+    "data.coco.category_map": "the category -> class map (what each output channel means)",
+    "data.labelmap.mask_value_map": "the pixel value -> class map (what each output channel means)",
     "data.remap": "the class list after merging (the output channels)",
     "data.format": "the data format (the label space)",
 }
@@ -55,7 +55,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]):
         if fixed:
             raise ConfigError(f"--resume {run_dir}: {fixed[0]} cannot change in a resumed run ({fixed[1]}); "
                               f"start a new run instead: seglab train {run_dir / 'config.yaml'} --out NEW_RUN {text}")
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_config(run_dir / "config.yaml", overrides, saved=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise SeglabError(f"--resume {run_dir}: nothing to resume (no checkpoints/last.ckpt); start it again with "

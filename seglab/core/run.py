@@ -104,7 +104,7 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
 def read_run_files(run_dir: str | Path) -> tuple[Config, LabelSpec]:
     """A run folder's resolved config and class list."""
     run_dir = require_run_folder(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", saved=True)
     return cfg, read_labels_file(run_dir / "labels.json")
 
 

@@ -113,7 +113,7 @@ def _fit(cfg, build_cfg, run_dir: Path, labels, task, resume: bool, last: Path) 
 
 def check_same_label_meaning(run_dir: Path, labels) -> None:
     """`--resume` trains on with the labels the run started with: the class list, the mapping
-    from the data's values/categories to classes (data.category_map, remap, mask_value_map),
+    from the data's values/categories to classes (data.coco.category_map, remap, data.labelmap.mask_value_map),
     the ignore index. RUN/labels.json records them and is never rewritten."""
     from seglab.core.run import read_labels_file
 
@@ -122,7 +122,7 @@ def check_same_label_meaning(run_dir: Path, labels) -> None:
     if recorded.to_json() != now:
         changed = [k for k in now if recorded.to_json().get(k) != now[k]]
         raise SeglabError(f"{run_dir / 'labels.json'}: the config now gives other labels ({', '.join(changed)} changed, "
-                          "e.g. data.category_map, data.classes, data.remap); --resume continues with the labels the run "
+                          "e.g. data.coco.category_map, data.classes, data.remap); --resume continues with the labels the run "
                           "started with: undo the change, or train a new run")
 
 

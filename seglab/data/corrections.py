@@ -10,7 +10,7 @@ are comments) holds one record per fix:
                 omitted for image-level records
     action      relabel | drop | mask | gender | age
     value       relabel: a training class name; mask: wear, incorrect or not_worn;
-                gender: male or female; age: years (banded by data.age_bounds)
+                gender: male or female; age: years (banded by data.maskstatus.age_bounds)
     note        free text, ignored
 
 With `annotation`, relabel/drop change that annotation; without it, drop removes the

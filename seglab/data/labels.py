@@ -90,8 +90,9 @@ def _check_classes(classes: list[str], ignore_index: int) -> None:
         raise ConfigError(f"data.ignore_index {ignore_index} collides with class index {ignore_index} ({classes[ignore_index]!r})")
 
 
-def resolve_coco_labels(data_cfg, categories: list[dict], source: str) -> LabelSpec:
-    """Category id -> class index, from the config if given, else Background + JSON order."""
+def resolve_coco_labels(data_cfg, categories: list[dict], source: str, category_map: dict | None = None) -> LabelSpec:
+    """Category id -> class index, from `category_map` (data.coco.category_map) if given, else
+    by class name (data.classes), else Background + JSON order."""
     cat_ids = [c["id"] for c in categories]
     dup = sorted({i for i in cat_ids if cat_ids.count(i) > 1})
     if dup:
@@ -102,24 +103,24 @@ def resolve_coco_labels(data_cfg, categories: list[dict], source: str) -> LabelS
     classes = list(data_cfg.classes) if data_cfg.classes else ["Background"] + [names[i] for i in cat_ids]
     _check_classes(classes, data_cfg.ignore_index)
 
-    if data_cfg.category_map is not None:
-        mapping: dict[int, int | str] = dict(data_cfg.category_map)
+    if category_map is not None:
+        mapping: dict[int, int | str] = dict(category_map)
         unmapped = [i for i in cat_ids if i not in mapping]
         if unmapped:
             listed = ", ".join(f"{i} ({names[i]!r})" for i in unmapped)
-            raise ConfigError(f"data.category_map: no entry for category id {listed} of {source}")
+            raise ConfigError(f"data.coco.category_map: no entry for category id {listed} of {source}")
         stray = [i for i in mapping if i not in names]
         if stray:
-            raise ConfigError(f"data.category_map: category id {stray} is not in the categories of {source} (ids: {cat_ids})")
+            raise ConfigError(f"data.coco.category_map: category id {stray} is not in the categories of {source} (ids: {cat_ids})")
         for cid, idx in mapping.items():
             if idx != "ignore" and not 0 <= idx < len(classes):
-                raise ConfigError(f"data.category_map.{cid}: class index {idx} out of range for {len(classes)} classes")
+                raise ConfigError(f"data.coco.category_map.{cid}: class index {idx} out of range for {len(classes)} classes")
     elif data_cfg.classes:
         missing = [names[i] for i in cat_ids if names[i] not in classes]
         if missing:
             raise ConfigError(
                 f"data.classes does not match {source}: categories {missing} are not in data.classes; "
-                "name them there or give data.category_map"
+                "name them there or give data.coco.category_map"
             )
         mapping = {i: classes.index(names[i]) for i in cat_ids}
     else:
@@ -129,20 +130,21 @@ def resolve_coco_labels(data_cfg, categories: list[dict], source: str) -> LabelS
     return LabelSpec(tuple(classes), data_cfg.ignore_index, final)
 
 
-def resolve_value_labels(data_cfg, values_seen: list[int] | None = None) -> LabelSpec:
-    """Label-map PNGs: pixel value -> class index (identity unless mask_value_map says otherwise)."""
+def resolve_value_labels(data_cfg, value_map: dict | None, ignore_value: int | None) -> LabelSpec:
+    """Label-map PNGs: pixel value -> class index (identity unless `value_map`,
+    data.labelmap.mask_value_map, says otherwise; `ignore_value` is void)."""
     if not data_cfg.classes:
         raise ConfigError("data.classes is required for the labelmap format (PNG values carry no names)")
     classes = list(data_cfg.classes)
     _check_classes(classes, data_cfg.ignore_index)
-    mapping: dict[int, int | str] = dict(data_cfg.mask_value_map or {i: i for i in range(len(classes))})
-    if data_cfg.mask_ignore_value is not None:
-        mapping.setdefault(data_cfg.mask_ignore_value, "ignore")
+    mapping: dict[int, int | str] = dict(value_map or {i: i for i in range(len(classes))})
+    if ignore_value is not None:
+        mapping.setdefault(ignore_value, "ignore")
     for value, idx in mapping.items():
         if not 0 <= value <= 65535:
-            raise ConfigError(f"data.mask_value_map: pixel value {value} out of range")
+            raise ConfigError(f"data.labelmap.mask_value_map: pixel value {value} out of range")
         if idx != "ignore" and not 0 <= idx < len(classes):
-            raise ConfigError(f"data.mask_value_map.{value}: class index {idx} out of range for {len(classes)} classes")
+            raise ConfigError(f"data.labelmap.mask_value_map.{value}: class index {idx} out of range for {len(classes)} classes")
     classes, final = apply_remap(classes, mapping, data_cfg.remap, data_cfg.ignore_index)
     return LabelSpec(tuple(classes), data_cfg.ignore_index, final)
 

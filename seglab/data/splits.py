@@ -5,7 +5,7 @@ train) alike, for every task and layout. Per sample:
 
 - a group, kept whole in one fold: `kfold.group_regex` on the sample id, a
   `kfold.group_csv` table, else the data's own (polygons: the ID folder; maskstatus: the
-  person; csv: `data.group_column`); no group = every sample its own;
+  person; csv: `data.csv.group_column`); no group = every sample its own;
 - a stratification key: the task's (which classes the sample holds; segmentation images
   hold several, so stratification is multi-label, iterstrat's MultilabelStratifiedKFold),
   or the strata of `kfold.stratify` columns of a per-group metadata table (numeric

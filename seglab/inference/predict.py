@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from seglab.config import load_config
+from seglab.config.loading import saved_config
 from seglab.core.loaders import eval_loader
 from seglab.data import build_dataset, resolve_labels
 from seglab.data.dataset import LabDataset
@@ -77,7 +78,7 @@ def reference(members: list[Member], data_config=None, overrides=()) -> Referenc
     if data_config is None and not overrides:
         return Reference(members[0].run.cfg, members[0].run.labels)
     path = reference_path(members, data_config)
-    cfg = load_config(path, list(overrides))
+    cfg = load_config(path, list(overrides), saved=saved_config(path))
     labels = resolve_labels(cfg)
     if list(labels.classes) != list(members[0].run.labels.classes):
         raise SeglabError(f"{path}: its classes {list(labels.classes)} differ from the runs' {list(members[0].run.labels.classes)}")

@@ -40,6 +40,13 @@ class Source:
         raise NotImplementedError
 
     @classmethod
+    def options_in(cls, data_cfg):
+        """This layout's options in a data config: its `data.<format>` section (the defaults
+        when the config is another layout's: an extra training set read beside it)."""
+        found = data_cfg.format_options
+        return found if isinstance(found, cls.options) else cls.options()
+
+    @classmethod
     def check_target(cls, target: str, task_name: str, fmt: str) -> None:
         """A ConfigError when this layout cannot give the targets a task trains on."""
         if target not in cls.targets:

@@ -18,6 +18,9 @@ import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from seglab.config.schema import Options
 from seglab.data import maskstatus
 from seglab.data.corrections import FACET_ACTIONS, Applied, Corrections, Record, class_of, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, images_under, read_image, truncated_jpeg
@@ -235,25 +238,38 @@ class ImageFolderSource(SampleSource):
         return samples, problems
 
 
+class CsvOptions(Options):
+    path_column: str = Field("path", description="column with the image path, relative to data.root")
+    label_column: str = Field("label", description="column with the class (a name from data.classes, or an index)")
+    group_column: str | None = Field(None, description="column naming each row's group (e.g. person id), kept together by splits; null = every row its own group")
+
+
 @SOURCES.register("csv")
 class CsvSource(SampleSource):
-    @staticmethod
-    def classes(data_cfg) -> list[str]:
+    options = CsvOptions
+
+    @classmethod
+    def classes(cls, data_cfg) -> list[str]:
         if data_cfg.classes:
             return list(data_cfg.classes)
         path = data_cfg.split_path("train")
         if path is None:
             raise ConfigError("data.classes: the csv format needs data.classes or a data.train CSV to read the labels from")
-        col = data_cfg.label_column
+        col = cls.options_in(data_cfg).label_column
         values = sorted({r[col].strip() for r in read_csv_rows(path, (col,))})
         if values and all(is_index(v) for v in values):
             return [str(i) for i in range(max(int(v) for v in values) + 1)]
         return values
 
+    @classmethod
+    def read(cls, data_cfg, path: Path, split: str, classes: list[str]):
+        return cls.read_table(data_cfg, path, split, classes, cls.options_in(data_cfg), data_cfg.allow_outside_root)
+
     @staticmethod
-    def read(data_cfg, path: Path, split: str, classes: list[str], path_column=None, label_column=None, allow_outside=None):
-        path_column, label_column = path_column or data_cfg.path_column, label_column or data_cfg.label_column
-        allow_outside = data_cfg.allow_outside_root if allow_outside is None else allow_outside
+    def read_table(data_cfg, path: Path, split: str, classes: list[str], columns: CsvOptions, allow_outside):
+        """The samples of a CSV whose columns `columns` names, and its problems; `allow_outside`
+        as `seglab.paths.inside` takes it."""
+        path_column, label_column, group_column = columns.path_column, columns.label_column, columns.group_column
         labelled = split != "test"
         rows = read_csv_rows(path, (path_column,) + ((label_column,) if labelled else ()))
         samples, problems, lines = [], [], {}
@@ -277,16 +293,31 @@ class CsvSource(SampleSource):
             if outside:
                 problems.append(outside)
                 continue
-            group = (row.get(data_cfg.group_column) or "").strip() or None if data_cfg.group_column else None
+            group = (row.get(group_column) or "").strip() or None if group_column else None
             samples.append(Sample(data_cfg.resolve(rel), label, group, rel))
         return samples, problems
 
 
+class MaskStatusOptions(Options):
+    age_bounds: tuple[int, int] = Field(
+        (30, 60), description="age band edges [a, b]: age < a is band 0, a <= age < b band 1, age >= b band 2 (teams used 59 or 58 for b)"
+    )
+
+    @field_validator("age_bounds")
+    @classmethod
+    def _increasing(cls, v):
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"age_bounds must be two increasing positive ages, got {list(v)}")
+        return v
+
+
 @SOURCES.register("maskstatus")
 class MaskStatusSource(SampleSource):
-    @staticmethod
-    def classes(data_cfg) -> list[str]:
-        names = maskstatus.class_names(data_cfg.age_bounds)
+    options = MaskStatusOptions
+
+    @classmethod
+    def classes(cls, data_cfg) -> list[str]:
+        names = maskstatus.class_names(cls.age_bounds(data_cfg))
         if data_cfg.classes and list(data_cfg.classes) != names:
             raise ConfigError("data.classes: the maskstatus classes are fixed by the encoding; leave data.classes empty")
         return names
@@ -295,15 +326,15 @@ class MaskStatusSource(SampleSource):
     def facets(data_cfg) -> dict[str, tuple[int, ...]]:
         return maskstatus.FACETS
 
-    @staticmethod
-    def age_bounds(data_cfg) -> tuple[int, int]:
-        return tuple(data_cfg.age_bounds)
+    @classmethod
+    def age_bounds(cls, data_cfg) -> tuple[int, int]:
+        return tuple(cls.options_in(data_cfg).age_bounds)
 
-    @staticmethod
-    def read(data_cfg, folder: Path, split: str, classes: list[str]):
+    @classmethod
+    def read(cls, data_cfg, folder: Path, split: str, classes: list[str]):
         if split == "test":
             return MaskStatusSource._read_eval(folder)
-        bounds = data_cfg.age_bounds
+        bounds = cls.age_bounds(data_cfg)
         images = folder / "images"
         if not images.is_dir():
             raise DataError(f"data.{split}: {images}: folder not found (expected <split>/images/<id>_<gender>_<race>_<age>/)")
@@ -393,6 +424,6 @@ class LabelledCsv(SampleSource):
         self.cache_key = (self.name,)
         # A seglab-written set names images of the config's own splits: those folders may be read.
         allow = True if data_cfg.allow_outside_root else tuple(split_folders(data_cfg))
-        self.samples, self.found = CsvSource.read(data_cfg.model_copy(update={"group_column": None}), path, "train",
-                                                  list(labels.classes), "path", "label", allow)
+        self.samples, self.found = CsvSource.read_table(data_cfg, path, "train", list(labels.classes),
+                                                        CsvOptions(path_column="path", label_column="label"), allow)
         self.has_targets = True

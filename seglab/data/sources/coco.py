@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-from dataclasses import replace
+from typing import Literal, Union
 
 import numpy as np
+from pydantic import Field
 
+from seglab.config.schema import Options
 from seglab.data.bitmasks import BitmaskCache
 from seglab.data.cache import ArrayCache, default_cache_dir
 from seglab.data.corrections import Applied, Corrections, class_of, load_corrections
@@ -387,11 +388,18 @@ def fix_coco(coco: CocoFile, corrections: Corrections | None, labels, applied: A
     return replace(coco, images=images, annotations=annotations)
 
 
+class CocoOptions(Options):
+    category_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
+        None, description="COCO category id -> class index (or 'ignore'); default: by class name, else JSON order from 1"
+    )
+
+
 @SOURCES.register("coco")
 class CocoSource(Source):
     """A COCO JSON split; sample ids are the images' `file_name`s, in file order."""
 
     targets = ("class_map", "binary_masks")
+    options = CocoOptions
 
     def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
         path = data_cfg.split_path(split)
@@ -413,15 +421,15 @@ class CocoSource(Source):
             self.instance_cache = ArrayCache(cache_dir, f"instances/{path.stem}", *self.cache_key)
             self.bitmask_cache = BitmaskCache(cache_dir, path.stem, self.coco.content_hash, labels.fingerprint(), *fixed)
 
-    @staticmethod
-    def resolve_labels(data_cfg) -> LabelSpec:
+    @classmethod
+    def resolve_labels(cls, data_cfg) -> LabelSpec:
         split = next((s for s in ("train", "val", "test") if getattr(data_cfg, s)), None)
         if split is None:
             raise ConfigError("data: give at least one of data.train / data.val / data.test")
         coco = read_coco(data_cfg.split_path(split), data_cfg.root)
         if not coco.categories:
             raise DataError(f"{coco.path}: no 'categories' to build the class list from")
-        return resolve_coco_labels(data_cfg, coco.categories, coco.path.name)
+        return resolve_coco_labels(data_cfg, coco.categories, coco.path.name, cls.options_in(data_cfg).category_map)
 
     def __len__(self) -> int:
         return len(self.coco.images)

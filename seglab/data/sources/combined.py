@@ -139,7 +139,7 @@ def open_extra_sources(data_cfg, labels: LabelSpec | None) -> list:
             continue
         spec = None if labels is None else extra_labels(read_coco(path, data_cfg.root), labels)
         # CocoSource reads its path from a config split; give it one that points at the extra set.
-        one = data_cfg.model_copy(update={"train": str(path), "category_map": None, "remap": {}, "classes": None,
+        one = data_cfg.model_copy(update={"train": str(path), "remap": {}, "classes": None,
                                        "corrections": None})  # corrections name the organiser's data, not extra sets
         source = CocoSource(one, "train", spec)
         if not data_cfg.allow_outside_root:

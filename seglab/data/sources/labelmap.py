@@ -4,9 +4,12 @@ pixel), matched by file stem; optional split list files of stems."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Union
 
 import numpy as np
+from pydantic import Field
 
+from seglab.config.schema import Options
 from seglab.data.cache import file_digest
 from seglab.data.corrections import Applied, fix_ids, load_corrections
 from seglab.data.images import (IMAGE_EXTENSIONS, image_decode_problem, image_size, label_header_problem, read_image,
@@ -18,6 +21,15 @@ from seglab.data.sources.registry import SOURCES
 from seglab.errors import DataError
 
 
+class LabelMapOptions(Options):
+    image_dir: str = Field("images", description="folder of images under root")
+    mask_dir: str = Field("masks", description="folder of label PNGs under root, matched by file stem")
+    mask_ignore_value: int | None = Field(255, description="PNG value meaning void/ignore")
+    mask_value_map: dict[int, Union[int, Literal["ignore"]]] | None = Field(
+        None, description="PNG value -> class index (e.g. {0: 1, 255: 0}); default identity"
+    )
+
+
 @SOURCES.register("labelmap")
 class LabelMapSource(Source):
     """Images in `image_dir`, one label PNG per image in `mask_dir` with the same stem.
@@ -26,13 +38,14 @@ class LabelMapSource(Source):
     """
 
     targets = ("class_map", "binary_masks")
+    options = LabelMapOptions
     unset_split_is_everything = True
 
     def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
-        root = Path(data_cfg.root)
-        self.image_dir, self.mask_dir = root / data_cfg.image_dir, root / data_cfg.mask_dir
+        root, options = Path(data_cfg.root), self.options_in(data_cfg)
+        self.image_dir, self.mask_dir = root / options.image_dir, root / options.mask_dir
         if not self.image_dir.is_dir():
-            raise DataError(f"{self.image_dir}: image folder not found (data.image_dir)")
+            raise DataError(f"{self.image_dir}: image folder not found (data.labelmap.image_dir)")
         images = {p.stem: p for p in sorted(self.image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
         list_path = data_cfg.split_path(split)
         self.name = str(list_path or self.image_dir)
@@ -59,15 +72,15 @@ class LabelMapSource(Source):
             self.lut = self._lookup_table(labels)
             self.cache_key = (str(self.mask_dir.resolve()), labels.fingerprint())
 
-    @staticmethod
-    def resolve_labels(data_cfg) -> LabelSpec:
-        return resolve_value_labels(data_cfg)
+    @classmethod
+    def resolve_labels(cls, data_cfg) -> LabelSpec:
+        options = cls.options_in(data_cfg)
+        return resolve_value_labels(data_cfg, options.mask_value_map, options.mask_ignore_value)
 
     @classmethod
     def notes(cls, data_cfg) -> list[str]:
-        if data_cfg.mask_ignore_value is None:
-            return []
-        return [f"label PNG value {data_cfg.mask_ignore_value} is void: ignored (data.mask_ignore_value)"]
+        value = cls.options_in(data_cfg).mask_ignore_value
+        return [] if value is None else [f"label PNG value {value} is void: ignored (data.labelmap.mask_ignore_value)"]
 
     def _lookup_table(self, labels: LabelSpec) -> np.ndarray:
         # Unlisted PNG values map to a sentinel so a stray value is reported, not silently trained on.
@@ -104,7 +117,7 @@ class LabelMapSource(Source):
         mask = self.lut[raw]
         if (mask == self.invalid).any():
             bad = sorted(set(np.unique(raw[mask == self.invalid]).tolist()))[:5]
-            raise DataError(f"{path}: pixel values {bad} are not in data.mask_value_map / classes")
+            raise DataError(f"{path}: pixel values {bad} are not in data.labelmap.mask_value_map / classes")
         mask = mask.astype(mask_dtype(self.labels))
         if self.labels.target == "binary_masks":  # one channel per class; ignore has none
             return np.stack([mask == c for c in range(self.labels.num_classes)])

@@ -4,7 +4,8 @@
     <root>/<json_dir>/ID001/image1661130828152_R.json
         {"annotations": [{"label": "finger-1", "points": [[x, y], ...]}, ...]}
 
-Labels are class names from `data.classes` (after `data.remap`). The natural target is
+`image_dir` and `json_dir` are this layout's options (`data.polygons`). Labels are class
+names from `data.classes` (after `data.remap`). The natural target is
 a C x H x W boolean mask (bones overlap); the multiclass task paints the same
 polygons into one class map by `data.paint_order`, with class 0 Background.
 
@@ -27,7 +28,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
+from seglab.config.schema import Options
 from seglab.data.cache import ArrayCache, default_cache_dir, file_digest
 from seglab.data.corrections import Applied, SampleFix, class_of, load_corrections
 from seglab.data.images import IMAGE_EXTENSIONS, image_size, image_decode_problem, read_image
@@ -113,29 +116,35 @@ def fix_polygons(anns: list[dict], fix: SampleFix | None, labels, where) -> list
     return out
 
 
+class PolygonOptions(Options):
+    image_dir: str = Field("images", description="folder of images under root (the hand-bone layout: DCM)")
+    json_dir: str = Field("outputs_json", description="folder of per-image label JSON under root, mirroring image_dir")
+
+
 @SOURCES.register("polygons")
 class PolygonSource(Source):
     """Images plus one polygon JSON per image (hand-bone layout); see the module docstring."""
 
     targets = ("binary_masks", "class_map")
+    options = PolygonOptions
 
     def __init__(self, data_cfg, split: str, labels: LabelSpec | None = None):
-        root = Path(data_cfg.root)
-        self.image_root, self.json_root = root / data_cfg.image_dir, root / data_cfg.json_dir
+        root, options = Path(data_cfg.root), self.options_in(data_cfg)
+        self.image_root, self.json_root = root / options.image_dir, root / options.json_dir
         path = data_cfg.split_path(split)
         if path is None:
             raise ConfigError(f"data.{split} is not set in the config")
         self.name = str(path)
         if path.is_dir():
-            if (path / data_cfg.image_dir).is_dir():
-                self.image_root, self.json_root = path / data_cfg.image_dir, path / data_cfg.json_dir
+            if (path / options.image_dir).is_dir():
+                self.image_root, self.json_root = path / options.image_dir, path / options.json_dir
             else:
-                self.image_root, self.json_root = path, path.parent / data_cfg.json_dir
+                self.image_root, self.json_root = path, path.parent / options.json_dir
             self.ids = find_images(self.image_root)
         elif not path.is_file():
             raise DataError(f"{path}: split list or folder not found (data.{split})")
         if not self.image_root.is_dir():
-            raise DataError(f"{self.image_root}: image folder not found (data.root / data.image_dir)")
+            raise DataError(f"{self.image_root}: image folder not found (data.root / data.polygons.image_dir)")
         self.allow_outside_root = data_cfg.allow_outside_root
         if path.is_file():
             self.ids = self._read_list(path)

@@ -136,8 +136,9 @@ def classifier(encoder: str, num_classes: int, in_channels: int = 3, head: str =
     return TimmClassifier(backbone, top)
 
 
-def build_classifier(cfg, num_classes: int) -> nn.Module:
-    c, m = cfg.classification, cfg.model
+def build_classifier(cfg, options, num_classes: int) -> nn.Module:
+    """The classifier `model.*` and the task's options (its head, dropout, ArcFace) describe."""
+    c, m = options, cfg.model
     builder = CLASSIFIERS.get(m.arch, "model.arch")
     value = m.encoder_weights
     ref = encoder_backbone_ref(m.encoder) if value and not is_weights_path(value) else None

@@ -11,6 +11,7 @@ unlabelled images.
 from __future__ import annotations
 
 from seglab.task import TASKS, Task
+from seglab.tasks.classification.options import ClassificationOptions
 
 
 def weighted_loss(criterion, logits, target, weight):
@@ -31,6 +32,7 @@ class ClassificationTask(Task):
     loss_targets = "index"
     allowed_losses = ("ce", "focal")
     writers = ("id_label", "maskstatus", "probs")
+    options = ClassificationOptions
 
     def defaults(self, cfg):
         fmt = "maskstatus" if cfg.data.format == "maskstatus" else "id_label"
@@ -42,11 +44,11 @@ class ClassificationTask(Task):
             problems.append("data.image_size: classification batches need one input size, e.g. [224, 224]")
         if cfg.sliding_window.enabled:
             problems.append("sliding_window.enabled: a classifier sees the whole image; turn it off")
-        c = cfg.classification
+        c = self.options_in(cfg)
         if c.snapmix_alpha > 0 and (c.mixup_alpha > 0 or c.cutmix_alpha > 0):
-            problems.append("classification.snapmix_alpha: SnapMix replaces mixup/cutmix; set mixup_alpha and cutmix_alpha to 0")
+            problems.append(f"{self.name}.snapmix_alpha: SnapMix replaces mixup/cutmix; set mixup_alpha and cutmix_alpha to 0")
         if cfg.augment.batch:
-            problems.append("augment.batch: mixes masks (segmentation); classification mixes with classification.mixup_alpha / cutmix_alpha")
+            problems.append(f"augment.batch: mixes masks (segmentation); classification mixes with {self.name}.mixup_alpha / cutmix_alpha")
         return problems
 
     def preflight_problems(self, cfg) -> list[str]:
@@ -54,7 +56,8 @@ class ClassificationTask(Task):
         from seglab.tasks.classification.models import CLASSIFIERS
         from seglab.tasks.classification.uda import check_views
 
-        problems = check_views(cfg) if cfg.classification.uda.weight > 0 else []
+        uda = self.options_in(cfg).uda
+        problems = check_views(uda, f"{self.name}.uda") if uda.weight > 0 else []
         try:
             CLASSIFIERS.get(cfg.model.arch, "model.arch")
         except SeglabError as e:
@@ -69,7 +72,7 @@ class ClassificationTask(Task):
     def build_model(self, cfg, labels):
         from seglab.tasks.classification.models import build_classifier
 
-        return build_classifier(cfg, labels.num_classes)
+        return build_classifier(cfg, self.options_in(cfg), labels.num_classes)
 
     def pretrained_encoder(self, cfg):
         from seglab.tasks.classification.models import encoder_backbone_ref
@@ -77,7 +80,7 @@ class ClassificationTask(Task):
         return encoder_backbone_ref(cfg.model.encoder)
 
     def batch_augment(self, cfg, labels):
-        c = cfg.classification
+        c = self.options_in(cfg)
         if c.snapmix_alpha > 0:
             from seglab.tasks.classification.snapmix import SnapMix
 
@@ -114,7 +117,7 @@ class ClassificationTask(Task):
 
             from seglab.tasks.classification.uda import consistency_loss
 
-            uda = module.cfg.classification.uda
+            uda = self.options_in(module.cfg).uda
             with torch.no_grad():
                 weak = head(encoder(module.normalise(unlabelled["weak"])))
             strong = head(encoder(module.normalise(unlabelled["strong"])))
@@ -126,11 +129,12 @@ class ClassificationTask(Task):
         return loss
 
     def unlabelled_dataset(self, cfg, labels):
-        if cfg.classification.uda.weight <= 0:
+        uda = self.options_in(cfg).uda
+        if uda.weight <= 0:
             return None
         from seglab.tasks.classification.uda import unlabelled_dataset
 
-        return unlabelled_dataset(cfg)
+        return unlabelled_dataset(cfg, uda, f"{self.name}.uda")
 
     # ------------------------------------------------------------ decisions, metric
 

@@ -66,32 +66,32 @@ def view_transform(specs: list[dict], image_size, where: str) -> A.Compose:
     return A.Compose(ops)
 
 
-def unlabelled_dataset(cfg) -> TwoViewDataset:
-    """classification.uda.unlabelled's images (searched recursively), else the test split's."""
-    uda = cfg.classification.uda
+def unlabelled_dataset(cfg, uda, where: str = "classification.uda") -> TwoViewDataset:
+    """The unlabelled images of the `uda` options (`where` in the config): uda.unlabelled's
+    (searched recursively), else the test split's."""
     if uda.unlabelled:
         folder = cfg.data.resolve(uda.unlabelled)
         if not folder.is_dir():
-            raise DataError(f"classification.uda.unlabelled: folder not found: {folder}")
+            raise DataError(f"{where}.unlabelled: folder not found: {folder}")
         paths = images_under(folder)
     else:
         if cfg.data.test is None:
-            raise ConfigError("classification.uda: give uda.unlabelled or data.test (its images are the unlabelled set)")
+            raise ConfigError(f"{where}: give uda.unlabelled or data.test (its images are the unlabelled set)")
         from seglab.data import open_source
 
         test = open_source(cfg, "test", None)
         paths = [test.image_path(i) for i in range(len(test))]
     size = cfg.data.image_size
-    return TwoViewDataset(paths, view_transform(uda.weak, size, "classification.uda.weak"),
-                          view_transform(uda.strong, size, "classification.uda.strong"), uda.batch_size)
+    return TwoViewDataset(paths, view_transform(uda.weak, size, f"{where}.weak"),
+                          view_transform(uda.strong, size, f"{where}.strong"), uda.batch_size)
 
 
-def check_views(cfg) -> list[str]:
+def check_views(uda, where: str = "classification.uda") -> list[str]:
     """Problems of the weak and strong view transforms (names and parameters)."""
     from seglab.config import TransformSpec
 
     problems = []
-    for where, specs in (("classification.uda.weak", cfg.classification.uda.weak), ("classification.uda.strong", cfg.classification.uda.strong)):
+    for where, specs in ((f"{where}.weak", uda.weak), (f"{where}.strong", uda.strong)):
         for i, spec in enumerate(specs):
             try:
                 if not isinstance(spec.get("name"), str):
