@@ -50,6 +50,6 @@ def augmented_samples(cfg, n: int, seed: int = 0) -> tuple[list[str], Iterator[t
         for item, image, mask in zip(items, images, masks):
             original = plain[item["index"]]
             yield (kind.title(item["id"], mask, labels), original["image"].permute(1, 2, 0).numpy(),
-                   kind.drawable(original["target"].numpy()), image.permute(1, 2, 0).numpy(), kind.drawable(mask.numpy()))
+                   kind.drawable(original["target"]), image.permute(1, 2, 0).numpy(), kind.drawable(mask))
 
     return kind.draw_names(labels), samples()

@@ -57,7 +57,7 @@ def member_probs(member: Member, images: torch.Tensor) -> torch.Tensor:
                 from seglab.core.sliding import sliding_window_from_config
 
                 return sliding_window_from_config(lambda t: task.probabilities(module(t)), x, cfg.sliding_window).float()
-            return task.probabilities(module(x)).float()
+            return task.probabilities(module(x))  # float32: the task's probabilities are, whatever autocast computed
 
     return tta_probs(plain, images, member.tta, task.kind)
 
@@ -133,7 +133,7 @@ def stream(members: list[Member], split: str, data_config=None, with_targets: bo
         for m in members:
             if m.weight == 0:
                 continue
-            p = member_probs(m, views[_view_key(m.run.cfg)]["image"].to(m.run.device)).to(first.device)
+            p = kind.to_device(member_probs(m, views[_view_key(m.run.cfg)]["image"].to(m.run.device)), first.device)
             p = kind.weighted(kind.output_at(p, size), m.weight / total_weight)
             for space in spaces:
                 means[space] = kind.summed(means.get(space), m.run.to_submission(p) if space == "submission" else p)
@@ -177,9 +177,10 @@ def decide(run, probs: torch.Tensor, space: str = "train") -> torch.Tensor:
     labels, thresholds = in_space(run, space)
     pred = run.task.decide(probs, thresholds)
     plan = tuned_plan(run, labels)
-    if plan or (plan is None and run.cfg.postprocess.morphology):
+    if plan or (plan is None and run.cfg.postprocess.morphology):  # morphology of dense decisions, image by image
         pred = torch.stack([torch.as_tensor(run.task.postprocess(p.cpu().numpy(), run.cfg, labels, plan)) for p in pred])
-    return pred.to(run.device)
+        return pred.to(run.device)
+    return pred
 
 
 @torch.no_grad()
@@ -189,16 +190,17 @@ def scored(members: list[Member], split: str, data_config=None, original_size: b
     at the dataset's resolution, or one image at a time at its original size against its
     original target. What `evaluate` and `tune-thresholds` score."""
     run = members[0].run
+    kind = run.task.kind
 
-    def targets(target: torch.Tensor) -> dict:
+    def targets(target) -> dict:
         return {s: run.task.merge_targets(target, run.merge) if s == "submission" and run.merge else target for s in spaces}
 
     for batch, probs, dataset in stream(members, split, data_config, True, batch_size, spaces):
         if not original_size:
-            yield probs, targets(batch["target"].to(run.device))
+            yield probs, targets(kind.to_device(batch["target"], run.device))
             continue
         for j, index in enumerate(batch["index"].tolist()):
-            target = torch.as_tensor(np.asarray(dataset.source.load_target(index)))[None].to(run.device)
+            target = kind.to_device(kind.loaded_batch(dataset.source.load_target(index)), run.device)
             yield {s: at_original_size(run, p[j : j + 1], dataset.source, index) for s, p in probs.items()}, targets(target)
 
 

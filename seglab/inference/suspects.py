@@ -38,14 +38,14 @@ def find_suspects(run, split: str = "val", top: int = 20, panels: bool = True) -
     member = Member(run, tta=TTAConfig())  # the plain view: a label is judged by what the model sees
     ranked = []
     for batch, probs, _ in stream([member], split, with_targets=True):
-        losses = run.task.per_image_loss(probs["train"], batch["target"].to(run.device)).cpu().tolist()
+        losses = run.task.per_image_loss(probs["train"], run.task.kind.to_device(batch["target"], run.device)).cpu().tolist()
         ranked += [(loss, index, sid) for loss, index, sid in zip(losses, batch["index"].tolist(), batch["id"])]
     ranked.sort(key=lambda r: -r[0])
     dataset = build_dataset(run.cfg, split, run.labels, train=False, with_targets=True)
     out = []
     for loss, index, sid in ranked[:top]:
         image = dataset[index]["image"][None].to(run.device)
-        probs = at_original_size(run, member_probs(member, image), dataset.source, index)[0].cpu()
+        probs = run.task.kind.to_device(at_original_size(run, member_probs(member, image), dataset.source, index), "cpu")[0]
         target = dataset.source.load_target(index)
         records = run.task.propose_corrections(run.labels, dataset.source, index, sid, probs, target)
         panel = None

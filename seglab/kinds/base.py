@@ -10,7 +10,7 @@ never a tensor's rank:
 |---|---|
 | augment a sample with its image (albumentations) | `augment` |
 | the target at the resized-image cache's size | `resized_target` |
-| collate a batch's targets | `collate` |
+| collate a batch's targets, move a batch to a device, batch one loaded target | `collate`, `to_device`, `loaded_batch` |
 | which classes a target holds (k-fold, sampler), how much of each (loss weights) | `classes_in`, `class_counts` |
 | an output at another size (TTA scales, original size, ensemble members) | `output_at` |
 | undo a TTA view | `undo_view` |
@@ -75,6 +75,15 @@ class TargetKind:
         """A batch of targets (the dataset's items' "target" values)."""
         return default_collate(targets)
 
+    def to_device(self, batch, device):
+        """A batch of targets or of outputs on `device`."""
+        return batch.to(device)
+
+    def loaded_batch(self, target):
+        """One target as its source loads it (an array, a class index), as a batch of one:
+        what `evaluate --original-size` scores against."""
+        return torch.as_tensor(np.asarray(target))[None]
+
     # ------------------------------------------------------------ outputs
 
     def output_at(self, output, size: tuple[int, int]):
@@ -110,8 +119,9 @@ class TargetKind:
         """The class names of the values `drawable` draws."""
         return list(labels.classes)
 
-    def drawable(self, target: np.ndarray) -> np.ndarray | None:
-        """A class map to draw for a target or decision, or None (nothing per pixel)."""
+    def drawable(self, target) -> np.ndarray | None:
+        """A class map to draw for a target (as loaded, or a dataset's tensor) or a decision,
+        or None (nothing per pixel)."""
         return None
 
     def title(self, sample_id: str, target, labels) -> str:

@@ -38,16 +38,10 @@ class BinaryMasks(DenseKind):
         target = np.asarray(target)
         return torch.from_numpy(target.reshape(target.shape[0], -1).sum(1).astype("float64"))
 
-    def clean(self, decision, plan):
-        from seglab.inference.morphology import clean_mask, steps_of
+    def clean_class(self, out, decision, c, steps):
+        from seglab.inference.morphology import clean_mask
 
-        plan = steps_of(plan)
-        if not plan:
-            return decision
-        out = decision.copy()
-        for c, steps in sorted(plan.items()):
-            out[c] = clean_mask(decision[c], steps)
-        return out
+        out[c] = clean_mask(decision[c], steps)
 
     # ------------------------------------------------------------ batch augmentation
 
@@ -72,6 +66,7 @@ class BinaryMasks(DenseKind):
 
     def drawable(self, target):
         """1 + the topmost class of each pixel (0 where none)."""
+        target = np.asarray(target)
         top = target.shape[0] - np.argmax(target[::-1], axis=0)  # 1 + the last channel that is on
         return np.where(target.any(0), top, 0).astype(np.uint8 if target.shape[0] < 255 else np.uint16)
 

@@ -51,21 +51,16 @@ class ClassMap(DenseKind):
     def decision_array(self, decision, labels) -> np.ndarray:
         return decision.to(torch.uint8 if labels.num_classes <= 256 else torch.int32).cpu().numpy()
 
-    def clean(self, decision, plan):
-        from seglab.inference.morphology import clean_mask, steps_of
+    def clean_class(self, out, decision, c, steps):
+        """Pixels a step removes become Background; Background pixels it adds take the class."""
+        from seglab.inference.morphology import clean_mask
 
-        plan = steps_of(plan)
-        if not plan:
-            return decision
-        out = decision.copy()
-        for c, steps in sorted(plan.items()):
-            if c == 0:
-                continue  # Background is what the other classes leave
-            before = decision == c
-            after = clean_mask(before, steps)
-            out[before & ~after] = 0
-            out[after & ~before & (decision == 0)] = c  # additions never overwrite another class
-        return out
+        if c == 0:
+            return  # Background is what the other classes leave
+        before = decision == c
+        after = clean_mask(before, steps)
+        out[before & ~after] = 0
+        out[after & ~before & (decision == 0)] = c  # additions never overwrite another class
 
     # ------------------------------------------------------------ batch augmentation
 
@@ -87,7 +82,7 @@ class ClassMap(DenseKind):
     # ------------------------------------------------------------ drawing, writing
 
     def drawable(self, target):
-        return target
+        return np.asarray(target)
 
     def class_map(self, output):
         return output

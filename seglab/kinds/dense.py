@@ -38,7 +38,20 @@ class DenseKind(TargetKind):
         return self.output_at(output, size)
 
     def clean(self, decision: np.ndarray, plan: dict) -> np.ndarray:
-        """A decision after a morphology plan ({class index: steps}, `seglab.inference.morphology`)."""
+        """A decision after a morphology plan ({class index: steps}, `seglab.inference.morphology`),
+        class by class in class order; untouched without steps."""
+        from seglab.inference.morphology import steps_of
+
+        plan = steps_of(plan)
+        if not plan:
+            return decision
+        out = decision.copy()
+        for c, steps in sorted(plan.items()):
+            self.clean_class(out, decision, c, steps)
+        return out
+
+    def clean_class(self, out: np.ndarray, decision: np.ndarray, c: int, steps) -> None:
+        """Class c of `decision` through its steps, written into `out`."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ batch augmentation

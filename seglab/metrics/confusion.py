@@ -2,10 +2,9 @@
 
 The matrix is accumulated on the device over the whole evaluation set and reduced
 across processes before any score is computed: averaging per batch or per image
-was a known cause of validation / leaderboard mismatch. Every metric object of seglab
-has this interface: `update(pred, target)`, `reduce()` (sum over processes),
-`compute(class_names)`, and `state()` / `add_state(state)` to sum held-out folds (k-fold
-OOF) or shards without recomputing anything.
+was a known cause of validation / leaderboard mismatch. Its state is summed: `reduce()`
+adds the processes' matrices, `add_state` a held-out fold's (the metric interface:
+seglab/metrics/__init__.py).
 """
 
 from __future__ import annotations
