@@ -24,6 +24,8 @@ def test_the_config_schema_and_the_help_load_no_training_stack():
         "cfg = c.load_config('configs/demo_multilabel.yaml')\n"
         "from seglab.cli import build_parser\n"
         "build_parser().format_help()\n"
+        "from seglab.config.reference import markdown_reference\n"
+        "assert '| `data.labelmap.mask_dir` |' in markdown_reference()\n"
         "print(cfg.loss[0].name, cfg.eval.monitor, sorted(m for m in ('torch', 'lightning', 'timm', 'segmentation_models_pytorch') if m in sys.modules))"
     )
     assert out.split() == ["bce_dice", "dice", "[]"]

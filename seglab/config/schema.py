@@ -155,7 +155,7 @@ class DataConfig(WithPluginOptions):
     WHERE: ClassVar[str] = "data.format"
 
     format: str = Field(
-        "coco", description="dataset layout: coco, labelmap (image + label PNG folders), polygons (per-image polygon JSON, hand-bone layout); classification: imagefolder, csv or maskstatus; its own options are `data.<format>`"
+        "coco", description="dataset layout: coco, labelmap (image + label PNG folders), polygons (per-image polygon JSON, hand-bone layout); classification: imagefolder, csv or maskstatus; its own options are `data.<format>.*` (another format's section is refused)"
     )
     root: str = Field(".", description="data root; file names and split files are relative to it")
     train: str | None = Field(
@@ -592,7 +592,7 @@ class Config(WithPluginOptions):
     WHERE: ClassVar[str] = "task"
 
     task: str = Field(
-        "multiclass", description="multiclass (softmax, one class per pixel), multilabel (sigmoid, C x H x W masks, classes overlap) or classification (one class per image); its own options are `<task>:`"
+        "multiclass", description="multiclass (softmax, one class per pixel), multilabel (sigmoid, C x H x W masks, classes overlap) or classification (one class per image); its own options are `<task>.*` (another task's section is refused)"
     )
     name: str | None = Field(None, description="experiment name (free text)")
     seed: int = Field(42, description="random seed for weights, data order and augmentation")
