@@ -1,9 +1,10 @@
-"""What the two segmentation tasks share: dense targets, segmentation models, batch
-augmentation on masks, bilinear resizing of probabilities, morphology, COCO pseudo-labels.
+"""What the two segmentation tasks share: segmentation models, batch augmentation on masks,
+morphology, proposals of per-annotation corrections, COCO pseudo-labels. Their targets are
+dense kinds (`seglab.kinds`: class maps, binary masks), which resize, flip back and draw them.
 
 | | multiclass | multilabel |
 |---|---|---|
-| target | integer class map [H, W] | C x H x W booleans (classes overlap) |
+| target (kind) | integer class map [H, W] (class_map) | C x H x W booleans, classes overlap (binary_masks) |
 | logits -> probabilities | softmax over classes | sigmoid per class |
 | probabilities -> decision | argmax | probability > threshold (per class) |
 | metric | one confusion matrix: mIoU, accuracies, fwIoU | Dice per image and class |
