@@ -87,7 +87,8 @@ def test_config_defaults_of_the_task(data_root):
     cfg = tiny_config(data_root)
     assert cfg.model.arch == "classifier" and cfg.eval.monitor == "macro_f1" and cfg.submission.format == "maskstatus"
     assert cfg.tta.flips == ["h"] and cfg.data.fold == 0
-    assert tiny_config(data_root, "data.format=csv", "data.train=train/train.csv", "data.test=null").submission.format == "id_label"
+    assert tiny_config(data_root, "data.format=csv", "data.maskstatus=null", "data.train=train/train.csv",
+                       "data.test=null").submission.format == "id_label"
 
 
 def test_run_folder_contract(trained_run):
